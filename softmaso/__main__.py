@@ -1,0 +1,3 @@
+from softmaso.cli import main
+
+main()

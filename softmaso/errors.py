@@ -1,0 +1,18 @@
+"""Errors a user can act on.
+
+A :class:`UserError` is bad input: the CLI prints it as one line (``softmaso: error: WHERE:
+MESSAGE``) and exits with code 2, without a traceback. Library code raises it wherever the
+input came from a user (an option, a recipe key, a file) so that every entry point reports it
+the same way.
+"""
+
+
+class UserError(Exception):
+    """Bad user input: `where` names the option, key or file, `message` what is allowed."""
+
+    exit_code = 2
+
+    def __init__(self, where: str, message: str):
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message

@@ -1,0 +1,91 @@
+"""How a module holds its beta: fixed in [0, 1], or learnable and kept inside (0, 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+EtaParam = Literal["logit", "softplus"]
+
+
+class BetaParameter(nn.Module):
+    """beta of a beta-VQ, fixed or learnable, shared or one per channel.
+
+    Fixed: beta is a Python float anywhere in [0, 1] (0 and 1 exact; a hyperparameter, not
+    state, so it keeps full precision in any dtype). Learnable: an unconstrained
+    parameter p, so beta stays in the open interval (0, 1) whatever the optimiser does:
+    - ``eta_param="logit"``: beta = sigmoid(p), hence eta = beta / (1 - beta) = exp(p);
+    - ``eta_param="softplus"``: eta = softplus(p), hence beta = eta / (1 + eta) (the authors'
+      swish parametrisation, paper-notes section 9).
+    `channels` None means one beta for the whole layer; otherwise one per channel, broadcast over
+    axis `channel_dim` of the input.
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.5,
+        *,
+        learnable: bool = False,
+        channels: int | None = None,
+        channel_dim: int = 1,
+        eta_param: EtaParam = "logit",
+    ):
+        super().__init__()
+        if not 0 <= beta <= 1:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        if learnable and not 0 < beta < 1:
+            raise ValueError(f"a learnable beta starts inside (0, 1), got {beta}")
+        self.learnable, self.eta_param, self.channel_dim = learnable, eta_param, channel_dim
+        self.fixed = None if learnable else float(beta)
+        if learnable:
+            eta0 = beta / (1 - beta)
+            # inverse of exp, or of softplus (eta + log(1 - e^-eta), stable for large eta)
+            p0 = math.log(eta0) if eta_param == "logit" else eta0 + math.log(-math.expm1(-eta0))
+            self.p = nn.Parameter(torch.full((channels,) if channels else (), p0))
+
+    def _shaped(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
+        if v.dim() == 0:
+            return v
+        shape = [1] * ndim
+        shape[self.channel_dim] = v.shape[0]
+        return v.view(shape)
+
+    def eta(self, ndim: int) -> torch.Tensor | float:
+        """eta = beta / (1 - beta), shaped to broadcast over an input of `ndim` dimensions.
+
+        A float for a fixed beta < 1 (callers handle beta = 1, where eta is infinite, through
+        :meth:`constant`).
+        """
+        if not self.learnable:
+            return self.fixed / (1 - self.fixed) if self.fixed < 1 else float("inf")
+        # exp capped at e^60 (finite in fp32 and bf16) so that eta * 0 never becomes inf * 0
+        e = (
+            self.p.clamp(max=60).exp()
+            if self.eta_param == "logit"
+            else nn.functional.softplus(self.p)
+        )
+        return self._shaped(e, ndim)
+
+    def beta(self) -> torch.Tensor:
+        if not self.learnable:
+            return torch.tensor(self.fixed)
+        if self.eta_param == "logit":
+            return torch.sigmoid(self.p)
+        eta = nn.functional.softplus(self.p)
+        return eta / (1 + eta)
+
+    def constant(self) -> float | None:
+        """The fixed beta (the same for every channel), or None when learnable."""
+        return self.fixed
+
+    def extra_repr(self) -> str:
+        kind = f"learnable ({self.eta_param})" if self.learnable else "fixed"
+        return f"{kind}, beta={self.beta().detach().flatten()[:4].tolist()}"
+
+
+def _region_axis(eta: torch.Tensor | float) -> torch.Tensor | float:
+    """Append the region axis to a shaped eta so it broadcasts against scores (..., R)."""
+    return eta.unsqueeze(-1) if isinstance(eta, torch.Tensor) else eta

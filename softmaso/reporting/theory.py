@@ -1,0 +1,91 @@
+"""Render `softmaso theory`: the check table, the notes, and the paper's Table 1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from softmaso.theory.checks import TABLE1, CheckResult
+
+
+def _verdict(r: CheckResult) -> str:
+    if r.contrast:
+        return "[green]pass (differs)[/]" if r.passed else "[red]FAIL (should differ)[/]"
+    return "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+
+
+def checks_table(results: list[CheckResult]) -> Table:
+    t = Table(title="Claims of the paper, checked numerically", show_lines=False)
+    for col in ("claim", "paper", "compared", "max error", "tol", "verdict"):
+        t.add_column(
+            col, overflow="fold", justify="right" if col in ("max error", "tol") else "left"
+        )
+    for r in results:
+        op = ">" if r.contrast else "<="
+        t.add_row(
+            f"[bold]{r.id}[/]\n{escape(r.claim)}",
+            escape(r.ref),
+            escape(r.compared),
+            f"{r.max_error:.2e}",
+            f"{op} {r.tol:.0e}",
+            _verdict(r),
+        )
+    return t
+
+
+def table1(results: list[CheckResult]) -> Table:
+    by_id = {r.id: r for r in results}
+    t = Table(title="Table 1: VQ type, the problem it solves, the nonlinearities it yields")
+    for col in ("VQ type", escape("T[k,:] ="), "examples (check that derives it: verdict)"):
+        t.add_column(col, overflow="fold")
+    for row in TABLE1:
+        lines = []
+        for name, cid in row["examples"]:
+            ok = by_id[cid].passed if cid in by_id else None
+            mark = "[green]pass[/]" if ok else "[red]FAIL[/]" if ok is False else "[dim]not run[/]"
+            lines.append(f"{escape(name)} ({cid}: {mark})")
+        t.add_row(escape(row["vq"]), escape(row["problem"]), "\n".join(lines))
+    return t
+
+
+def render(results: list[CheckResult], console: Console) -> None:
+    console.print(checks_table(results))
+    notes = [r for r in results if r.note]
+    if notes:
+        console.print("[bold]Notes[/]")
+        for r in notes:
+            console.print(f"- [bold]{r.id}[/]: {escape(r.note)}")
+    console.print(table1(results))
+    failed = [r.id for r in results if not r.passed]
+    summary = f"{len(results) - len(failed)}/{len(results)} claims verified"
+    console.print(
+        f"[red]{summary}; failed: {', '.join(failed)}[/]" if failed else f"[green]{summary}[/]"
+    )
+
+
+def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int) -> None:
+    from softmaso import __version__
+    from softmaso.io import atomic_write
+
+    doc = {
+        "softmaso": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "trials": trials,
+        "all_passed": all(r.passed for r in results),
+        "checks": [r.to_dict() for r in results],
+        "table1": [
+            {
+                "vq": row["vq"],
+                "problem": row["problem"],
+                "examples": [{"name": n, "check": c} for n, c in row["examples"]],
+            }
+            for row in TABLE1
+        ],
+    }
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
