@@ -142,6 +142,290 @@ def plot_activations(
         typer.echo(f"wrote {path}")
 
 
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="SOFTMASO_DATA",
+        help="Where datasets live. [default: $SOFTMASO_DATA, else ./data]",
+    ),
+]
+
+
+@app.command(
+    epilog="Examples: softmaso train recipes/smoke.yaml | "
+    "softmaso train recipes/table2/cifar10.yaml --set optim.lr=0.001 --seed 0"
+)
+def train(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/smoke.yaml.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a recipe key, KEY=VALUE (repeatable), e.g. optim.lr=0.0005."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (same as --set seed=N).")] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")
+    ] = "auto",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory. [default: results/runs/RECIPE/NAME from the settings]"),
+    ] = None,
+    data_dir: DataDir = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved config and exit.")
+    ] = False,
+) -> None:
+    """Train the paper's largeCNN from a YAML recipe; rerun the same command to resume.
+
+    Writes config.yaml, env.json, metrics.jsonl, checkpoint.pt, result.json and
+    model.safetensors to the run directory. A finished run is not redone. Exit code 1 if the
+    loss diverges (NaN or infinite), 130 if interrupted (the run stays resumable).
+    """
+    from softmaso.config import dump_yaml, load_recipe
+
+    overrides = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
+    cfg = load_recipe(recipe, overrides)
+    if print_config:
+        typer.echo(dump_yaml(cfg), nl=False)
+        return
+    from softmaso import runs
+    from softmaso.training import fit
+
+    run_dir = out or runs.default_run_dir(cfg)
+    try:
+        result = fit(cfg, run_dir, device=device, data_dir=data_dir)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: rerun the same command to resume {run_dir}", err=True)
+        raise typer.Exit(130) from None
+    if result.get("skipped"):
+        typer.echo(f"already finished: {run_dir} (delete its result.json to redo it)")
+    acc = result["final_test_acc"]
+    acc_text = "n/a" if acc is None else f"{acc:.4f}"
+    typer.echo(f"{result['status']}: final test accuracy {acc_text} -> {run_dir}")
+    if result["status"] != "finished":
+        raise typer.Exit(1)
+
+
+@app.command("eval", epilog="Example: softmaso eval results/runs/smoke/<run> --json")
+def eval_(
+    target: Annotated[Path, typer.Argument(help="A run directory or a checkpoint.pt file.")],
+    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"test_acc": ..., "loss": ...}.')
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    data_dir: DataDir = None,
+) -> None:
+    """Accuracy and loss of a saved model on the test (or train) split."""
+    import json
+
+    from softmaso.training import evaluate_saved
+
+    if split not in ("test", "train"):
+        raise UserError("--split", f"{split!r} is not a split; use test or train")
+    res = evaluate_saved(target, split=split, device=device, data_dir=data_dir)
+    acc, loss = res[f"{split}_acc"], res["loss"]
+    if as_json:
+        typer.echo(json.dumps({f"{split}_acc": acc, "loss": loss}))
+    else:
+        typer.echo(f"{split} accuracy {acc:.4f}, loss {loss:.4f} (epoch {res['epoch']})")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch CIFAR-10/100 and SVHN once.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch", epilog="Example: softmaso data fetch cifar10 cifar100 svhn")
+def data_fetch(
+    names: Annotated[list[str], typer.Argument(help="cifar10, cifar100 and/or svhn.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Download and verify datasets into the data directory (needs internet, once)."""
+    from softmaso.data import default_data_dir, fetch
+
+    for line in fetch(list(names), data_dir or default_data_dir()):
+        typer.echo(line)
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@app.command(
+    epilog="Examples: softmaso reproduce all --smoke | "
+    "softmaso reproduce table2 --devices 0,1,2,3 | "
+    "softmaso reproduce table2 --launcher slurm --slurm-partition gpu"
+)
+def reproduce(
+    experiment: Annotated[str, typer.Argument(help="table2, gs-cifar100, figure1, theory or all.")],
+    runs_: Annotated[
+        int | None,
+        typer.Option("--runs", help="Seeds per cell (0..N-1). [default: the recipe's, 5]"),
+    ] = None,
+    datasets: Annotated[
+        str | None, typer.Option(help="Comma-separated recipes to keep, e.g. cifar10,svhn.")
+    ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            help="Results directory. [default: results/EXPERIMENT, results/smoke/... with --smoke]"
+        ),
+    ] = None,
+    launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",
+    devices: Annotated[
+        str | None, typer.Option(help="GPUs for local runs, one run per GPU: e.g. 0,1 (or cpu).")
+    ] = None,
+    smoke: Annotated[
+        bool,
+        typer.Option("--smoke", help="Tiny offline stand-in of the same pipeline, labelled smoke."),
+    ] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key in every run, KEY=VALUE.")
+    ] = None,
+    data_dir: DataDir = None,
+    slurm_partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    slurm_time: Annotated[int, typer.Option(help="SLURM time limit per job, minutes.")] = 24 * 60,
+    slurm_parallelism: Annotated[int, typer.Option(help="Most array tasks running at once.")] = 16,
+    slurm_gpus: Annotated[int, typer.Option(help="GPUs per job.")] = 1,
+    slurm_cpus: Annotated[int, typer.Option(help="CPUs per job.")] = 8,
+    slurm_cluster: Annotated[
+        str, typer.Option(help="submitit cluster: slurm, or local/debug to test without SLURM.")
+    ] = "slurm",
+) -> None:
+    """Run a whole experiment of the paper and report it (skips finished runs, resumes the rest).
+
+    table2: 3 datasets x {baseline, ortho penalty} x 3 learning rates x 5 seeds = 90 runs, then
+    the table beside the paper's numbers and the learning curves. gs-cifar100: exact
+    orthogonality + swish on CIFAR-100, 5 seeds. figure1, theory: the theory half. all: everything.
+    """
+    import shlex
+
+    from softmaso import experiments as ex
+
+    names = ["theory", "figure1", "table2", "gs-cifar100"] if experiment == "all" else [experiment]
+    for name in names:
+        if name not in ("theory", "figure1", *ex.EXPERIMENTS):
+            raise UserError(
+                "EXPERIMENT",
+                f"unknown experiment {name!r}; use table2, gs-cifar100, figure1, theory or all",
+            )
+    if launcher not in ("local", "slurm"):
+        raise UserError("--launcher", f"{launcher!r}; use local or slurm")
+    base = results or Path("results/smoke" if smoke else "results")
+    dev = ex.parse_devices(devices)
+    command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    failed = False
+    for name in names:
+        root = results if results and len(names) == 1 else base / name
+        if name == "theory":
+            failed |= _reproduce_theory(base)
+            continue
+        if name == "figure1":
+            from softmaso.reporting.figure1 import figure1_spec, write_figure1
+
+            for path in write_figure1(figure1_spec(), base / "figures"):
+                typer.echo(f"wrote {path}")
+            continue
+        todo = ex.expand(
+            name,
+            root,
+            smoke=smoke,
+            datasets=_csv(datasets),
+            seeds=runs_,
+            overrides=list(set_ or []),
+        )
+        ex.write_grid(root, name, todo, smoke=smoke)
+        typer.echo(
+            f"{name}: {len(todo)} runs in {root}"
+            + (" (SMOKE: synthetic stand-in data)" if smoke else "")
+        )
+        slurm = {
+            "folder": root / ".submitit",
+            "cluster": slurm_cluster,
+            "partition": slurm_partition,
+            "time_min": slurm_time,
+            "parallelism": slurm_parallelism,
+            "gpus": slurm_gpus,
+            "cpus": slurm_cpus,
+        }
+        outcomes = ex.run_grid(
+            todo, launcher=launcher, devices=dev, data_dir=data_dir, smoke=smoke, slurm=slurm
+        )
+        typer.echo(f"{name}: {ex.summary_line(outcomes)}")
+        failed |= any(o in ("diverged", "conflict") for o in outcomes.values())
+        for path in ex.report(root, paper=name == "table2", command=command):
+            typer.echo(f"wrote {path}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _reproduce_theory(base: Path) -> bool:
+    from rich.console import Console
+
+    from softmaso.reporting.theory import render, write_json
+    from softmaso.theory.checks import run_checks
+
+    results = run_checks()
+    render(results, Console())
+    path = base / "theory.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(results, path, seed=0, trials=200)
+    typer.echo(f"wrote {path}")
+    return not all(r.passed for r in results)
+
+
+@app.command(
+    epilog="Example: softmaso table results/table2 --paper --format latex --out table2.tex"
+)
+def table(
+    results_dir: Annotated[
+        Path, typer.Argument(help="A directory of runs (searched recursively).")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="markdown, latex, csv or json.")
+    ] = "markdown",
+    paper: Annotated[
+        bool,
+        typer.Option("--paper", help="Add the paper's Table 2, our difference and Welch tests."),
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Tabulate finished runs: mean +- std over seeds (ddof 1) with n, rows and columns from the
+    keys that vary; missing, running and diverged runs are shown, never averaged in."""
+    from softmaso.reporting import tables
+
+    if fmt not in ("markdown", "latex", "csv", "json"):
+        raise UserError("--format", f"{fmt!r}; use markdown, latex, csv or json")
+    if out is not None:
+        from softmaso.io import ensure_writable_dir
+
+        ensure_writable_dir(out.parent, where="--out")
+    text = tables.render(tables.summarize(tables.collect(results_dir)), fmt, paper=paper)
+    tables.write_table(text, out)
+
+
+@app.command(
+    "plot-curves",
+    epilog="Example: softmaso plot-curves results/table2 --out results/table2/figures",
+)
+def plot_curves_(
+    results_dir: Annotated[Path, typer.Argument(help="A directory of runs.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory. [default: RESULTS_DIR/figures]")
+    ] = None,
+) -> None:
+    """Test accuracy per epoch (mean +- std band over seeds), baseline against ortho, one panel per
+    dataset and learning rate; and the orthogonality error per epoch."""
+    from softmaso.io import ensure_writable_dir
+    from softmaso.reporting.curves import plot_curves
+
+    out = ensure_writable_dir(out or results_dir / "figures", where="--out")
+    for path in plot_curves(results_dir, out):
+        typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

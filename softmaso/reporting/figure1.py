@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softmaso.errors import UserError
-from softmaso.theory.specs import MaxAffineSpec, absolute, max_affine, relu
+from softmaso.theory.specs import MaxAffineSpec, absolute, parse_pieces, relu
 
 DEFAULT_BETAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_PIECES = "-0.5:-0.5,0.3:0,1.5:-1.2"  # our choice: 3 pieces, kinks at u = -0.625 and 1
@@ -37,55 +37,6 @@ class Figure1Spec:
     @property
     def stem(self) -> str:
         return "figure1-value" if self.value else "figure1"
-
-
-def parse_pieces(text: str, *, where: str = "--pieces") -> MaxAffineSpec:
-    """Parse "a1:c1,a2:c2,..." into f(u) = max_r (a_r u + c_r), pieces listed left to right.
-
-    Every f of this form is convex; what can go wrong is the list itself. It must give each
-    piece's slope a_r and offset c_r in the order the pieces appear from left to right, as one
-    reads a convex piecewise-linear graph: slopes strictly increasing, and kinks (where piece r
-    meets piece r + 1) strictly increasing, so that every piece is the maximum somewhere. A list
-    that breaks either rule does not describe a convex function piece by piece.
-    """
-    items = [p.strip() for p in text.split(",")]
-    if len(items) < 2:
-        raise UserError(where, f"{text!r} has {len(items)} piece; give at least 2 as 'a1:c1,a2:c2'")
-    slopes, offsets = [], []
-    for i, item in enumerate(items, start=1):
-        parts = item.split(":")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            a, c = float(parts[0]), float(parts[1])
-        except ValueError:
-            raise UserError(
-                where,
-                f"piece {i} {item!r} is malformed; each piece is 'slope:offset', e.g. '0.5:-1'",
-            ) from None
-        if a != a or c != c or abs(a) == float("inf") or abs(c) == float("inf"):
-            raise UserError(where, f"piece {i} {item!r} is not finite")
-        slopes.append(a)
-        offsets.append(c)
-    for r in range(1, len(slopes)):
-        if slopes[r] <= slopes[r - 1]:
-            raise UserError(
-                where,
-                f"not convex: piece {r + 1} slope {slopes[r]:g} <= piece {r} slope "
-                f"{slopes[r - 1]:g}; list pieces left to right with strictly increasing slopes",
-            )
-    kinks = [
-        (offsets[r] - offsets[r + 1]) / (slopes[r + 1] - slopes[r]) for r in range(len(slopes) - 1)
-    ]
-    for r in range(1, len(kinks)):
-        if kinks[r] <= kinks[r - 1]:
-            raise UserError(
-                where,
-                f"not convex: piece {r + 1} is never the maximum (it meets piece {r} at "
-                f"u = {kinks[r - 1]:g}, after it meets piece {r + 2} at u = {kinks[r]:g}); "
-                f"kinks must increase left to right",
-            )
-    return max_affine(slopes, offsets, name="convex")
 
 
 def figure1_spec(

@@ -16,6 +16,7 @@ from softmaso.theory.specs import (
     leaky_relu,
     max_affine,
     maxpool_scores,
+    parse_pieces,
     relu,
 )
 from softmaso.theory.vq import (
@@ -48,6 +49,7 @@ __all__ = [
     "maso_scores",
     "max_affine",
     "maxpool_scores",
+    "parse_pieces",
     "product_of_marginals",
     "region_prior",
     "relu",

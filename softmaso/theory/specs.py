@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from softmaso.errors import UserError
+
 
 @dataclass(frozen=True)
 class MaxAffineSpec:
@@ -83,3 +85,52 @@ def maxpool_scores(x: torch.Tensor, kernel_size: int, stride: int | None = None)
     w_out = (w - kernel_size) // stride + 1
     cols = cols.view(n, c, kernel_size * kernel_size, h_out, w_out)  # (N, C, R, H', W')
     return cols.permute(0, 1, 3, 4, 2)  # (N, C, H', W', R)
+
+
+def parse_pieces(text: str, *, where: str = "--pieces") -> MaxAffineSpec:
+    """Parse "a1:c1,a2:c2,..." into f(u) = max_r (a_r u + c_r), pieces listed left to right.
+
+    Every f of this form is convex; what can go wrong is the list itself. It must give each
+    piece's slope a_r and offset c_r in the order the pieces appear from left to right, as one
+    reads a convex piecewise-linear graph: slopes strictly increasing, and kinks (where piece r
+    meets piece r + 1) strictly increasing, so that every piece is the maximum somewhere. A list
+    that breaks either rule does not describe a convex function piece by piece.
+    """
+    items = [p.strip() for p in text.split(",")]
+    if len(items) < 2:
+        raise UserError(where, f"{text!r} has {len(items)} piece; give at least 2 as 'a1:c1,a2:c2'")
+    slopes, offsets = [], []
+    for i, item in enumerate(items, start=1):
+        parts = item.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            a, c = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise UserError(
+                where,
+                f"piece {i} {item!r} is malformed; each piece is 'slope:offset', e.g. '0.5:-1'",
+            ) from None
+        if a != a or c != c or abs(a) == float("inf") or abs(c) == float("inf"):
+            raise UserError(where, f"piece {i} {item!r} is not finite")
+        slopes.append(a)
+        offsets.append(c)
+    for r in range(1, len(slopes)):
+        if slopes[r] <= slopes[r - 1]:
+            raise UserError(
+                where,
+                f"not convex: piece {r + 1} slope {slopes[r]:g} <= piece {r} slope "
+                f"{slopes[r - 1]:g}; list pieces left to right with strictly increasing slopes",
+            )
+    kinks = [
+        (offsets[r] - offsets[r + 1]) / (slopes[r + 1] - slopes[r]) for r in range(len(slopes) - 1)
+    ]
+    for r in range(1, len(kinks)):
+        if kinks[r] <= kinks[r - 1]:
+            raise UserError(
+                where,
+                f"not convex: piece {r + 1} is never the maximum (it meets piece {r} at "
+                f"u = {kinks[r - 1]:g}, after it meets piece {r + 2} at u = {kinks[r]:g}); "
+                f"kinks must increase left to right",
+            )
+    return max_affine(slopes, offsets, name="convex")

@@ -1,0 +1,305 @@
+"""Recipes: YAML -> dotted `--set` overrides -> a strict, frozen, typed :class:`RunConfig`.
+
+Config flows one way: ``load_recipe(path, overrides)`` reads the YAML with ``safe_load``,
+applies ``--set a.b=value`` overrides (each value parsed as YAML, so ``0.001``, ``true`` and
+``[1, 2]`` mean what they look like), then validates everything against the models below.
+An unknown key is an error naming the key, the file and the closest valid key; a wrong value
+names the key and what is allowed. The trainer only ever sees the frozen RunConfig.
+
+Each default carries its unit and its source: [paper] the ICLR 2019 paper, [authors] the
+authors' public code (paper-notes section 9), [ours] our choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from softmaso.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    name: Literal["cifar10", "cifar100", "svhn", "synthetic", "npz"] = Field(
+        "cifar10", description="dataset; synthetic is generated offline, npz is your own file"
+    )
+    path: str | None = Field(None, description="the .npz file (data.name: npz) [ours]")
+    subset: int | None = Field(
+        None, gt=0, description="images per split, stratified by class; null = all [ours]"
+    )
+    classes: Literal[10, 100] = Field(10, description="classes of the synthetic set [ours]")
+    synthetic_train: int = Field(
+        5000, gt=0, description="training images of the synthetic set (test: 1/5 of it) [ours]"
+    )
+    preprocess: Literal["per_image", "per_channel", "scale"] = Field(
+        "per_image",
+        description="per_image: centre each image by its mean, divide by its max absolute value "
+        "[authors]; per_channel: standardise with training-set channel stats; scale: x/255",
+    )
+    augment: bool = Field(False, description="random crop (pad 4) and flip [authors: off]")
+    balanced_batches: bool = Field(
+        True, description="each mini-batch has the same number of images per class [authors]"
+    )
+
+
+class ModelConfig(_Strict):
+    width: float = Field(
+        1.0,
+        gt=0,
+        description="channel multiplier (x 96/192 channels); 1.0 = the paper's largeCNN [paper]",
+    )
+    activation: Literal["relu", "swish", "beta"] = Field(
+        "relu",
+        description="relu [paper]; swish: u*sigmoid(eta u), learnable per-channel "
+        "eta = softplus(p), p0 = 0.5 [authors]; beta: activation.spec under beta-VQ",
+    )
+    spec: Literal["relu", "abs", "leaky_relu", "pieces"] = Field(
+        "relu", description="max-affine spec under beta-VQ when model.activation is beta [ours]"
+    )
+    pieces: str | None = Field(
+        None, description="slope:offset pieces, left to right, for model.spec: pieces [ours]"
+    )
+    leaky_slope: float = Field(
+        0.1, ge=0, lt=1, description="negative slope of model.spec: leaky_relu (dimensionless)"
+    )
+    beta: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="beta in [0, 1] of model.activation: beta (initial value if learnt) [ours]",
+    )
+    learn_beta: bool = Field(True, description="learn one beta per channel, kept in (0, 1) [ours]")
+    batch_norm: bool = Field(True, description="batch norm before each nonlinearity [authors]")
+
+
+class OrthoConfig(_Strict):
+    mode: Literal["none", "penalty", "exact"] = Field(
+        "none",
+        description="none: baseline; penalty: loss + weight * sum_{k!=k'} <W_k, W_k'>^2 per "
+        "conv [paper eq. 11]; exact: filters reparametrised to be orthonormal [paper Sec. 5]",
+    )
+    weight: float = Field(1.0, ge=0, description="penalty weight lambda, dimensionless [paper: 1]")
+    apodize: bool = Field(
+        False, description="multiply filters by a 2-D Hamming window [paper App. B]"
+    )
+
+
+class OptimConfig(_Strict):
+    name: Literal["adam"] = Field("adam", description="optimiser [paper: Adam]")
+    lr: float = Field(
+        0.001, gt=0, description="Adam step size, constant over training [paper: 1e-3, 5e-4, 1e-4]"
+    )
+    batch_size: int = Field(
+        50, gt=0, description="images per optimiser step [authors: 50; CIFAR-100: 100]"
+    )
+    weight_decay: float = Field(
+        0.0, ge=0, description="L2 weight decay coefficient [authors: none]"
+    )
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(
+        150, gt=0, description="passes over the training set [authors: 150; CIFAR-100: 200]"
+    )
+    amp: bool = Field(False, description="bf16 autocast on CUDA [ours]")
+    eval_batch_size: int = Field(1000, gt=0, description="images per evaluation batch [ours]")
+    checkpoint_every: int = Field(
+        1, gt=0, description="epochs between checkpoints (and metrics writes) [ours]"
+    )
+
+
+class RunConfig(_Strict):
+    recipe: str = Field("custom", description="recipe name, taken from the file name")
+    seed: int = Field(
+        0, ge=0, description="seed of the initialisation, data order and augmentation [ours]"
+    )
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    ortho: OrthoConfig = OrthoConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def with_overrides(self, **dotted: Any) -> RunConfig:
+        """A copy with dotted keys replaced (validated like a recipe)."""
+        tree = self.to_dict()
+        for key, value in dotted.items():
+            _set_dotted(tree, key, value, where=key)
+        return _validate(tree, source="overrides", set_keys=set(dotted))
+
+
+# ----------------------------------------------------------------------------------- loading
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_fields
+
+
+def valid_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """All dotted keys of a config model (leaves and sections)."""
+    keys = []
+    for name, f in _fields(model).items():
+        key = prefix + name
+        keys.append(key)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += valid_keys(ann, key + ".")
+    return keys
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _set_dotted(tree: dict, key: str, value: Any, *, where: str) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(where, f"{'.'.join(parts[: i + 1])!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=0.001' -> ('optim.lr', 0.001); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError("--set", f"{text!r} is not KEY=VALUE (e.g. --set optim.lr=0.0005)")
+    if key not in valid_keys():
+        raise UserError(f"--set {key}", f"unknown key{_did_you_mean(key)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}", f"cannot parse value {raw!r}") from None
+    return key, value
+
+
+def _validate(tree: dict, *, source: str, set_keys: set[str]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        where = f"--set {key}" if key in set_keys else f"{source}: key {key!r}"
+        if err["type"] == "extra_forbidden":
+            raise UserError(f"{source}", f"unknown key {key!r}{_did_you_mean(key)}") from None
+        allowed = err["msg"]
+        got = err.get("input")
+        raise UserError(where, f"{allowed} (got {got!r})") from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe file: its base settings, and optionally a sweep and a smoke variant.
+
+    ``sweep:`` maps dotted keys to lists of values (``softmaso reproduce`` runs every
+    combination); ``smoke:`` maps dotted keys to the values that turn the recipe into a tiny
+    offline stand-in (``--smoke``). Both are checked against the config's keys when read.
+    """
+
+    path: Path
+    tree: dict[str, Any]
+    sweep: dict[str, list[Any]]
+    smoke: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def config(
+        self,
+        overrides: list[str] | tuple[str, ...] = (),
+        *,
+        smoke: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> RunConfig:
+        """Base values <- smoke variant (if asked) <- one sweep point <- --set overrides."""
+        tree = copy.deepcopy(self.tree)
+        for key, value in (self.smoke if smoke else {}).items():
+            _set_dotted(tree, key, value, where=f"{self.path}: smoke.{key}")
+        for key, value in (settings or {}).items():
+            _set_dotted(tree, key, value, where=f"{self.path}: sweep.{key}")
+        set_keys = set()
+        for text_override in overrides:
+            key, value = parse_override(text_override)
+            _set_dotted(tree, key, value, where=f"--set {key}")
+            set_keys.add(key)
+        return _validate(tree, source=str(self.path), set_keys=set_keys)
+
+    def points(self, fixed: set[str] = frozenset()) -> list[dict[str, Any]]:
+        """Every combination of the sweep's values (keys in `fixed` are left out)."""
+        keys = [k for k in self.sweep if k not in fixed]
+        return [
+            dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(self.sweep[k] for k in keys))
+        ]
+
+
+def _section(tree: dict, name: str, path: Path) -> dict[str, Any]:
+    section = tree.pop(name, None) or {}
+    if not isinstance(section, dict):
+        raise UserError(str(path), f"{name}: must map dotted keys to values (e.g. optim.lr: ...)")
+    for key, value in section.items():
+        if key not in valid_keys() or key == "recipe":
+            raise UserError(str(path), f"{name}: unknown key {key!r}{_did_you_mean(key)}")
+        if name == "sweep" and (not isinstance(value, list) or not value):
+            raise UserError(str(path), f"sweep: {key} must be a non-empty list of values")
+    return section
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """Parse a recipe file (YAML mapping) without validating the values yet."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(str(path), f"cannot read recipe ({e.strerror or e})") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(str(path), f"invalid YAML{line}") from None
+    if not isinstance(tree, dict):
+        raise UserError(str(path), "a recipe is a mapping of keys (data:, model:, ...)")
+    tree.setdefault("recipe", path.stem)
+    sweep, smoke = _section(tree, "sweep", path), _section(tree, "smoke", path)
+    return Recipe(path, tree, sweep, smoke)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML recipe, apply `--set` overrides, validate strictly (a sweep is ignored:
+    this is the recipe's base point; `softmaso reproduce` runs the sweep)."""
+    return read_recipe(path).config(overrides)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def describe_keys(
+    model: type[BaseModel] = RunConfig, prefix: str = ""
+) -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf: the recipe reference in the README."""
+    rows = []
+    for name, f in _fields(model).items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows += describe_keys(ann, prefix + name + ".")
+        else:
+            rows.append((prefix + name, repr(f.default), f.description or ""))
+    return rows

@@ -1,0 +1,390 @@
+"""Experiments: recipes with sweeps -> run directories -> launched once each, then reported.
+
+``softmaso reproduce table2`` expands the sweeps of recipes/table2/*.yaml into 90 runs, one
+directory each, named by its settings (``results/table2/cifar10/lr-0.001_mode-none_seed-0``).
+A run is claimed with an exclusive lock (``fcntl.flock`` on ``.lock`` in its directory) before
+it trains, so two ``reproduce`` processes on one results directory never train the same run;
+the kernel drops the lock when its process dies, so a killed grid leaves no stale lock. A
+finished run (result.json) is skipped, an interrupted one resumes from its checkpoint, a
+diverged one is reported and not retried.
+
+Launchers: ``local`` runs in this process, in sequence, or one worker process per listed GPU;
+``slurm`` submits a submitit job array (each task requeues itself on preemption or timeout
+and resumes from its checkpoint). No scheduler of our own: a process pool or SLURM decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from softmaso import runs
+from softmaso.config import RunConfig, read_recipe
+from softmaso.errors import UserError
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+EXPERIMENTS: dict[str, list[str]] = {
+    "table2": ["table2/svhn.yaml", "table2/cifar10.yaml", "table2/cifar100.yaml"],
+    "gs-cifar100": ["gs-cifar100.yaml"],
+}
+GRID = "grid.json"
+LOCK = ".lock"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One point of an experiment: its config, its settings and its directory."""
+
+    recipe: str
+    settings: dict[str, Any]
+    cfg: RunConfig
+    dir: Path
+
+
+def point_name(settings: dict[str, Any]) -> str:
+    """Directory name from the swept settings: {'optim.lr': 0.001, 'seed': 0} -> lr-0.001_seed-0."""
+    parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in settings.items()]
+    return "_".join(parts) or "base"
+
+
+def expand(
+    experiment: str,
+    root: Path,
+    *,
+    smoke: bool = False,
+    datasets: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> list[Run]:
+    """The runs of a named experiment (one per sweep point of each of its recipes).
+
+    `datasets` keeps only recipes whose file stem is listed; `seeds` replaces the sweep's seed
+    list by 0..seeds-1; `overrides` (--set) apply to every run.
+    """
+    if experiment not in EXPERIMENTS:
+        raise UserError(
+            "EXPERIMENT", f"unknown experiment {experiment!r}; one of {', '.join(EXPERIMENTS)}"
+        )
+    paths = [RECIPES / p for p in EXPERIMENTS[experiment]]
+    if datasets:
+        known = {p.stem for p in paths}
+        for d in datasets:
+            if d not in known:
+                raise UserError(
+                    "--datasets", f"{d!r} is not in {experiment}; one of {', '.join(sorted(known))}"
+                )
+        paths = [p for p in paths if p.stem in datasets]
+    fixed = {key.partition("=")[0].strip() for key in overrides}
+    out = []
+    for path in paths:
+        recipe = read_recipe(path)
+        if seeds is not None:
+            recipe = _with_seeds(recipe, seeds)
+        for settings in recipe.points(fixed):
+            cfg = recipe.config(overrides, smoke=smoke, settings=settings)
+            out.append(
+                Run(recipe.name, settings, cfg, Path(root) / recipe.name / point_name(settings))
+            )
+    return out
+
+
+def _with_seeds(recipe, n: int):
+    from dataclasses import replace
+
+    if n < 1:
+        raise UserError("--runs", f"{n} runs per cell; need at least 1")
+    return replace(recipe, sweep={**recipe.sweep, "seed": list(range(n))})
+
+
+def write_grid(root: Path, experiment: str, todo: list[Run], *, smoke: bool) -> None:
+    """grid.json: what the experiment expects, so `softmaso table` can show missing runs."""
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "experiment": experiment,
+        "smoke": smoke,
+        "created": runs.now(),
+        "runs": [
+            {"dir": str(r.dir.relative_to(root)), "recipe": r.recipe, "settings": r.settings}
+            for r in todo
+        ],
+    }
+    old = runs.read_json(root / GRID)
+    if old and old.get("smoke") != smoke:
+        kind = "smoke" if old.get("smoke") else "real"
+        raise UserError("--results", f"{root} holds {kind} runs; keep smoke and real results apart")
+    if old and old.get("experiment") == experiment:  # keep runs of earlier, partial invocations
+        new_dirs = {r["dir"] for r in doc["runs"]}
+        doc["runs"] = [r for r in old.get("runs", []) if r["dir"] not in new_dirs] + doc["runs"]
+        if doc["runs"] == old.get("runs"):
+            return
+    runs.write_json(root / GRID, doc)
+
+
+# ------------------------------------------------------------------------------------ locks
+@contextlib.contextmanager
+def claim(run_dir: Path) -> Iterator[bool]:
+    """Hold the run's lock for the block; yields False (without waiting) if another has it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def state(run_dir: Path) -> str:
+    """finished | diverged | started | new, from the files in the run directory."""
+    result = runs.read_json(run_dir / runs.RESULT)
+    if result:
+        return str(result.get("status"))
+    if (run_dir / runs.CHECKPOINT).exists():
+        return "started"
+    return "new"
+
+
+def run_one(
+    run: Run,
+    *,
+    device: str = "auto",
+    data_dir: Path | None = None,
+    smoke: bool = False,
+    progress=None,
+) -> str:
+    """Train one run unless it is done or claimed elsewhere; returns what happened."""
+    from softmaso.training import fit
+
+    with claim(run.dir) as mine:
+        if not mine:
+            return "busy"
+        before = state(run.dir)
+        if before in ("finished", "diverged"):
+            return f"skipped-{before}"
+        try:
+            result = fit(
+                run.cfg,
+                run.dir,
+                device=device,
+                data_dir=data_dir,
+                live=False,
+                extra={"smoke": smoke},
+                progress=progress,
+            )
+        except UserError as e:
+            if "different config" in str(e):
+                return "conflict"
+            raise
+        return str(result["status"])
+
+
+# -------------------------------------------------------------------------------- launchers
+def _pool_init(devices, counter) -> None:
+    with counter.get_lock():
+        i = counter.value
+        counter.value += 1
+    os.environ["SOFTMASO_WORKER_DEVICE"] = devices[i % len(devices)]
+
+
+def _pool_task(run: Run, data_dir, smoke) -> tuple[Path, str]:
+    device = os.environ["SOFTMASO_WORKER_DEVICE"]
+    return run.dir, run_one(run, device=device, data_dir=data_dir, smoke=smoke)
+
+
+def launch_local(
+    todo: list[Run],
+    *,
+    devices: list[str] | None,
+    data_dir=None,
+    smoke=False,
+    progress=None,
+    on_done=None,
+) -> dict[Path, str]:
+    """In this process, in order; or one worker process per device (one run per GPU)."""
+    outcomes: dict[Path, str] = {}
+    if not devices or len(devices) == 1:
+        device = devices[0] if devices else "auto"
+        for run in todo:
+            outcomes[run.dir] = run_one(
+                run, device=device, data_dir=data_dir, smoke=smoke, progress=progress
+            )
+            if on_done is not None:
+                on_done(run, outcomes[run.dir])
+        return outcomes
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    with ProcessPoolExecutor(
+        len(devices), mp_context=ctx, initializer=_pool_init, initargs=(devices, counter)
+    ) as pool:
+        futures = {pool.submit(_pool_task, run, data_dir, smoke): run for run in todo}
+        for fut in as_completed(futures):
+            run = futures[fut]
+            outcomes[run.dir] = fut.result()[1]
+            if on_done is not None:
+                on_done(run, outcomes[run.dir])
+    return outcomes
+
+
+class SubmititTask:
+    """A submitit job: train one run; on preemption or timeout, requeue and resume."""
+
+    def __init__(self, run: Run, data_dir, smoke: bool):
+        self.run, self.data_dir, self.smoke = run, data_dir, smoke
+
+    def __call__(self) -> str:
+        return run_one(self.run, device="auto", data_dir=self.data_dir, smoke=self.smoke)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SubmititTask(self.run, self.data_dir, self.smoke))
+
+
+def launch_slurm(
+    todo: list[Run],
+    *,
+    folder: Path,
+    cluster: str | None = "slurm",
+    partition: str | None = None,
+    time_min: int = 24 * 60,
+    parallelism: int = 16,
+    gpus: int = 1,
+    cpus: int = 8,
+    data_dir=None,
+    smoke=False,
+    wait: bool = True,
+) -> dict[Path, str]:
+    """Submit one job array through submitit (cluster 'debug' or 'local' runs it here)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params: dict[str, Any] = {
+        "timeout_min": time_min,
+        "slurm_array_parallelism": parallelism,
+        "gpus_per_node": gpus,
+        "cpus_per_task": cpus,
+        "name": "softmaso",
+    }
+    if partition:
+        params["slurm_partition"] = partition
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = [executor.submit(SubmititTask(run, data_dir, smoke)) for run in todo]
+    if not wait:
+        return {run.dir: f"submitted:{job.job_id}" for run, job in zip(todo, jobs, strict=True)}
+    return {run.dir: job.result() for run, job in zip(todo, jobs, strict=True)}
+
+
+def summary_line(outcomes: dict[Path, str]) -> str:
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def dump_outcomes(root: Path, outcomes: dict[Path, str]) -> str:
+    return json.dumps({str(k.relative_to(root)): v for k, v in outcomes.items()}, indent=1)
+
+
+# ------------------------------------------------------------------------------ the grid
+def parse_devices(text: str | None) -> list[str] | None:
+    """'0,1' -> ['cuda:0', 'cuda:1'] ('cpu' allowed); UserError for a GPU that is not there."""
+    if not text:
+        return None
+    from softmaso.training import resolve_device
+
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        spec = f"cuda:{item}" if item.isdigit() else item
+        try:
+            out.append(str(resolve_device(spec)))
+        except UserError as e:
+            raise UserError("--devices", e.message) from None
+    return out
+
+
+def run_grid(
+    todo: list[Run],
+    *,
+    launcher: str = "local",
+    devices: list[str] | None = None,
+    data_dir: Path | None = None,
+    smoke: bool = False,
+    slurm: dict[str, Any] | None = None,
+    live: bool | None = None,
+) -> dict[Path, str]:
+    """Launch every run (finished ones are skipped inside); show the grid's progress."""
+    import sys
+    import time
+
+    if launcher == "slurm":
+        return launch_slurm(todo, data_dir=data_dir, smoke=smoke, **(slurm or {}))
+    live = sys.stderr.isatty() if live is None else live
+    t0, done, failed = time.perf_counter(), [0], [0]
+    progress = grid_task = None
+    if live:
+        from softmaso.training import _new_progress
+
+        progress = _new_progress()
+        progress.start()
+        grid_task = progress.add_task(f"grid ({len(todo)} runs)", total=len(todo), info="")
+
+    def on_done(run: Run, outcome: str) -> None:
+        done[0] += 1
+        failed[0] += outcome in ("diverged", "conflict")
+        eta = (time.perf_counter() - t0) / done[0] * (len(todo) - done[0])
+        line = f"{done[0]}/{len(todo)} done, {failed[0]} failed, ETA {eta / 60:.1f} min"
+        if progress is not None:
+            progress.update(grid_task, advance=1, info=f"{failed[0]} failed")
+        else:
+            print(f"[grid] {line}: {run.dir.name} {outcome}", file=sys.stderr, flush=True)
+
+    try:
+        return launch_local(
+            todo,
+            devices=devices,
+            data_dir=data_dir,
+            smoke=smoke,
+            progress=progress,
+            on_done=on_done,
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def report(root: Path, *, paper: bool, command: str) -> list[Path]:
+    """Write the table (markdown, LaTeX, CSV) and the learning curves of an experiment."""
+    from softmaso.reporting import curves, tables
+
+    summary = tables.summarize(tables.collect(root))
+    stamp = f"Made by `{command}` at commit {runs.git_commit() or 'unknown'} on {runs.now()}."
+    paths = []
+    for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):
+        text = tables.render(summary, fmt, paper=paper)
+        if fmt == "markdown":
+            text = text.rstrip("\n") + f"\n\n{stamp}\n"
+        path = root / f"table.{ext}"
+        tables.write_table(text, path)
+        paths.append(path)
+    with contextlib.suppress(UserError):  # no finished epoch yet: nothing to plot
+        paths += curves.plot_curves(root, root / "figures")
+    return paths

@@ -1,0 +1,93 @@
+"""The paper's largeCNN (Appendix D), with the activation and normalisation the recipe asks for.
+
+    conv3x3  96 same            32x32
+    conv3x3  96 same
+    conv3x3  96 same, stride 2  -> 16x16
+    conv3x3 192 same
+    conv3x3 192 same
+    conv3x3 192 same, stride 2  -> 8x8
+    conv3x3 192 valid           -> 6x6
+    conv1x1 192
+    conv1x1   C (classes), global average pooling -> logits
+
+About 1.37 M parameters for C = 10. Each of the first eight convolutions is followed by batch
+norm (on by default, as the authors' code) and the nonlinearity; those eight are the MASO
+layers whose filters the orthogonality options act on (:meth:`LargeCNN.ortho_convs`). The
+classifier is left alone: it is not followed by a nonlinearity, so Thm. 4 does not concern it
+[ours].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from softmaso.config import ModelConfig
+from softmaso.nn import BetaVQActivation, swish
+from softmaso.theory import specs
+
+# (out channels at width 1, kernel, stride, padding) of the eight MASO convolutions.
+LAYERS = (
+    (96, 3, 1, 1),
+    (96, 3, 1, 1),
+    (96, 3, 2, 1),
+    (192, 3, 1, 1),
+    (192, 3, 1, 1),
+    (192, 3, 2, 1),
+    (192, 3, 1, 0),
+    (192, 1, 1, 0),
+)
+
+
+def make_activation(cfg: ModelConfig, channels: int) -> nn.Module:
+    """The nonlinearity of one layer of `channels` channels, from the model config."""
+    if cfg.activation == "relu":
+        return nn.ReLU(inplace=True)
+    if cfg.activation == "swish":
+        return swish(channels)
+    if cfg.spec == "pieces":
+        spec = specs.parse_pieces(cfg.pieces or "", where="model.pieces")
+    else:
+        spec = {
+            "relu": specs.relu(),
+            "abs": specs.absolute(),
+            "leaky_relu": specs.leaky_relu(cfg.leaky_slope),
+        }[cfg.spec]
+    learn = cfg.learn_beta and 0 < cfg.beta < 1
+    return BetaVQActivation(spec, cfg.beta, learnable=learn, channels=channels if learn else None)
+
+
+class LargeCNN(nn.Module):
+    """largeCNN of the paper's Appendix D. Input (N, 3, 32, 32) float -> logits (N, classes)."""
+
+    def __init__(self, cfg: ModelConfig, *, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c_in = in_channels
+        for c_out, k, stride, pad in LAYERS:
+            c = max(1, round(c_out * cfg.width))
+            conv = nn.Conv2d(c_in, c, k, stride=stride, padding=pad, bias=not cfg.batch_norm)
+            norm = nn.BatchNorm2d(c) if cfg.batch_norm else nn.Identity()
+            blocks.append(nn.Sequential(conv, norm, make_activation(cfg, c)))
+            c_in = c
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Conv2d(c_in, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.classifier(self.features(x))  # (N, classes, 6, 6)
+        return z.mean(dim=(2, 3))  # global average pooling -> (N, classes)
+
+    def ortho_convs(self) -> list[nn.Conv2d]:
+        """The convolutions whose filters orthogonality (penalty or exact) applies to."""
+        return [block[0] for block in self.features]
+
+    def ortho_names(self) -> list[str]:
+        return [f"conv{i + 1}" for i in range(len(self.features))]
+
+
+def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int = 3) -> LargeCNN:
+    return LargeCNN(cfg, num_classes=num_classes, in_channels=in_channels)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,120 @@
+"""Run directories: naming, the environment record, and reading results back.
+
+A run directory explains itself::
+
+    config.yaml      the resolved RunConfig (what `softmaso train --print-config` shows)
+    env.json         versions, device, git commit, host, command line, date
+    metrics.jsonl    one JSON line per finished epoch
+    checkpoint.pt    model + optimiser + history, written atomically after each epoch
+    result.json      written once at the end: status finished or diverged, accuracies, time
+    model.safetensors  the final effective weights (orthogonal reparametrisations applied)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from softmaso.config import RunConfig
+
+CONFIG, ENV, METRICS, CHECKPOINT, RESULT, WEIGHTS = (
+    "config.yaml",
+    "env.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "result.json",
+    "model.safetensors",
+)
+DEFAULT_ROOT = Path("results/runs")
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Short stable hash of the resolved config: two runs share a directory only if equal."""
+    text = json.dumps(cfg.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_name(cfg: RunConfig) -> str:
+    """Readable name from the settings that matter most, plus the config hash."""
+    m = cfg.model
+    act = m.activation if m.activation != "beta" else f"beta-{m.spec}"
+    parts = [cfg.data.name, f"ortho-{cfg.ortho.mode}", f"lr{cfg.optim.lr:g}", act]
+    if m.width != 1:
+        parts.append(f"w{m.width:g}")
+    parts += [f"seed{cfg.seed}", config_hash(cfg)]
+    return "_".join(parts)
+
+
+def default_run_dir(cfg: RunConfig, root: Path = DEFAULT_ROOT) -> Path:
+    return Path(root) / cfg.recipe / run_name(cfg)
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository softmaso is imported from, with '-dirty' if it has changes."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device) -> dict[str, Any]:
+    """What produced a result: versions, device, commit, host, command line, date."""
+    import torch
+    import torchvision
+
+    from softmaso import __version__
+
+    dev = {"type": device.type, "name": "cpu", "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        dev["name"] = torch.cuda.get_device_name(device)
+        dev["cuda"] = torch.version.cuda
+        dev["cudnn"] = torch.backends.cudnn.version()
+    else:
+        dev["name"] = platform.processor() or platform.machine()
+    return {
+        "softmaso": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "device": dev,
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "argv": sys.argv,
+        "date": now(),
+    }
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    from softmaso.io import atomic_write
+
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))

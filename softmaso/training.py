@@ -1,0 +1,423 @@
+"""Training and evaluation of the largeCNN: ``fit(cfg, run_dir)`` -> result dict.
+
+The loop is ``train_one_epoch`` + ``evaluate``, run once per epoch. The whole dataset sits on
+the training device as uint8; each step indexes a batch, preprocesses it on the device, and
+steps Adam. Nothing in the step synchronises with the host: losses and correct counts are
+summed on the device and read once per epoch, which is also when divergence (a NaN or infinite
+loss) is detected. After each epoch the run directory gets an atomic checkpoint and the
+metrics; rerunning the same command resumes from the checkpoint, and a finished run is not
+redone. Data order and augmentation depend only on (seed, epoch), so a resumed run draws
+exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from softmaso import runs
+from softmaso.config import RunConfig, dump_yaml
+from softmaso.errors import UserError
+from softmaso.io import atomic_write
+
+
+# ------------------------------------------------------------------------------------ device
+def resolve_device(spec: str = "auto") -> torch.device:
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N; UserError if not available."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(
+            "--device", f"{spec!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UserError("--device", f"{spec!r} is not supported; use auto, cpu, cuda or cuda:N")
+    n = torch.cuda.device_count()
+    if n == 0:
+        raise UserError("--device", f"{spec!r} asked for, but no CUDA device is available here")
+    if device.index is not None and device.index >= n:
+        raise UserError("--device", f"{spec!r} does not exist; this machine has cuda:0..{n - 1}")
+    return device
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------- setup
+@dataclass
+class Setup:
+    """Everything a run trains with, built from the config (and nothing else)."""
+
+    cfg: RunConfig
+    device: torch.device
+    data: Any  # softmaso.data.ImageData, on the device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    preprocess: Callable[[torch.Tensor], torch.Tensor]
+    sampler: Any  # softmaso.data.BatchSampler
+    convs: list[torch.nn.Module] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def build(cfg: RunConfig, device: torch.device, data_dir: Path | None = None) -> Setup:
+    from softmaso.data import BatchSampler, Preprocessor, load_data
+    from softmaso.models import build_model
+    from softmaso.orthogonality import apply_orthogonality
+
+    data = load_data(cfg.data, data_dir=data_dir).to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
+    apply_orthogonality(model.ortho_convs(), cfg.ortho)
+    model = model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    opt_kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, **opt_kw
+    )
+    sampler = BatchSampler(
+        data.y_train, cfg.optim.batch_size, balanced=cfg.data.balanced_batches, seed=cfg.seed
+    )
+    if sampler.steps_per_epoch == 0:
+        raise UserError(
+            "optim.batch_size",
+            f"{cfg.optim.batch_size} is larger than the {len(data.y_train)} training images",
+        )
+    return Setup(
+        cfg,
+        device,
+        data,
+        model,
+        optimizer,
+        Preprocessor(cfg.data.preprocess, data.x_train),
+        sampler,
+        model.ortho_convs(),
+        model.ortho_names(),
+    )
+
+
+# -------------------------------------------------------------------------------------- loop
+def _prepare(s: Setup, x: torch.Tensor) -> torch.Tensor:
+    x = s.preprocess(x)
+    if s.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(s: Setup, epoch: int, on_step: Callable[[], None] | None = None) -> dict:
+    """One pass over the sampler's batches; returns device-summed statistics (no host sync)."""
+    from softmaso.data import augment
+    from softmaso.orthogonality import ortho_loss
+
+    cfg, model, opt = s.cfg, s.model, s.optimizer
+    model.train()
+    batches = s.sampler.epoch(epoch)  # (steps, batch) indices on the device
+    gen = torch.Generator(device=s.device).manual_seed(cfg.seed * 1_000_003 + epoch)
+    loss_sum = torch.zeros((), device=s.device)
+    correct = torch.zeros((), device=s.device, dtype=torch.long)
+    for idx in batches:
+        x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
+        if cfg.data.augment:
+            x = augment(x, gen)
+        with _autocast(s.device, cfg.train.amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        extra = ortho_loss(s.convs, cfg.ortho)
+        total = loss if extra is None else loss + extra
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        loss_sum += loss.detach()
+        correct += (logits.argmax(1) == y).sum()
+        if on_step is not None:
+            on_step()
+    n = batches.shape[0]
+    return {"loss_sum": loss_sum, "correct": correct, "steps": n, "images": batches.numel()}
+
+
+@torch.no_grad()
+def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
+    """Accuracy (fraction) and mean cross-entropy of the model on a split, in eval mode."""
+    x_all = s.data.x_test if split == "test" else s.data.x_train
+    y_all = s.data.y_test if split == "test" else s.data.y_train
+    was_training = s.model.training
+    s.model.eval()
+    loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
+    correct = torch.zeros((), device=s.device, dtype=torch.long)
+    bs = s.cfg.train.eval_batch_size
+    for i in range(0, len(y_all), bs):
+        x, y = _prepare(s, x_all[i : i + bs]), y_all[i : i + bs]
+        with _autocast(s.device, s.cfg.train.amp):
+            logits = s.model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    s.model.train(was_training)
+    n = max(len(y_all), 1)
+    return {"acc": correct.item() / n, "loss": loss_sum.item() / n}
+
+
+# ------------------------------------------------------------------------------ checkpoints
+CHECKPOINT_FORMAT = "softmaso-checkpoint-v1"
+
+
+def save_checkpoint(s: Setup, path: Path, *, epoch: int, history: list[dict]) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": s.cfg.to_dict(),
+        "num_classes": s.data.num_classes,
+        "in_channels": int(s.data.x_train.shape[1]),
+        "epoch": epoch,
+        "history": history,
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+    }
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a softmaso checkpoint safely (weights_only); UserError if corrupt or foreign."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(str(path), "checkpoint not found") from None
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UserError(
+            str(path), f"not a readable checkpoint (corrupt or truncated?): {reason}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(str(path), "not a softmaso checkpoint (no softmaso format marker)")
+    return state
+
+
+def export_weights(model: torch.nn.Module, path: Path) -> None:
+    """Final effective weights (parametrisations applied) as safetensors."""
+    import copy
+
+    from safetensors.torch import save_file
+    from torch.nn.utils import parametrize
+
+    plain = copy.deepcopy(model).cpu()
+    for module in plain.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    tensors = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
+
+
+# -------------------------------------------------------------------------------- reporting
+class Reporter:
+    """A rich progress bar on a terminal, one plain line per epoch otherwise (SLURM logs)."""
+
+    def __init__(
+        self, title: str, epochs: int, steps: int, *, start_epoch: int = 0, live=None, progress=None
+    ):
+        self.live = progress is not None or (sys.stderr.isatty() if live is None else live)
+        self.title, self.steps = title, steps
+        self._own = progress is None
+        self._progress = progress
+        if self.live:
+            if self._own:
+                self._progress = _new_progress()
+                self._progress.start()
+            self._task = self._progress.add_task(
+                title, total=epochs * steps, completed=start_epoch * steps, info=""
+            )
+
+    def step(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def epoch(self, row: dict) -> None:
+        info = (
+            f"epoch {row['epoch']} loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
+            f"test {row['test_acc']:.4f} {row['images_per_s']:.0f} img/s"
+        )
+        if self._progress is not None:
+            self._progress.update(self._task, info=info)
+        else:
+            print(f"[{self.title}] {info} ({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text)
+        else:
+            print(f"[{self.title}] {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._progress is None:
+            return
+        if self._own:
+            self._progress.stop()
+        else:
+            self._progress.remove_task(self._task)
+
+
+def _new_progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+
+
+# --------------------------------------------------------------------------------------- fit
+def _check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    """A run directory belongs to one config: refuse to mix another one in."""
+    saved = run_dir / runs.CONFIG
+    if saved.exists() and saved.read_text() != dump_yaml(cfg):
+        raise UserError(
+            "--out",
+            f"{run_dir} holds a run with a different config; choose another --out "
+            f"(diff {saved} against `softmaso train ... --print-config`)",
+        )
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(run_dir / runs.METRICS, lambda tmp: tmp.write_text(text))
+
+
+def fit(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    device: str | torch.device = "auto",
+    data_dir: Path | None = None,
+    live: bool | None = None,
+    extra: dict[str, Any] | None = None,
+    progress=None,
+) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) the run; returns the result.json content.
+
+    `extra` is merged into result.json (e.g. {"smoke": true}); `progress` is a shared rich
+    Progress (a grid's) to show this run's bar in, instead of a bar of its own.
+    """
+    run_dir = Path(run_dir)
+    done = runs.read_json(run_dir / runs.RESULT)
+    _check_run_dir(cfg, run_dir)
+    if done and done.get("status") == "finished":
+        return {**done, "skipped": True}
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    s = build(cfg, device, data_dir)  # data errors surface before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / runs.CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
+    runs.write_json(run_dir / runs.ENV, runs.environment(device))
+
+    history: list[dict] = []
+    if (run_dir / runs.CHECKPOINT).exists():
+        state = load_checkpoint(run_dir / runs.CHECKPOINT, map_location=device)
+        s.model.load_state_dict(state["model"])
+        s.optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+    start = len(history)
+    wall0 = time.perf_counter() - sum(r["seconds"] for r in history)
+    rep = Reporter(
+        runs.run_name(cfg),
+        cfg.train.epochs,
+        s.sampler.steps_per_epoch,
+        start_epoch=start,
+        live=live,
+        progress=progress,
+    )
+    if start:
+        rep.message(f"resuming after epoch {start} from {run_dir / runs.CHECKPOINT}")
+    status = "finished"
+    try:
+        for epoch in range(start, cfg.train.epochs):
+            t0 = time.perf_counter()
+            st = train_one_epoch(s, epoch, on_step=rep.step)
+            train_loss = st["loss_sum"].item() / st["steps"]
+            if not math.isfinite(train_loss):
+                status = "diverged"
+                rep.message(f"epoch {epoch + 1}: loss is {train_loss}; stopping (diverged)")
+                break
+            test = evaluate(s, "test")
+            from softmaso.orthogonality import layer_errors
+
+            seconds = time.perf_counter() - t0
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_acc": st["correct"].item() / st["images"],
+                "test_acc": test["acc"],
+                "test_loss": test["loss"],
+                "ortho_error": dict(zip(s.names, layer_errors(s.convs), strict=True)),
+                "lr": s.optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "images_per_s": st["images"] / seconds,
+            }
+            history.append(row)
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+                save_checkpoint(s, run_dir / runs.CHECKPOINT, epoch=epoch + 1, history=history)
+                _write_metrics(run_dir, history)
+            rep.epoch(row)
+    finally:
+        rep.close()
+    if status == "finished":
+        export_weights(s.model, run_dir / runs.WEIGHTS)
+    result = {
+        "status": status,
+        "final_test_acc": history[-1]["test_acc"] if history else None,
+        "best_test_acc": max((r["test_acc"] for r in history), default=None),
+        "epochs": len(history),
+        "wall_seconds": time.perf_counter() - wall0,
+        "recipe": cfg.recipe,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "config_hash": runs.config_hash(cfg),
+        "device": str(device),
+        "date": runs.now(),
+        **(extra or {}),
+    }
+    runs.write_json(run_dir / runs.RESULT, result)
+    return result
+
+
+def evaluate_saved(
+    target: Path, *, split: str = "test", device: str = "auto", data_dir: Path | None = None
+) -> dict[str, float]:
+    """Accuracy and loss of a saved model: a run directory or a checkpoint file."""
+    target = Path(target)
+    path = target / runs.CHECKPOINT if target.is_dir() else target
+    if target.is_dir() and not path.exists():
+        raise UserError(
+            str(target), f"no {runs.CHECKPOINT} here: not a run directory (or not started)"
+        )
+    dev = resolve_device(device)
+    state = load_checkpoint(path, map_location=dev)
+    cfg = RunConfig.model_validate(state["config"])
+    s = build(cfg, dev, data_dir)
+    s.model.load_state_dict(state["model"])
+    res = evaluate(s, split)
+    return {f"{split}_acc": res["acc"], "loss": res["loss"], "epoch": state["epoch"]}

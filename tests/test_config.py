@@ -1,0 +1,104 @@
+"""Recipes: strict typed config, did-you-mean errors, --set overrides."""
+
+from pathlib import Path
+
+import pytest
+
+from softmaso.config import RunConfig, describe_keys, dump_yaml, load_recipe, parse_override
+from softmaso.errors import UserError
+
+RECIPES = sorted(Path(__file__).resolve().parent.parent.joinpath("recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    cfg = load_recipe(path)
+    assert cfg.recipe == path.stem
+    assert load_recipe(path, []) == cfg
+
+
+def test_table2_recipes_follow_the_paper_and_authors():
+    for name, bs, epochs in (("cifar10", 50, 150), ("svhn", 50, 150), ("cifar100", 100, 200)):
+        cfg = load_recipe(_find(name))
+        assert (cfg.data.name, cfg.optim.batch_size, cfg.train.epochs) == (name, bs, epochs)
+        assert cfg.model.width == 1.0 and cfg.ortho.weight == 1.0 and not cfg.data.augment
+
+
+def _find(name):
+    return next(p for p in RECIPES if p.parent.name == "table2" and p.stem == name)
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_key_file_and_closest(tmp_path):
+    p = _write(tmp_path, "optim:\n  lrr: 0.1\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "optim.lrr" in msg and str(p) in msg and "did you mean 'optim.lr'" in msg
+
+
+def test_wrong_value_names_key_and_what_is_allowed(tmp_path):
+    with pytest.raises(UserError, match=r"ortho.mode.*'none', 'penalty' or 'exact'"):
+        load_recipe(_write(tmp_path, "ortho:\n  mode: sometimes\n"))
+    with pytest.raises(UserError, match=r"--set optim.batch_size.*greater than 0"):
+        load_recipe(_write(tmp_path, ""), ["optim.batch_size=0"])
+
+
+def test_set_overrides_parse_yaml_values(tmp_path):
+    cfg = load_recipe(
+        _write(tmp_path, "optim:\n  lr: 0.1\n"), ["optim.lr=5e-4", "data.augment=true"]
+    )
+    assert cfg.optim.lr == 0.0005 and cfg.data.augment is True
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("optim.lr", "KEY=VALUE"), ("optim.lrr=1", "did you mean"), ("=3", "KEY=VALUE")],
+)
+def test_bad_set_is_clear(text, says):
+    with pytest.raises(UserError, match=says):
+        parse_override(text)
+
+
+def test_bad_yaml_and_non_mapping(tmp_path):
+    with pytest.raises(UserError, match="invalid YAML at line"):
+        load_recipe(_write(tmp_path, "optim: [\n"))
+    with pytest.raises(UserError, match="mapping"):
+        load_recipe(_write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_config_is_frozen_and_round_trips(tmp_path):
+    cfg = load_recipe(RECIPES[0])
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error
+        cfg.seed = 3  # type: ignore[misc]
+    p = _write(tmp_path, dump_yaml(cfg))
+    assert load_recipe(p).model_dump(exclude={"recipe"}) == cfg.model_dump(exclude={"recipe"})
+    assert cfg.with_overrides(seed=4).seed == 4
+
+
+def test_every_key_documents_itself():
+    rows = describe_keys()
+    assert len(rows) > 20 and all(desc for _, _, desc in rows)
+    assert {k for k, _, _ in rows} >= {
+        "data.name",
+        "data.subset",
+        "model.width",
+        "ortho.weight",
+        "optim.lr",
+        "optim.batch_size",
+        "train.epochs",
+        "seed",
+    }
+    assert RunConfig().data.name == "cifar10"
+
+
+def test_print_config_cli(cli):
+    r = cli("train", str(RECIPES[-1]), "--print-config", "--set", "seed=7")
+    assert r.exit_code == 0 and "seed: 7" in r.stdout
+    r = cli("train", str(RECIPES[-1]), "--set", "optim.lrr=1")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "optim.lr" in r.stderr

@@ -1,0 +1,154 @@
+"""Training end to end on the synthetic set: learning, resume, determinism, divergence, eval."""
+
+import json
+
+import pytest
+import torch
+
+from softmaso import runs, training
+from softmaso.config import RunConfig
+from softmaso.errors import UserError
+
+
+def tiny(**over) -> RunConfig:
+    """A narrow model on a small synthetic set: seconds per epoch on 2 CPU cores."""
+    cfg = RunConfig.model_validate(
+        {
+            "recipe": "test",
+            "data": {"name": "synthetic", "synthetic_train": 1000, "subset": 600},
+            "model": {"width": 0.125},
+            "optim": {"lr": 0.003, "batch_size": 50},
+            "train": {"epochs": 3, "eval_batch_size": 500},
+        }
+    )
+    return cfg.with_overrides(**over) if over else cfg
+
+
+def _rows(run_dir):
+    rows = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    for r in rows:  # timings differ between runs; everything else must not
+        r.pop("seconds"), r.pop("images_per_s")
+    return rows
+
+
+def test_synthetic_training_learns_above_chance(tmp_path):
+    res = training.fit(tiny(), tmp_path / "run", device="cpu", live=False)
+    assert res["status"] == "finished" and res["epochs"] == 3
+    assert res["final_test_acc"] > 0.3  # chance is 0.1
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert files == {
+        runs.CONFIG,
+        runs.ENV,
+        runs.METRICS,
+        runs.CHECKPOINT,
+        runs.RESULT,
+        runs.WEIGHTS,
+    }
+    row = _rows(tmp_path / "run")[-1]
+    assert set(row) >= {"epoch", "train_loss", "train_acc", "test_acc", "ortho_error", "lr"}
+    assert len(row["ortho_error"]) == 8
+    env = json.loads((tmp_path / "run" / runs.ENV).read_text())
+    assert env["device"]["type"] == "cpu" and env["torch"] == torch.__version__
+
+
+def test_finished_run_is_not_redone(tmp_path):
+    cfg = tiny(**{"train.epochs": 1})
+    first = training.fit(cfg, tmp_path, device="cpu", live=False)
+    again = training.fit(cfg, tmp_path, device="cpu", live=False)
+    assert again["skipped"] and again["final_test_acc"] == first["final_test_acc"]
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = tiny(**{"ortho.mode": "penalty"})
+    training.fit(cfg, tmp_path / "straight", device="cpu", live=False)
+
+    real_evaluate, calls = training.evaluate, {"n": 0}
+
+    def interrupting(s, split="test"):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C during the second epoch's evaluation
+            raise KeyboardInterrupt
+        return real_evaluate(s, split)
+
+    monkeypatch.setattr(training, "evaluate", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(cfg, tmp_path / "resumed", device="cpu", live=False)
+    assert not (tmp_path / "resumed" / runs.RESULT).exists()
+    assert len(_rows(tmp_path / "resumed")) == 1  # epoch 1 was saved, epoch 2 was not
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    res = training.fit(cfg, tmp_path / "resumed", device="cpu", live=False)
+    assert res["status"] == "finished"
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "straight")
+
+
+def test_divergence_stops_with_status_diverged(tmp_path, monkeypatch):
+    from softmaso.models import LargeCNN
+
+    forward = LargeCNN.forward
+    monkeypatch.setattr(LargeCNN, "forward", lambda self, x: forward(self, x) * float("nan"))
+    res = training.fit(tiny(), tmp_path, device="cpu", live=False)
+    assert res["status"] == "diverged" and res["epochs"] == 0
+    assert json.loads((tmp_path / runs.RESULT).read_text())["status"] == "diverged"
+
+
+def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_path):
+    res = training.fit(tiny(**{"train.epochs": 2}), tmp_path / "run", device="cpu", live=False)
+    ev = training.evaluate_saved(tmp_path / "run", device="cpu")
+    assert ev["test_acc"] == pytest.approx(res["final_test_acc"], abs=1e-9)
+
+    good = (tmp_path / "run" / runs.CHECKPOINT).read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    for name, says in (
+        ("trunc.pt", "not a readable"),
+        ("foreign.pt", "not a softmaso"),
+        ("text.pt", "not a readable"),
+        ("missing.pt", "not found"),
+    ):
+        with pytest.raises(UserError, match=says):
+            training.evaluate_saved(tmp_path / name, device="cpu")
+
+
+def test_a_run_dir_holds_one_config(tmp_path):
+    training.fit(tiny(**{"train.epochs": 1}), tmp_path, device="cpu", live=False)
+    with pytest.raises(UserError, match="different config"):
+        training.fit(tiny(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path, device="cpu")
+
+
+def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = tiny(**{"ortho.mode": "exact", "model.activation": "swish", "train.epochs": 1})
+    res = training.fit(cfg, tmp_path, device="cpu", live=False)
+    assert res["status"] == "finished"
+    w = load_file(str(tmp_path / runs.WEIGHTS))["features.3.0.weight"].flatten(1).double()
+    assert torch.allclose(w @ w.T, torch.eye(w.shape[0], dtype=torch.float64), atol=1e-5)
+    assert max(_rows(tmp_path)[-1]["ortho_error"].values()) < 1e-6
+
+
+def test_device_errors():
+    with pytest.raises(UserError, match="--device"):
+        training.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            training.resolve_device("cuda:0")
+
+
+def test_train_and_eval_cli(cli, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: {name: synthetic, synthetic_train: 500}\nmodel: {width: 0.125}\n"
+        "train: {epochs: 1, eval_batch_size: 100}\n"
+    )
+    r = cli("train", recipe, "--device", "cpu", "--out", tmp_path / "run", "--seed", "1")
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "run" / runs.RESULT).read_text())
+    r = cli("eval", tmp_path / "run", "--json", "--device", "cpu")
+    assert r.exit_code == 0 and json.loads(r.stdout)["test_acc"] == pytest.approx(
+        result["final_test_acc"]
+    )
+    r = cli("eval", tmp_path / "run", "--split", "valid")
+    assert r.exit_code == 2 and "--split" in r.stderr
+    r = cli("train", recipe, "--device", "cpu", "--out", tmp_path / "run", "--seed", "1")
+    assert r.exit_code == 0 and "already finished" in r.stdout
