@@ -14,9 +14,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 smoke: $(STAMP)
-	$(BIN)/softmaso theory --json results/smoke/theory.json
-	$(BIN)/softmaso plot-activations --out results/smoke/figures
-	@echo "smoke outputs: results/smoke/theory.json, results/smoke/figures/figure1.{png,pdf,csv}"
+	$(BIN)/softmaso reproduce all --smoke --devices cpu
+	@echo "SMOKE outputs (synthetic stand-in data, not the paper's numbers):"
+	@echo "  theory:  results/smoke/theory.json"
+	@echo "  figure:  results/smoke/figures/figure1.{png,pdf,csv}"
+	@echo "  table 2: results/smoke/table2/table.{md,tex,csv}, curves in results/smoke/table2/figures/"
+	@echo "  gs-cifar100: results/smoke/gs-cifar100/table.md"
 
 lint: $(STAMP)
 	$(BIN)/ruff check softmaso tests

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -88,7 +89,7 @@ def load_data(cfg: DataConfig, *, data_dir: Path | None = None) -> ImageData:
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if cfg.name == "synthetic":
         n_test = max(cfg.synthetic_train // 5, 1)
-        data = make_synthetic(cfg.classes, cfg.synthetic_train, n_test, seed=SYNTHETIC_SEED)
+        data = _synthetic_cached(cfg.classes, cfg.synthetic_train, n_test)
     elif cfg.name == "npz":
         data = _load_npz(cfg.path)
     else:
@@ -369,6 +370,12 @@ def _npz_labels(arrays: dict[str, np.ndarray], key: str, n: int, where: str) -> 
 
 
 # ------------------------------------------------------------------------------- synthetic
+@functools.lru_cache(maxsize=4)
+def _synthetic_cached(num_classes: int, n_train: int, n_test: int) -> ImageData:
+    """The fixed-seed synthetic set, generated once per process (a smoke grid reuses it)."""
+    return make_synthetic(num_classes, n_train, n_test, seed=SYNTHETIC_SEED)
+
+
 def make_synthetic(num_classes: int, n_train: int, n_test: int, seed: int = 0) -> ImageData:
     """A CIFAR-shaped (3 x 32 x 32 uint8) classification set that a small CNN learns fast.
 

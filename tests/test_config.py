@@ -102,3 +102,9 @@ def test_print_config_cli(cli):
     assert r.exit_code == 0 and "seed: 7" in r.stdout
     r = cli("train", str(RECIPES[-1]), "--set", "optim.lrr=1")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "optim.lr" in r.stderr
+
+
+def test_readme_documents_every_recipe_key():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [k for k, _, _ in describe_keys() if f"`{k}`" not in readme]
+    assert not missing, f"README lacks recipe keys: {missing}"

@@ -1,0 +1,219 @@
+"""Learning curves of an experiment: test accuracy and orthogonality error per epoch.
+
+``load_curves(dir)`` reads every run's metrics.jsonl into one tidy frame (a row per run and
+epoch). ``plot_curves(dir, out)`` draws two figures with one panel per combination of the
+keys that vary across runs, ortho.mode and seed aside (for Table 2: dataset x learning rate):
+
+    curves.png/.pdf        test accuracy (%) per epoch, mean line and ± std band over seeds
+                           (ddof=1), baseline (ortho.mode none) against each ortho mode
+    ortho_error.png/.pdf   mean over layers of the orthogonality error per epoch (log scale)
+
+Diverged runs are left out of the bands (their count is in the title); running runs are
+drawn up to their last finished epoch, so the band of a late epoch may rest on fewer seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from softmaso import runs as rundir
+from softmaso.errors import UserError
+from softmaso.reporting import tables
+
+COLORS = {"none": "tab:blue", "penalty": "tab:red", "exact": "tab:green"}
+COLUMNS = ("dir", "status", "seed", "epoch", "test_acc", "train_loss", "ortho_error_mean", "smoke")
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The epochs of a metrics.jsonl (unreadable lines skipped); [] if there is none."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+    return rows
+
+
+def _mean_error(errors) -> float:
+    values = list(errors.values()) if isinstance(errors, dict) else []
+    values = [float(v) for v in values if v is not None]
+    return math.fsum(values) / len(values) if values else math.nan
+
+
+def _curves(results_dir: Path):
+    """(tidy frame, panel keys, column key, name) of an experiment directory."""
+    import pandas as pd
+
+    root = Path(results_dir)
+    found = tables.collect(root)
+    row_keys, col_key, _ = tables.table_keys(found)
+    keys = [*row_keys, *([col_key] if col_key else [])]
+    if "ortho.mode" not in keys:
+        keys.append("ortho.mode")
+    records = []
+    for run in found.to_dict("records"):
+        if run["status"] in ("pending", "missing"):
+            continue
+        for m in _read_metrics(root / run["dir"] / rundir.METRICS):
+            records.append(
+                {
+                    **{k: tables.clean(run.get(k)) for k in keys},
+                    "dir": run["dir"],
+                    "status": run["status"],
+                    "seed": run.get("seed"),
+                    "epoch": int(m["epoch"]),
+                    "test_acc": m.get("test_acc", math.nan),
+                    "train_loss": m.get("train_loss", math.nan),
+                    "ortho_error_mean": _mean_error(m.get("ortho_error")),
+                    "smoke": bool(run["smoke"]),
+                }
+            )
+    df = pd.DataFrame(records, columns=[*keys, *COLUMNS])
+    panel_keys = [k for k in row_keys if k != "ortho.mode"]
+    return df, panel_keys, col_key, str(found.attrs.get("name", root.name))
+
+
+def load_curves(results_dir: Path):
+    """One row per (run, epoch): the varying keys, seed, epoch, test_acc, train_loss,
+    ortho_error_mean (mean over layers), smoke; plus dir and status."""
+    return _curves(results_dir)[0]
+
+
+def _panels(df, panel_keys: list[str], col_key: str | None):
+    """[(row index, column index, title, frame)] and the grid's shape."""
+    import numpy as np
+
+    rank = tables.rank
+    combos = sorted(
+        {tuple(tables.clean(v) for v in r) for r in df[panel_keys].itertuples(index=False)},
+        key=lambda c: [rank(k, v) for k, v in zip(panel_keys, c, strict=True)],
+    )
+    cols = sorted(set(df[col_key]), key=lambda c: rank(col_key, c)) if col_key else [None]
+    cells = [(combo, col) for combo in combos for col in cols]
+    ncols = len(cols) if col_key else min(3, len(cells))
+    out = []
+    for i, (combo, col) in enumerate(cells):
+        mask = np.ones(len(df), dtype=bool)
+        for k, v in zip(panel_keys, combo, strict=True):
+            mask &= (df[k].map(tables.clean) == v).to_numpy()
+        if col_key:
+            mask &= (df[col_key] == col).to_numpy()
+        names = [tables.show(k, v) for k, v in zip(panel_keys, combo, strict=True)]
+        if col_key:
+            names.append(tables.column_label(col_key, col))
+        out.append((i // ncols, i % ncols, ", ".join(names) or "all runs", df[mask]))
+    nrows = math.ceil(len(cells) / ncols)
+    return out, (nrows, ncols)
+
+
+def _draw(ax, panel, column: str, scale: float) -> None:
+    """Mean line and ± std band (ddof=1) over seeds per epoch, one colour per ortho mode."""
+    from matplotlib.ticker import MaxNLocator
+
+    if panel.empty:
+        ax.text(0.5, 0.5, "no finished epoch yet", transform=ax.transAxes, ha="center")
+        return
+    modes = sorted(set(panel["ortho.mode"]), key=lambda m: tables.rank("ortho.mode", m))
+    for mode in modes:
+        sub = panel[panel["ortho.mode"] == mode]
+        stats = sub.groupby("epoch")[column].agg(["mean", "std"]).sort_index() * scale
+        x, mean, std = stats.index.to_numpy(), stats["mean"], stats["std"].fillna(0.0)
+        color = COLORS.get(mode, "tab:purple")
+        label = f"{tables.show('ortho.mode', mode)} (n={sub['dir'].nunique()})"
+        ax.plot(x, mean, color=color, lw=1.6, label=label)
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _figure(df, panel_keys, col_key, column, ylabel, suptitle, *, scale=1.0, log=False):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels, (nrows, ncols) = _panels(df, panel_keys, col_key)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(4.2 * ncols, 3.2 * nrows),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for r, c, name, frame in panels:
+        ax = axes[r][c]
+        _draw(ax, frame, column, scale)
+        ax.set_title(name, fontsize=10)
+        if c == 0:
+            ax.set_ylabel(ylabel)
+        if log and (frame[column] > 0).any():  # a log axis needs a positive value
+            ax.set_yscale("log")
+    fig.suptitle(suptitle, fontsize=11)
+    return fig
+
+
+def _suptitle(name: str, what: str, smoke: bool, diverged: int) -> str:
+    text = f"{name}: {what} per epoch, mean ± std over seeds (ddof=1)"
+    if diverged:
+        text += f"; {diverged} diverged run(s) left out"
+    return f"{tables.SMOKE_TITLE}\n{text}" if smoke else text
+
+
+def plot_curves(results_dir: Path, out_dir: Path) -> list[Path]:
+    """Write curves.png/.pdf and ortho_error.png/.pdf under `out_dir` (all four, or none)."""
+    import matplotlib.pyplot as plt
+
+    from softmaso.io import atomic_group, ensure_writable_dir
+
+    df, panel_keys, col_key, name = _curves(results_dir)
+    diverged = df.loc[df.status == "diverged", "dir"].nunique()
+    df = df[df.status != "diverged"]
+    if df.empty:
+        raise UserError(
+            "RESULTS_DIR",
+            f"{str(results_dir)!r} has no finished epoch to plot (no {rundir.METRICS} with an "
+            "epoch outside diverged runs)",
+        )
+    out = ensure_writable_dir(Path(out_dir), where="--out")
+    smoke = bool(df["smoke"].any())
+    acc = _figure(
+        df,
+        panel_keys,
+        col_key,
+        "test_acc",
+        "test accuracy (%)",
+        _suptitle(name, "test accuracy", smoke, diverged),
+        scale=100.0,
+    )
+    err = _figure(
+        df,
+        panel_keys,
+        col_key,
+        "ortho_error_mean",
+        "orthogonality error (mean over layers)",
+        _suptitle(name, "orthogonality error", smoke, diverged),
+        log=True,
+    )
+    paths = [out / f"{stem}.{ext}" for stem in ("curves", "ortho_error") for ext in ("png", "pdf")]
+    try:
+        with atomic_group() as stage:
+            for path, fig in zip(paths, (acc, acc, err, err), strict=True):
+                fmt = path.suffix[1:]
+                stage(path, lambda tmp, fig=fig, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150))
+    finally:
+        plt.close(acc)
+        plt.close(err)
+    return paths

@@ -1,0 +1,777 @@
+"""Tables of runs: run directories -> one row per run -> mean ± std over seeds per cell.
+
+``collect(dir)`` finds every run directory under an experiment directory (any folder with a
+config.yaml) and, from ``grid.json``, the runs that were expected but never started. Each run
+gets a state: finished, diverged, running (started, no result yet), pending (config only) or
+missing. ``summarize`` picks the table's rows and columns from the config keys that vary
+across runs (``optim.lr`` becomes the columns, as in the paper's Table 2), and ``render``
+writes markdown, LaTeX, CSV or JSON, optionally beside the paper's Table 2.
+
+Every cell shows mean ± std over seeds (std with ddof=1) and n, the number of finished runs;
+diverged, running, pending and missing runs are counted in the cell, never averaged in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from softmaso import runs as rundir
+from softmaso.errors import UserError
+
+GRID = "grid.json"  # same name as softmaso.experiments.GRID (not imported: it pulls pydantic)
+UNFINISHED = ("diverged", "running", "pending", "missing")
+BOOKKEEPING = ("dir", "status", "acc", "smoke")
+# Keys that never split a table: seeds are what a cell averages over; the other two only set
+# how often checkpoints are written and how evaluation is chunked [ours].
+NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size")
+# Keys always shown when they vary, even when another key determines them.
+PROTECTED = ("data.name", "ortho.mode")
+ROW_PRIORITY = ("data.name", "recipe", "ortho.mode")
+COLUMN_KEY = "optim.lr"
+DATASETS = ("svhn", "cifar10", "cifar100")  # the paper's row order
+ORDER = {"data.name": DATASETS, "recipe": DATASETS, "ortho.mode": ("none", "penalty", "exact")}
+DESCENDING = ("optim.lr",)
+DISPLAY = {
+    "data.name": {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"},
+    "ortho.mode": {"none": "baseline", "penalty": "ortho (penalty)", "exact": "ortho (exact)"},
+}
+SMOKE_TITLE = "SMOKE RUN — synthetic stand-in data, not the paper's numbers"
+FOOTNOTE = (
+    "Final test accuracy (%) after the last epoch; mean ± std over seeds, std with ddof=1 "
+    "(none for n=1); n = finished runs. Diverged, running, pending and missing runs are "
+    "counted in their cell, never averaged in."
+)
+
+# The paper's Table 2: (data.name, ortho.mode, optim.lr) -> (mean, std), accuracy in %, over
+# 5 runs. Typed from /work/shared/spec/paper-notes.md section 7 (Balestriero & Baraniuk,
+# "From Hard to Soft", ICLR 2019, Table 2); its "ortho" rows are the penalty of eq. 11.
+PAPER_SOURCE = "Balestriero & Baraniuk (ICLR 2019), Table 2"
+# The paper's setting besides those three keys: the full training set, largeCNN (App. D), ReLU.
+PAPER_SETUP = {"data.subset": None, "model.width": 1.0, "model.activation": "relu"}
+PAPER_TABLE2: dict[tuple[str, str, float], tuple[float, float]] = {
+    ("svhn", "none", 0.001): (94.3, 0.1),
+    ("svhn", "none", 0.0005): (94.4, 0.1),
+    ("svhn", "none", 0.0001): (93.4, 0.0),
+    ("svhn", "penalty", 0.001): (94.6, 0.2),
+    ("svhn", "penalty", 0.0005): (95.0, 0.2),
+    ("svhn", "penalty", 0.0001): (93.8, 0.1),
+    ("cifar10", "none", 0.001): (80.3, 0.4),
+    ("cifar10", "none", 0.0005): (80.2, 0.2),
+    ("cifar10", "none", 0.0001): (76.2, 0.3),
+    ("cifar10", "penalty", 0.001): (84.0, 0.3),
+    ("cifar10", "penalty", 0.0005): (82.3, 0.1),
+    ("cifar10", "penalty", 0.0001): (79.1, 0.2),
+    ("cifar100", "none", 0.001): (43.6, 0.2),
+    ("cifar100", "none", 0.0005): (44.1, 0.4),
+    ("cifar100", "none", 0.0001): (37.5, 0.5),
+    ("cifar100", "penalty", 0.001): (46.1, 0.2),
+    ("cifar100", "penalty", 0.0005): (46.3, 0.2),
+    ("cifar100", "penalty", 0.0001): (42.1, 0.3),
+}
+
+
+# ----------------------------------------------------------------------------------- collect
+def collect(results_dir: Path):
+    """One row per run, found or expected: dir, status, acc (fraction), smoke, config keys."""
+    import pandas as pd
+
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise UserError("RESULTS_DIR", f"{str(root)!r} does not exist or is not a directory")
+    grid = _read_grid(root)
+    smoke = bool(grid.get("smoke", False)) if grid else False
+    found = [_read_run(root, p.parent, smoke) for p in sorted(root.rglob(rundir.CONFIG))]
+    expected = _missing_runs(root, grid, found) if grid else []
+    if not found and not expected:
+        raise UserError(
+            "RESULTS_DIR",
+            f"{str(root)!r} is empty or not a softmaso results directory "
+            f"(no run directory with {rundir.CONFIG}, no {GRID} listing runs)",
+        )
+    df = pd.DataFrame(found + expected)
+    keys = list(dict.fromkeys(k for row in found + expected for k in row))
+    df = df[[*BOOKKEEPING, *(k for k in keys if k not in BOOKKEEPING)]]
+    df["acc"] = df["acc"].astype(float)
+    df.attrs["name"] = (grid or {}).get("experiment") or root.resolve().name
+    return df
+
+
+def _read_grid(root: Path) -> dict[str, Any] | None:
+    path = root / GRID
+    if not path.exists():
+        return None
+    grid = rundir.read_json(path)
+    if not isinstance(grid, dict) or not isinstance(grid.get("runs", []), list):
+        raise UserError(str(path), "not a softmaso grid (JSON object with a 'runs' list)")
+    return grid
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
+    import yaml
+
+    path = run_dir / rundir.CONFIG
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        tree = None
+    if not isinstance(tree, dict):
+        raise UserError(str(path), "cannot read this run's config (not a YAML mapping)")
+    result = rundir.read_json(run_dir / rundir.RESULT) or {}
+    status = result.get("status")
+    if status not in ("finished", "diverged"):
+        started = (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()
+        status = "running" if started else "pending"
+    acc = result.get("final_test_acc") if status == "finished" else None
+    return {
+        "dir": run_dir.relative_to(root).as_posix(),
+        "status": status,
+        "acc": math.nan if acc is None else float(acc),
+        "smoke": bool(result.get("smoke", grid_smoke)),
+        **_flatten(tree),
+    }
+
+
+def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
+    """Runs grid.json lists whose directory has no config.yaml, with their settings filled in."""
+    have = {row["dir"] for row in found}
+    smoke = bool(grid.get("smoke", False))
+    out = []
+    for entry in grid["runs"]:
+        rel = Path(str(entry.get("dir", ""))).as_posix()
+        if rel in have or (root / rel / rundir.CONFIG).exists():
+            continue
+        settings = {"recipe": entry.get("recipe"), **(entry.get("settings") or {})}
+        base = _recipe_values(settings, found, grid.get("experiment"), smoke)
+        out.append(
+            {"dir": rel, "status": "missing", "acc": math.nan, "smoke": smoke, **base, **settings}
+        )
+    return out
+
+
+def _recipe_values(
+    settings: dict[str, Any], found: list[dict], experiment: str | None, smoke: bool
+) -> dict[str, Any]:
+    """The other config values of a missing run: those its recipe's started runs agree on,
+    or else the recipe file's (with the grid's smoke variant)."""
+    siblings = [row for row in found if row.get("recipe") == settings["recipe"]]
+    if siblings:
+        keys = [k for k in siblings[0] if k not in BOOKKEEPING]
+        return {
+            k: siblings[0][k]
+            for k in keys
+            if all(k in row and row[k] == siblings[0][k] for row in siblings)
+        }
+    from softmaso.config import read_recipe
+    from softmaso.experiments import EXPERIMENTS, RECIPES
+
+    for rel in EXPERIMENTS.get(experiment or "", []):
+        if Path(rel).stem == settings["recipe"]:
+            point = {k: v for k, v in settings.items() if k != "recipe"}
+            try:
+                cfg = read_recipe(RECIPES / rel).config(smoke=smoke, settings=point)
+            except UserError:
+                return {}
+            return _flatten(cfg.to_dict())
+    return {}
+
+
+# --------------------------------------------------------------------------------- summarize
+@dataclass(frozen=True)
+class Cell:
+    """The runs sharing one row and column: finished accuracies (%) and the others' count."""
+
+    row: tuple
+    col: Any
+    accs: tuple[float, ...]  # final test accuracy (%) of each finished run, by seed
+    seeds: tuple[int, ...]  # their seeds
+    counts: dict[str, int]  # diverged, running, pending, missing -> number of runs
+    settings: dict[str, Any]  # every config key with one value over the cell's runs
+    dirs: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.accs)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accs) if self.accs else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (ddof=1); NaN for fewer than two runs."""
+        return statistics.stdev(self.accs) if len(self.accs) > 1 else math.nan
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A table: rows x columns of cells, with what it was built from."""
+
+    name: str
+    row_keys: tuple[str, ...]
+    col_key: str | None
+    rows: tuple[tuple, ...]
+    cols: tuple
+    cells: dict[tuple[tuple, Any], Cell]
+    smoke: bool
+    folded_keys: tuple[str, ...]  # varying keys that follow from the rows (e.g. batch size)
+    warnings: tuple[str, ...]
+
+    def cell(self, row: tuple, col: Any) -> Cell | None:
+        return self.cells.get((row, col))
+
+
+def clean(value: Any) -> Any:
+    """NaN -> None and numpy scalars -> Python, so values compare and hash reliably."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _distinct(values) -> set:
+    return {clean(v) for v in values} - {None}
+
+
+def _determined(records: list[dict], key: str, by: list[str]) -> bool:
+    """Whether `key` has one value for each combination of the keys `by`."""
+    if not by:
+        return False
+    seen: dict[tuple, set] = {}
+    for r in records:
+        seen.setdefault(tuple(clean(r.get(k)) for k in by), set()).update(_distinct([r.get(key)]))
+    return all(len(values) <= 1 for values in seen.values())
+
+
+def table_keys(runs) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+    """(row keys, column key, folded keys) from the config keys that vary across runs.
+
+    optim.lr is the column key when it varies. A varying key that another row key (or the
+    column) determines, like CIFAR-100's batch size, is folded away unless it is protected.
+    """
+    records = runs.to_dict("records")
+    config = [k for k in runs.columns if k not in BOOKKEEPING and k not in NEVER_SPLIT]
+    varying = [k for k in config if len(_distinct(runs[k])) > 1]
+    col_key = COLUMN_KEY if COLUMN_KEY in varying else None
+    first = [k for k in ROW_PRIORITY if k in varying]
+    rows = first + [k for k in varying if k not in first and k != col_key]
+    folded = []
+    for key in reversed(rows[:]):  # least important first; recipe goes last
+        others = [k for k in rows if k != key] + ([col_key] if col_key else [])
+        if key not in PROTECTED and _determined(records, key, others):
+            rows.remove(key)
+            folded.append(key)
+    return tuple(rows), col_key, tuple(reversed(folded))
+
+
+def rank(key: str | None, value: Any) -> tuple:
+    """Sort key of one value: the paper's order where known, numbers, then text, None last."""
+    if value is None:
+        return (2, 0, "")
+    order = ORDER.get(key or "", ())
+    if value in order:
+        return (0, order.index(value), "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, -value if key in DESCENDING else value, "")
+    return (1, 0, str(value))
+
+
+def _cell(row: tuple, col: Any, members: list[dict]) -> Cell:
+    done = sorted(
+        (r for r in members if r["status"] == "finished" and clean(r["acc"]) is not None),
+        key=lambda r: rank("seed", clean(r.get("seed"))),
+    )
+    counts = {s: sum(r["status"] == s for r in members) for s in UNFINISHED}
+    keys = [k for k in members[0] if k not in BOOKKEEPING]
+    settings = {}
+    for k in keys:
+        values = _distinct(r.get(k) for r in members)
+        if len(values) == 1:
+            settings[k] = values.pop()
+    return Cell(
+        row,
+        col,
+        tuple(100.0 * float(r["acc"]) for r in done),
+        tuple(clean(r.get("seed")) for r in done),
+        counts,
+        settings,
+        tuple(r["dir"] for r in members),
+    )
+
+
+def _duplicate_seeds(cell: Cell, members: list[dict], label: str) -> list[str]:
+    by_seed: dict[Any, list[str]] = {}
+    for r in members:
+        by_seed.setdefault(clean(r.get("seed")), []).append(r["dir"])
+    return [
+        f"{label}: seed {seed} appears {len(dirs)} times ({', '.join(dirs)}): mixed recipe "
+        "versions or copied runs? All of them are counted."
+        for seed, dirs in by_seed.items()
+        if len(dirs) > 1
+    ]
+
+
+def summarize(runs) -> Summary:
+    """Cells of mean ± std (ddof=1) over seeds, rows and columns from the varying keys."""
+    if len(runs) == 0:
+        raise UserError("RESULTS_DIR", "no runs to tabulate")
+    row_keys, col_key, folded = table_keys(runs)
+    groups: dict[tuple[tuple, Any], list[dict]] = {}
+    for r in runs.to_dict("records"):
+        row = tuple(clean(r.get(k)) for k in row_keys)
+        col = clean(r.get(col_key)) if col_key else None
+        groups.setdefault((row, col), []).append(r)
+    rows = sorted({row for row, _ in groups}, key=lambda row: _row_rank(row_keys, row))
+    cols = sorted({col for _, col in groups}, key=lambda col: rank(col_key, col))
+    cells, warnings = {}, []
+    for (row, col), members in groups.items():
+        cells[(row, col)] = _cell(row, col, members)
+        warnings += _duplicate_seeds(
+            cells[(row, col)], members, _where(row_keys, row, col_key, col)
+        )
+    return Summary(
+        name=str(runs.attrs.get("name", "runs")),
+        row_keys=row_keys,
+        col_key=col_key,
+        rows=tuple(rows),
+        cols=tuple(cols),
+        cells=cells,
+        smoke=bool(runs["smoke"].any()),
+        folded_keys=folded,
+        warnings=tuple(sorted(warnings)),
+    )
+
+
+def _row_rank(keys: tuple[str, ...], row: tuple) -> list:
+    return [rank(k, v) for k, v in zip(keys, row, strict=True)]
+
+
+def _where(row_keys, row, col_key, col) -> str:
+    parts = [f"{k}={v}" for k, v in zip(row_keys, row, strict=True)]
+    if col_key:
+        parts.append(f"{col_key}={col}")
+    return ", ".join(parts) or "all runs"
+
+
+# ---------------------------------------------------------------------------- the paper
+@dataclass(frozen=True)
+class Versus:
+    """One cell beside the paper's Table 2; all numbers in accuracy points (%)."""
+
+    paper_mean: float | None
+    paper_std: float | None
+    diff: float | None  # ours - paper
+    gain: float | None  # ours: this ortho mode's mean - the baseline's (same row, column)
+    gain_paper: float | None  # the paper's ortho - baseline
+    gain_p: float | None  # Welch's t-test of our gain, two-sided; None when a side has n < 2
+
+
+def paper_value(cell: Cell) -> tuple[float, float] | None:
+    """The paper's (mean, std) for a cell, if it is one of Table 2's 18 settings."""
+    s = cell.settings
+    lr = s.get("optim.lr")
+    if not isinstance(lr, (int, float)) or any(s.get(k) != v for k, v in PAPER_SETUP.items()):
+        return None
+    if s.get("ortho.mode") == "penalty" and s.get("ortho.weight") != 1.0:
+        return None
+    for (name, mode, paper_lr), value in PAPER_TABLE2.items():
+        same = s.get("data.name") == name and s.get("ortho.mode") == mode
+        if same and math.isclose(lr, paper_lr, rel_tol=1e-9):
+            return value
+    return None
+
+
+def welch_p(a: tuple[float, ...], b: tuple[float, ...]) -> float | None:
+    """Two-sided p-value of Welch's t-test; None when a side has fewer than 2 runs."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    with warnings.catch_warnings():  # nearly equal samples: scipy warns, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(a, b, equal_var=False).pvalue)
+    return None if math.isnan(p) else p
+
+
+def _baseline(summary: Summary, cell: Cell) -> Cell | None:
+    if "ortho.mode" not in summary.row_keys:
+        return None
+    i = summary.row_keys.index("ortho.mode")
+    if cell.row[i] in (None, "none"):
+        return None
+    return summary.cell((*cell.row[:i], "none", *cell.row[i + 1 :]), cell.col)
+
+
+def _num(x: float | None, digits: int | None = None) -> float | None:
+    """NaN -> None; optionally rounded (to `digits` decimals) for files people read."""
+    if x is None or math.isnan(x):
+        return None
+    return float(x) if digits is None else round(float(x), digits)
+
+
+def versus(summary: Summary, cell: Cell) -> Versus:
+    paper, base = paper_value(cell), _baseline(summary, cell)
+    base_paper = paper_value(base) if base else None
+    gain = gain_paper = p = None
+    if base is not None:
+        gain = _num(cell.mean - base.mean)
+        p = welch_p(cell.accs, base.accs)
+        if paper and base_paper:
+            gain_paper = paper[0] - base_paper[0]
+    return Versus(
+        paper_mean=paper[0] if paper else None,
+        paper_std=paper[1] if paper else None,
+        diff=_num(cell.mean - paper[0]) if paper else None,
+        gain=gain,
+        gain_paper=gain_paper,
+        gain_p=p,
+    )
+
+
+def _paper_groups(summary: Summary) -> list[tuple[tuple, list[tuple]]]:
+    """Rows grouped by everything but ortho.mode (a dataset, for Table 2), with paper cells."""
+    i = summary.row_keys.index("ortho.mode") if "ortho.mode" in summary.row_keys else None
+    groups: dict[tuple, list[tuple]] = {}
+    for row in summary.rows:
+        key = row if i is None else row[:i] + row[i + 1 :]
+        groups.setdefault(key, []).append(row)
+    return [
+        (key, rows)
+        for key, rows in groups.items()
+        if any(
+            (c := summary.cell(r, col)) is not None and paper_value(c)
+            for r in rows
+            for col in summary.cols
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------- formatting
+def show(key: str | None, value: Any) -> str:
+    """A key's value for people: dataset and ortho names as in the paper, numbers short."""
+    if value is None:
+        return "?"
+    if key in DISPLAY and value in DISPLAY[key]:
+        return DISPLAY[key][value]
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def column_label(key: str | None, value: Any) -> str:
+    if key is None:
+        return "test accuracy (%)"
+    if key == "optim.lr":
+        return f"lr {show(key, value)}"
+    return f"{key} = {show(key, value)}"
+
+
+def title(summary: Summary) -> str:
+    text = f"{summary.name}: final test accuracy (%)"
+    return f"{SMOKE_TITLE}. {text}" if summary.smoke else text
+
+
+def _notes(cell: Cell) -> str:
+    return ", ".join(f"{cell.counts[s]} {s}" for s in UNFINISHED if cell.counts[s])
+
+
+def cell_text(cell: Cell | None, *, pm: str = "±", dash: str = "—", with_n: bool = True) -> str:
+    """'80.3 ± 0.4 (n=5)', '79.9 ± 0.5 (n=4; 1 diverged)', '— (3 missing, 2 running)'."""
+    if cell is None:
+        return ""
+    notes = _notes(cell)
+    if cell.n == 0:
+        return f"{dash} ({notes})" if notes else dash
+    acc = f"{cell.mean:.1f}" + (f" {pm} {cell.std:.1f}" if cell.n > 1 else "")
+    if not with_n:
+        return acc
+    return f"{acc} (n={cell.n}" + (f"; {notes})" if notes else ")")
+
+
+def _signed(x: float | None) -> str:
+    return "" if x is None else f"{x:+.1f}"
+
+
+def _p_text(v: Versus) -> str:
+    return "n/a" if v.gain_p is None else f"{v.gain_p:.2g}"
+
+
+def _gain_text(v: Versus | None) -> str:
+    return "" if v is None or v.gain is None else f"{_signed(v.gain)} (p={_p_text(v)})"
+
+
+def _paper_text(v: Versus, pm: str) -> str:
+    return "" if v.paper_mean is None else f"{v.paper_mean:.1f} {pm} {v.paper_std:.1f}"
+
+
+def _block_lines(summary: Summary, rows: list[tuple], pm: str) -> list[list[str]]:
+    """The comparison lines of one group: ours / paper / difference per row, then gains."""
+    i = summary.row_keys.index("ortho.mode") if "ortho.mode" in summary.row_keys else None
+    lines, gains = [], []
+    for row in rows:
+        cells = [summary.cell(row, col) for col in summary.cols]
+        mode = row[i] if i is not None else next(c for c in cells if c).settings.get("ortho.mode")
+        name = show("ortho.mode", mode)
+        vs = [versus(summary, c) if c else None for c in cells]
+        lines.append([f"{name}: ours", *(cell_text(c, pm=pm, with_n=False) for c in cells)])
+        lines.append([f"{name}: paper", *(_paper_text(v, pm) if v else "" for v in vs)])
+        lines.append([f"{name}: ours − paper", *(_signed(v.diff) if v else "" for v in vs)])
+        if any(v and v.gain is not None for v in vs) or any(
+            v and v.gain_paper is not None for v in vs
+        ):
+            gains.append(
+                [
+                    f"gain {name} − baseline: ours",
+                    *(_gain_text(v) for v in vs),
+                ]
+            )
+            gains.append(
+                [
+                    f"gain {name} − baseline: paper",
+                    *(_signed(v.gain_paper) if v else "" for v in vs),
+                ]
+            )
+    return lines + gains
+
+
+def _group_title(summary: Summary, key: tuple, rows: list[tuple]) -> str:
+    keys = [k for k in summary.row_keys if k != "ortho.mode"]
+    parts = [
+        show(k, v) if k in ("data.name", "recipe") else f"{k} = {show(k, v)}"
+        for k, v in zip(keys, key, strict=True)
+    ]
+    if "data.name" not in keys:
+        cell = next(c for c in (summary.cell(r, col) for r in rows for col in summary.cols) if c)
+        parts.insert(0, show("data.name", cell.settings.get("data.name")))
+    return ", ".join(parts)
+
+
+PAPER_NOTE = (
+    f"Against the paper: {PAPER_SOURCE}, mean ± std over 5 runs. Differences and gains in "
+    "accuracy points; gain = ortho − baseline at the same learning rate; p = Welch's t-test "
+    "(two-sided, unequal variances) on our runs, n/a when a side has fewer than 2."
+)
+
+
+# ------------------------------------------------------------------------------ renderers
+def render(
+    summary: Summary, fmt: Literal["markdown", "latex", "csv", "json"], *, paper: bool = False
+) -> str:
+    """The table as markdown, LaTeX (booktabs), tidy CSV or JSON; `paper` adds Table 2."""
+    renderers = {"markdown": _markdown, "latex": _latex, "csv": _csv, "json": _json}
+    if fmt not in renderers:
+        raise UserError("--format", f"{fmt!r}; use markdown, latex, csv or json")
+    return renderers[fmt](summary, paper)
+
+
+def _header(summary: Summary) -> list[str]:
+    return [*summary.row_keys, *(column_label(summary.col_key, c) for c in summary.cols)]
+
+
+def _row_labels(summary: Summary, row: tuple) -> list[str]:
+    return [show(k, v) for k, v in zip(summary.row_keys, row, strict=True)]
+
+
+def _pipe(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _pipe_table(header: list[str], body: list[list[str]], left: int) -> list[str]:
+    rule = ["---"] * left + ["---:"] * (len(header) - left)
+    return [_pipe(header), _pipe(rule), *(_pipe(line) for line in body)]
+
+
+def _markdown(summary: Summary, paper: bool) -> str:
+    left = max(len(summary.row_keys), 1)
+    header = _header(summary) if summary.row_keys else ["runs", *_header(summary)]
+    body = [
+        [
+            *(_row_labels(summary, row) or ["all"]),
+            *(cell_text(summary.cell(row, c)) for c in summary.cols),
+        ]
+        for row in summary.rows
+    ]
+    lines = [f"### {title(summary)}", "", *_pipe_table(header, body, left), "", FOOTNOTE]
+    if summary.folded_keys:
+        lines.append(f"Also varying, fixed by the rows: {', '.join(summary.folded_keys)}.")
+    lines += [f"> Warning: {w}" for w in summary.warnings]
+    if paper:
+        lines += ["", *_markdown_paper(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_paper(summary: Summary) -> list[str]:
+    groups = _paper_groups(summary)
+    if not groups:
+        return [f"No cell of this table has a counterpart in {PAPER_SOURCE}."]
+    lines = [f"**{PAPER_NOTE}**"]
+    for key, rows in groups:
+        header = [_group_title(summary, key, rows)]
+        header += [column_label(summary.col_key, c) for c in summary.cols]
+        lines += ["", *_pipe_table(header, _block_lines(summary, rows, "±"), 1)]
+    return lines
+
+
+TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def tex_escape(text: str) -> str:
+    """Plain text -> LaTeX text (special characters escaped, dashes and ± typeset)."""
+    out = "".join(TEX_SPECIAL.get(ch, ch) for ch in text)
+    return out.replace("±", r"$\pm$").replace("—", "---").replace("−", "$-$")
+
+
+def _tex_rows(lines: list[list[str]]) -> list[str]:
+    return [" & ".join(tex_escape(c) for c in line) + r" \\" for line in lines]
+
+
+def _latex(summary: Summary, paper: bool) -> str:
+    left = max(len(summary.row_keys), 1)
+    header = _header(summary) if summary.row_keys else ["runs", *_header(summary)]
+    caption = f"{title(summary)}. {FOOTNOTE}"
+    if paper and _paper_groups(summary):
+        caption += f" Below: {PAPER_NOTE}"
+    lines = [
+        r"% softmaso table; needs \usepackage{booktabs}",
+        *(f"% warning: {w}" for w in summary.warnings),
+        r"\begin{table}[ht]",
+        r"\centering",
+        r"\caption{" + tex_escape(caption) + "}",
+        r"\begin{tabular}{" + "l" * left + "r" * len(summary.cols) + "}",
+        r"\toprule",
+        *_tex_rows([header]),
+        r"\midrule",
+    ]
+    previous = None
+    for row in summary.rows:
+        if previous is not None and row[:1] != previous[:1]:
+            lines.append(r"\midrule")
+        label = _row_labels(summary, row) or ["all"]
+        lines += _tex_rows([[*label, *(cell_text(summary.cell(row, c)) for c in summary.cols)]])
+        previous = row
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if paper:
+        lines += _latex_paper(summary)
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def _latex_paper(summary: Summary) -> list[str]:
+    groups = _paper_groups(summary)
+    if not groups:
+        return [f"% no cell has a counterpart in {PAPER_SOURCE}"]
+    width = 1 + len(summary.cols)
+    header = ["", *(column_label(summary.col_key, c) for c in summary.cols)]
+    lines = [
+        r"\par\medskip",
+        r"\begin{tabular}{l" + "r" * len(summary.cols) + "}",
+        r"\toprule",
+        *_tex_rows([header]),
+    ]
+    for key, rows in groups:
+        name = tex_escape(_group_title(summary, key, rows))
+        lines += [r"\midrule", rf"\multicolumn{{{width}}}{{l}}{{\textit{{{name}}}}} \\"]
+        lines += _tex_rows(_block_lines(summary, rows, "±"))
+    return [*lines, r"\bottomrule", r"\end{tabular}"]
+
+
+def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]:
+    """One tidy record per cell: row keys, column key, statistics, counts (+ the paper).
+
+    Accuracies and differences are rounded to 1e-6 points; p-values are not rounded."""
+    out = []
+    for row in summary.rows:
+        for col in summary.cols:
+            cell = summary.cell(row, col)
+            if cell is None:
+                continue
+            rec: dict[str, Any] = dict(zip(summary.row_keys, row, strict=True))
+            if summary.col_key:
+                rec[summary.col_key] = col
+            rec.update(mean=_num(cell.mean, 6), std=_num(cell.std, 6), n=cell.n, **cell.counts)
+            rec["smoke"] = summary.smoke
+            if paper:
+                v = versus(summary, cell)
+                rec.update(
+                    paper_mean=v.paper_mean,
+                    paper_std=v.paper_std,
+                    diff=_num(v.diff, 6),
+                    gain=_num(v.gain, 6),
+                    gain_paper=_num(v.gain_paper, 6),
+                    gain_p=v.gain_p,
+                )
+            out.append((rec, cell))
+    return out
+
+
+def _csv(summary: Summary, paper: bool) -> str:
+    records = [rec for rec, _ in _records(summary, paper)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in rec.items()} for rec in records)
+    return buf.getvalue()
+
+
+def _json(summary: Summary, paper: bool) -> str:
+    cells = []
+    for rec, cell in _records(summary, paper):
+        cells.append({**rec, "accs": [round(a, 6) for a in cell.accs], "seeds": list(cell.seeds)})
+    doc = {
+        "name": summary.name,
+        "title": title(summary),
+        "smoke": summary.smoke,
+        "unit": "final test accuracy, percent",
+        "std_ddof": 1,
+        "row_keys": list(summary.row_keys),
+        "col_key": summary.col_key,
+        "folded_keys": list(summary.folded_keys),
+        "footnote": FOOTNOTE,
+        "warnings": list(summary.warnings),
+        "cells": cells,
+    }
+    if paper:
+        doc["paper"] = {"source": PAPER_SOURCE, "note": PAPER_NOTE}
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def write_table(text: str, out: Path | None) -> None:
+    """Write the table atomically to `out`, or to stdout when `out` is None."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    from softmaso.io import atomic_write, ensure_writable_dir
+
+    ensure_writable_dir(Path(out).parent, where="--out")
+    atomic_write(Path(out), lambda tmp: tmp.write_text(text))

@@ -1,0 +1,173 @@
+"""Sweeps, run naming, skip/resume, locks between processes, launchers, the reproduce CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from softmaso import experiments as ex
+from softmaso import runs
+from softmaso.config import read_recipe
+from softmaso.errors import UserError
+
+FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
+
+
+def test_table2_expands_to_90_named_runs(tmp_path):
+    todo = ex.expand("table2", tmp_path)
+    assert len(todo) == 90 and len({r.dir for r in todo}) == 90
+    assert {r.cfg.data.name for r in todo} == {"svhn", "cifar10", "cifar100"}
+    first = todo[0]
+    assert first.dir == tmp_path / "svhn" / "lr-0.001_mode-none_seed-0"
+    assert first.settings == {"optim.lr": 0.001, "ortho.mode": "none", "seed": 0}
+    assert first.cfg.optim.lr == 0.001 and first.cfg.seed == 0
+
+
+def test_filters_seeds_overrides_and_smoke(tmp_path):
+    todo = ex.expand("table2", tmp_path, datasets=["svhn"], seeds=2, overrides=["optim.lr=0.01"])
+    assert len(todo) == 2 * 2 and {r.cfg.optim.lr for r in todo} == {0.01}
+    assert all("lr-" not in r.dir.name for r in todo)  # a --set key is no longer swept
+    smoke = ex.expand("gs-cifar100", tmp_path, smoke=True)
+    assert len(smoke) == 5 and {r.cfg.data.name for r in smoke} == {"synthetic"}
+    assert {r.cfg.ortho.mode for r in smoke} == {"exact"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "where"),
+    [
+        ({"datasets": ["mnist"]}, "--datasets"),
+        ({"seeds": 0}, "--runs"),
+        ({"overrides": ["optim.lrr=1"]}, "optim.lrr"),
+    ],
+)
+def test_bad_expansions(tmp_path, kwargs, where):
+    with pytest.raises(UserError, match=where):
+        ex.expand("table2", tmp_path, **kwargs)
+    with pytest.raises(UserError, match="unknown experiment"):
+        ex.expand("table3", tmp_path)
+
+
+def test_a_sweep_key_must_exist(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("sweep:\n  optim.lrate: [0.1, 0.2]\n")
+    with pytest.raises(UserError, match="did you mean 'optim.lr'"):
+        read_recipe(p)
+    p.write_text("sweep:\n  seed: 3\n")
+    with pytest.raises(UserError, match="non-empty list"):
+        read_recipe(p)
+
+
+def test_claim_is_exclusive_and_released(tmp_path):
+    with ex.claim(tmp_path) as first:
+        assert first
+        with ex.claim(tmp_path) as second:
+            assert not second
+    with ex.claim(tmp_path) as again:
+        assert again
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    code = (
+        "import sys, time; from pathlib import Path; from softmaso.experiments import claim\n"
+        f"with claim(Path({str(tmp_path)!r})) as ok:\n    print(ok, flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "True"
+    with ex.claim(tmp_path) as mine:
+        assert not mine
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with ex.claim(tmp_path) as mine:
+        assert mine
+
+
+def test_run_one_skips_finished_and_reports_conflicts(tmp_path):
+    run = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0]
+    assert ex.run_one(run, device="cpu", smoke=True) == "finished"
+    assert ex.run_one(run, device="cpu", smoke=True) == "skipped-finished"
+    assert json.loads((run.dir / runs.RESULT).read_text())["smoke"] is True
+    other = ex.Run(run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir)
+    (run.dir / runs.RESULT).unlink()
+    assert ex.run_one(other, device="cpu") == "conflict"
+
+
+def test_submitit_debug_executor_runs_the_array(tmp_path):
+    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:2]
+    out = ex.launch_slurm(todo, folder=tmp_path / ".submitit", cluster="debug", smoke=True)
+    assert set(out.values()) == {"finished"}
+    assert all((r.dir / runs.RESULT).exists() for r in todo)
+
+
+def _reproduce(results: Path, *extra: str) -> subprocess.Popen:
+    args = ["reproduce", "table2", "--smoke", "--datasets", "svhn", "--runs", "2"]
+    args += [a for kv in FAST for a in ("--set", kv)] + ["--results", str(results), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "softmaso", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _finished_counts(results: Path) -> list[int]:
+    """Epoch lines per run: a run trained twice (or half) would not show exactly 1."""
+    return [
+        len((d / runs.METRICS).read_text().splitlines()) for d in sorted(results.glob("svhn/*"))
+    ]
+
+
+def test_two_processes_on_one_directory_train_each_run_once(tmp_path):
+    a, b = _reproduce(tmp_path), _reproduce(tmp_path)
+    outs = [p.communicate(timeout=240) for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, outs
+    trained = 0
+    for out, _ in outs:
+        summary = next(
+            line for line in out.splitlines() if line.startswith("table2: ") and "runs" not in line
+        )
+        counts = dict(
+            reversed(part.split(" ", 1)) for part in summary[len("table2: ") :].split(", ")
+        )
+        trained += int(counts.get("finished", 0))
+    assert trained == 12  # 3 learning rates x 2 modes x 2 seeds, each trained by one process
+    assert _finished_counts(tmp_path) == [1] * 12
+
+
+def test_killed_grid_restarts_to_completion(tmp_path):
+    first = _reproduce(tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("svhn/*/result.json"))) < 2:
+        time.sleep(0.2)
+    first.kill()
+    first.communicate()
+    second = _reproduce(tmp_path)
+    out, err = second.communicate(timeout=240)
+    assert second.returncode == 0, err
+    assert len(list(tmp_path.glob("svhn/*/result.json"))) == 12
+    assert _finished_counts(tmp_path) == [1] * 12
+
+
+def test_reproduce_cli_smoke_grid_and_bad_input(cli, tmp_path):
+    args = ["reproduce", "table2", "--smoke", "--datasets", "svhn,cifar10", "--runs", "2"]
+    args += [a for kv in FAST for a in ("--set", kv)] + ["--results", str(tmp_path)]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    table = (tmp_path / "table.md").read_text()
+    assert "SMOKE" in table and table.count("(n=2)") == 12
+    grid = json.loads((tmp_path / ex.GRID).read_text())
+    assert grid["smoke"] and len(grid["runs"]) == 24
+    assert (tmp_path / "figures" / "curves.png").stat().st_size > 0
+    for bad, says in (
+        (["reproduce", "table3"], "unknown experiment"),
+        (["reproduce", "table2", "--devices", "7"], "--devices"),
+        (["reproduce", "table2", "--launcher", "pbs"], "--launcher"),
+    ):
+        r = cli(*bad)
+        assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,366 @@
+"""softmaso.reporting.tables: run directories -> cells of mean ± std over seeds -> text."""
+
+import csv
+import io
+import json
+import re
+import statistics
+
+import pytest
+from scipy.stats import ttest_ind
+
+from softmaso.config import RunConfig, dump_yaml
+from softmaso.errors import UserError
+from softmaso.reporting import tables
+
+LRS = (0.001, 0.0005, 0.0001)
+MODES = ("none", "penalty")
+DATASETS = ("svhn", "cifar10", "cifar100")
+OFFSETS = (-0.3, 0.1, 0.5)  # accuracy points added to the paper's mean, by seed
+# What the recipes change per dataset (recipes/table2/*.yaml); these keys vary but are folded.
+RECIPE = {"cifar100": {"optim.batch_size": 100, "train.epochs": 200}}
+
+
+def write_run(root, rel, *, recipe, status="finished", acc=None, smoke=False, **settings):
+    """A run directory as `fit` leaves it: config.yaml, and result.json when it ended."""
+    cfg = RunConfig(recipe=recipe).with_overrides(**settings)
+    run = root / rel
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    if status in ("finished", "diverged"):
+        result = {"status": status, "final_test_acc": acc, "seed": cfg.seed, "recipe": recipe}
+        (run / "result.json").write_text(json.dumps({**result, "smoke": smoke}))
+    elif status == "running":
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.1}) + "\n")
+    return run
+
+
+def point(name, mode, lr, seed):
+    return f"{name}/lr-{lr}_mode-{mode}_seed-{seed}"
+
+
+def settings(name, mode, lr, seed):
+    return {
+        "data.name": name,
+        "ortho.mode": mode,
+        "optim.lr": lr,
+        "seed": seed,
+        **RECIPE.get(name, {}),
+    }
+
+
+def write_grid(root, entries, *, smoke=False):
+    runs = [
+        {
+            "dir": point(n, m, lr, s),
+            "recipe": n,
+            "settings": {"optim.lr": lr, "ortho.mode": m, "seed": s},
+        }
+        for n, m, lr, s in entries
+    ]
+    doc = {
+        "experiment": "table2",
+        "smoke": smoke,
+        "created": "2025-01-01T00:00:00+00:00",
+        "runs": runs,
+    }
+    (root / "grid.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def table2(tmp_path):
+    """Table 2 with 3 finished seeds per cell (paper mean + OFFSETS), plus one diverged run
+    (CIFAR-10 ortho, lr 5e-4), one running (CIFAR-10 baseline, lr 1e-4) and one missing
+    (SVHN ortho, lr 1e-3) run."""
+    entries = []
+    for name in DATASETS:
+        for mode in MODES:
+            for lr in LRS:
+                paper = tables.PAPER_TABLE2[(name, mode, lr)][0]
+                for seed, off in enumerate(OFFSETS):
+                    acc = (paper + off) / 100
+                    write_run(
+                        tmp_path,
+                        point(name, mode, lr, seed),
+                        recipe=name,
+                        acc=acc,
+                        **settings(name, mode, lr, seed),
+                    )
+                    entries.append((name, mode, lr, seed))
+    write_run(
+        tmp_path,
+        point("cifar10", "penalty", 0.0005, 3),
+        recipe="cifar10",
+        status="diverged",
+        **settings("cifar10", "penalty", 0.0005, 3),
+    )
+    write_run(
+        tmp_path,
+        point("cifar10", "none", 0.0001, 3),
+        recipe="cifar10",
+        status="running",
+        **settings("cifar10", "none", 0.0001, 3),
+    )
+    entries += [
+        ("cifar10", "penalty", 0.0005, 3),
+        ("cifar10", "none", 0.0001, 3),
+        ("svhn", "penalty", 0.001, 3),
+    ]
+    write_grid(tmp_path, entries)
+    return tmp_path
+
+
+def ours(name, mode, lr):
+    return [tables.PAPER_TABLE2[(name, mode, lr)][0] + off for off in OFFSETS]
+
+
+def test_collect_states_and_columns(table2):
+    df = tables.collect(table2)
+    assert len(df) == 54 + 3
+    assert list(df.columns[:4]) == ["dir", "status", "acc", "smoke"]
+    assert {"data.name", "optim.lr", "ortho.mode", "seed", "model.width"} <= set(df.columns)
+    counts = df["status"].value_counts().to_dict()
+    assert counts == {"finished": 54, "diverged": 1, "running": 1, "missing": 1}
+    missing = df[df.status == "missing"].iloc[0]
+    assert missing["dir"] == point("svhn", "penalty", 0.001, 3)
+    assert (missing["data.name"], missing["ortho.mode"], missing["optim.lr"]) == (
+        "svhn",
+        "penalty",
+        0.001,
+    )
+    assert df.loc[df.status != "finished", "acc"].isna().all()
+    assert df.loc[df.status == "finished", "acc"].between(0, 1).all()
+
+
+def test_summarize_table2_layout_and_statistics(table2):
+    s = tables.summarize(tables.collect(table2))
+    assert s.row_keys == ("data.name", "ortho.mode") and s.col_key == "optim.lr"
+    assert s.cols == LRS  # descending, as in the paper
+    assert s.rows == tuple((n, m) for n in DATASETS for m in MODES)
+    assert set(s.folded_keys) == {"recipe", "optim.batch_size", "train.epochs"}
+    for name in DATASETS:
+        for mode in MODES:
+            for lr in LRS:
+                cell = s.cell((name, mode), lr)
+                assert cell.n == 3
+                assert cell.mean == pytest.approx(statistics.fmean(ours(name, mode, lr)))
+                assert cell.std == pytest.approx(statistics.stdev(ours(name, mode, lr)))
+    assert s.cell(("cifar10", "penalty"), 0.0005).counts["diverged"] == 1
+    assert s.cell(("cifar10", "none"), 0.0001).counts["running"] == 1
+    assert s.cell(("svhn", "penalty"), 0.001).counts["missing"] == 1
+    assert not s.smoke and not s.warnings
+
+
+def test_markdown_cells_footnote_and_counts(table2):
+    text = tables.render(tables.summarize(tables.collect(table2)), "markdown")
+    lines = text.splitlines()
+    assert lines[0].startswith("### table2") and "SMOKE" not in text
+    header = next(line for line in lines if line.startswith("| data.name"))
+    assert header == "| data.name | ortho.mode | lr 0.001 | lr 0.0005 | lr 0.0001 |"
+    row = next(line for line in lines if line.startswith("| CIFAR-10 | baseline"))
+    cells = "80.4 ± 0.4 (n=3) | 80.3 ± 0.4 (n=3) | 76.3 ± 0.4 (n=3; 1 running)"
+    assert row == f"| CIFAR-10 | baseline | {cells} |"
+    assert "84.1 ± 0.4 (n=3)" in text and "82.4 ± 0.4 (n=3; 1 diverged)" in text
+    assert "94.7 ± 0.4 (n=3; 1 missing)" in text
+    assert "ddof=1" in text and "n = finished runs" in text
+    order = [
+        line.split(" | ")[0][2:]
+        for line in lines
+        if line.startswith("| ") and "ortho" not in line.split(" | ")[0]
+    ]
+    assert order[-6:] == ["SVHN", "SVHN", "CIFAR-10", "CIFAR-10", "CIFAR-100", "CIFAR-100"]
+
+
+def test_paper_columns_and_welch_test(table2):
+    s = tables.summarize(tables.collect(table2))
+    cell = s.cell(("cifar10", "penalty"), 0.001)
+    v = tables.versus(s, cell)
+    assert (v.paper_mean, v.paper_std) == (84.0, 0.3)
+    assert v.diff == pytest.approx(0.1)
+    assert v.gain == pytest.approx(84.0 - 80.3)
+    assert v.gain_paper == pytest.approx(84.0 - 80.3)
+    expected = ttest_ind(
+        ours("cifar10", "penalty", 0.001), ours("cifar10", "none", 0.001), equal_var=False
+    )
+    assert v.gain_p == pytest.approx(expected.pvalue)
+    base = tables.versus(s, s.cell(("cifar10", "none"), 0.001))
+    assert base.gain is None and base.gain_p is None and base.diff == pytest.approx(0.1)
+    text = tables.render(s, "markdown", paper=True)
+    assert "Welch" in text and "Table 2" in text
+    for title in ("| SVHN |", "| CIFAR-10 |", "| CIFAR-100 |"):
+        assert title in text
+    assert "| ortho (penalty): paper | 84.0 ± 0.3 | 82.3 ± 0.1 | 79.1 ± 0.2 |" in text
+    assert "| ortho (penalty): ours − paper | +0.1 | +0.1 | +0.1 |" in text
+    assert f"+3.7 (p={expected.pvalue:.2g})" in text
+
+
+def test_welch_is_na_below_two_runs():
+    assert tables.welch_p((80.0,), (79.0, 79.5)) is None
+    assert tables.welch_p((80.0, 81.0), (79.0, 79.5)) == pytest.approx(
+        ttest_ind([80.0, 81.0], [79.0, 79.5], equal_var=False).pvalue
+    )
+
+
+def test_csv_and_json_round_trip(table2):
+    s = tables.summarize(tables.collect(table2))
+    rows = list(csv.DictReader(io.StringIO(tables.render(s, "csv", paper=True))))
+    assert len(rows) == 18
+    assert list(rows[0])[:9] == [
+        "data.name",
+        "ortho.mode",
+        "optim.lr",
+        "mean",
+        "std",
+        "n",
+        "diverged",
+        "running",
+        "pending",
+    ]
+    row = next(
+        r
+        for r in rows
+        if (r["data.name"], r["ortho.mode"], r["optim.lr"]) == ("cifar10", "penalty", "0.0005")
+    )
+    assert float(row["mean"]) == pytest.approx(82.4)
+    assert float(row["std"]) == pytest.approx(statistics.stdev(ours("cifar10", "penalty", 0.0005)))
+    assert (row["n"], row["diverged"], row["missing"], row["smoke"]) == ("3", "1", "0", "False")
+    assert float(row["paper_mean"]) == 82.3 and float(row["diff"]) == pytest.approx(0.1)
+    baseline = next(r for r in rows if r["ortho.mode"] == "none")
+    assert baseline["gain"] == "" and baseline["gain_p"] == ""
+    doc = json.loads(tables.render(s, "json", paper=True))
+    assert doc["smoke"] is False and doc["std_ddof"] == 1 and doc["col_key"] == "optim.lr"
+    cell = next(
+        c
+        for c in doc["cells"]
+        if (c["data.name"], c["ortho.mode"], c["optim.lr"]) == ("svhn", "none", 0.0001)
+    )
+    assert cell["mean"] == pytest.approx(93.5) and cell["n"] == 3 and cell["seeds"] == [0, 1, 2]
+    assert cell["paper_mean"] == 93.4 and cell["gain"] is None
+
+
+def test_latex_is_booktabs_and_escaped(table2):
+    text = tables.render(tables.summarize(tables.collect(table2)), "latex", paper=True)
+    for part in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"$\pm$"):
+        assert part in text
+    assert "±" not in text and "—" not in text
+    body = [line for line in text.splitlines() if not line.startswith("%")]
+    cells = [c for line in body for c in line.removesuffix(r" \\").split(" & ")]
+    assert not any(re.search(r"(?<!\\)[%_&#]", c) for c in cells)
+    assert r"80.4 $\pm$ 0.4 (n=3)" in text and "(n=3; 1 diverged)" in text
+
+
+def test_unfinished_cell_and_duplicate_seed(tmp_path):
+    for seed in (0, 1):
+        write_run(
+            tmp_path,
+            point("cifar10", "none", 0.001, seed),
+            recipe="cifar10",
+            acc=0.8,
+            **settings("cifar10", "none", 0.001, seed),
+        )
+        write_run(
+            tmp_path,
+            point("cifar10", "penalty", 0.001, seed),
+            recipe="cifar10",
+            status="running",
+            **settings("cifar10", "penalty", 0.001, seed),
+        )
+    write_run(
+        tmp_path,
+        "copy/of-seed-0",
+        recipe="cifar10",
+        acc=0.82,
+        **settings("cifar10", "none", 0.001, 0),
+    )
+    pending = point("cifar10", "penalty", 0.001, 2)  # config.yaml only: claimed, not started
+    write_run(
+        tmp_path,
+        pending,
+        recipe="cifar10",
+        status="pending",
+        **settings("cifar10", "penalty", 0.001, 2),
+    )
+    write_grid(tmp_path, [("cifar10", "penalty", 0.001, s) for s in range(5)])
+    s = tables.summarize(tables.collect(tmp_path))
+    assert s.row_keys == ("ortho.mode",) and s.col_key is None  # one dataset, one lr
+    text = tables.render(s, "markdown", paper=True)
+    assert "| ortho (penalty) | — (2 running, 1 pending, 2 missing) |" in text
+    assert "| baseline | 80.7 ± 1.2 (n=3) |" in text
+    assert len(s.warnings) == 1 and "seed 0 appears 2 times" in s.warnings[0]
+    assert "Warning: " in text and "| CIFAR-10 | test accuracy (%) |" in text  # paper block
+
+
+def test_smoke_is_labelled_everywhere(tmp_path):
+    entries = []
+    for recipe in ("svhn", "cifar10"):  # the same synthetic config: only the recipe differs
+        for mode in MODES:
+            for seed in (0, 1):
+                write_run(
+                    tmp_path,
+                    point(recipe, mode, 0.001, seed),
+                    recipe=recipe,
+                    acc=0.5,
+                    smoke=True,
+                    **{
+                        "data.name": "synthetic",
+                        "model.width": 0.125,
+                        "ortho.mode": mode,
+                        "seed": seed,
+                    },
+                )
+                entries.append((recipe, mode, 0.001, seed))
+    write_grid(tmp_path, entries, smoke=True)
+    s = tables.summarize(tables.collect(tmp_path))
+    assert s.smoke and s.row_keys == ("recipe", "ortho.mode") and s.rows[0] == ("svhn", "none")
+    md = tables.render(s, "markdown", paper=True)
+    assert md.startswith("### SMOKE RUN") and md.count("(n=2)") == 4
+    assert "No cell of this table has a counterpart" in md
+    assert "SMOKE RUN" in tables.render(s, "latex").split(r"\caption{")[1]
+    assert {r["smoke"] for r in csv.DictReader(io.StringIO(tables.render(s, "csv")))} == {"True"}
+    assert json.loads(tables.render(s, "json"))["smoke"] is True
+
+
+def test_rows_come_from_the_varying_keys(tmp_path):
+    for width in (0.5, 1.0, 2.0):
+        for seed in range(3):
+            write_run(
+                tmp_path,
+                f"w{width}/s{seed}",
+                recipe="custom",
+                acc=0.6 + width / 10 + seed / 100,
+                **{"model.width": width, "seed": seed},
+            )
+    s = tables.summarize(tables.collect(tmp_path))
+    assert (
+        s.row_keys == ("model.width",) and s.col_key is None and s.rows == ((0.5,), (1.0,), (2.0,))
+    )
+    assert s.cell((1.0,), None).mean == pytest.approx(71.0)
+    text = tables.render(s, "markdown", paper=True)
+    assert "| model.width | test accuracy (%) |" in text and "| 2 | 81.0 ± 1.0 (n=3) |" in text
+    paper = text.split("Against the paper")[1]  # only the width-1 row is the paper's setting
+    assert "| CIFAR-10, model.width = 1 | test accuracy (%) |" in paper and "0.5" not in paper
+
+
+def test_bad_directories_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist") as e:
+        tables.collect(tmp_path / "nope")
+    assert e.value.where == "RESULTS_DIR"
+    with pytest.raises(UserError, match="empty or not a softmaso results directory"):
+        tables.collect(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="empty or not a softmaso results directory"):
+        tables.collect(tmp_path)
+    (tmp_path / "grid.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a softmaso grid"):
+        tables.collect(tmp_path)
+    with pytest.raises(UserError, match="--format"):
+        tables.render(None, "html")
+
+
+def test_write_table_is_atomic_file_or_stdout(tmp_path, capsys):
+    tables.write_table("a|b\n", None)
+    assert capsys.readouterr().out == "a|b\n"
+    out = tmp_path / "deep" / "table.md"
+    tables.write_table("x\n", out)
+    assert out.read_text() == "x\n" and [p.name for p in out.parent.iterdir()] == ["table.md"]
