@@ -183,16 +183,23 @@ def train(
     model.safetensors to the run directory. A finished run is not redone. Exit code 1 if the
     loss diverges (NaN or infinite), 130 if interrupted (the run stays resumable).
     """
-    from softmaso.config import dump_yaml, load_recipe
+    from softmaso.config import dump_yaml, read_recipe
 
     overrides = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
-    cfg = load_recipe(recipe, overrides)
+    parsed = read_recipe(recipe)
+    cfg = parsed.config(overrides)
     if print_config:
         typer.echo(dump_yaml(cfg), nl=False)
         return
     from softmaso import runs
     from softmaso.training import fit
 
+    if parsed.sweep:
+        swept = ", ".join(parsed.sweep)
+        typer.echo(
+            f"note: {recipe} sweeps {swept}; train runs one point (use --set or `reproduce`)",
+            err=True,
+        )
     run_dir = out or runs.default_run_dir(cfg)
     try:
         result = fit(cfg, run_dir, device=device, data_dir=data_dir)

@@ -16,3 +16,7 @@ class UserError(Exception):
         super().__init__(f"{where}: {message}")
         self.where = where
         self.message = message
+
+
+class RunConflict(UserError):
+    """A run directory already holds a run with a different config (another recipe version)."""

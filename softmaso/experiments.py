@@ -26,7 +26,7 @@ from typing import Any
 
 from softmaso import runs
 from softmaso.config import RunConfig, read_recipe
-from softmaso.errors import UserError
+from softmaso.errors import RunConflict, UserError
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 EXPERIMENTS: dict[str, list[str]] = {
@@ -185,10 +185,8 @@ def run_one(
                 extra={"smoke": smoke},
                 progress=progress,
             )
-        except UserError as e:
-            if "different config" in str(e):
-                return "conflict"
-            raise
+        except RunConflict:
+            return "conflict"
         return str(result["status"])
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from softmaso import runs
 from softmaso.config import RunConfig, dump_yaml
-from softmaso.errors import UserError
+from softmaso.errors import RunConflict, UserError
 from softmaso.io import atomic_write
 
 
@@ -296,7 +296,7 @@ def _check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     """A run directory belongs to one config: refuse to mix another one in."""
     saved = run_dir / runs.CONFIG
     if saved.exists() and saved.read_text() != dump_yaml(cfg):
-        raise UserError(
+        raise RunConflict(
             "--out",
             f"{run_dir} holds a run with a different config; choose another --out "
             f"(diff {saved} against `softmaso train ... --print-config`)",
@@ -323,6 +323,8 @@ def fit(
     `extra` is merged into result.json (e.g. {"smoke": true}); `progress` is a shared rich
     Progress (a grid's) to show this run's bar in, instead of a bar of its own.
     """
+    from softmaso.orthogonality import layer_errors
+
     run_dir = Path(run_dir)
     done = runs.read_json(run_dir / runs.RESULT)
     _check_run_dir(cfg, run_dir)
@@ -363,8 +365,6 @@ def fit(
                 rep.message(f"epoch {epoch + 1}: loss is {train_loss}; stopping (diverged)")
                 break
             test = evaluate(s, "test")
-            from softmaso.orthogonality import layer_errors
-
             seconds = time.perf_counter() - t0
             row = {
                 "epoch": epoch + 1,

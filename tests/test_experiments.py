@@ -171,3 +171,15 @@ def test_reproduce_cli_smoke_grid_and_bad_input(cli, tmp_path):
     ):
         r = cli(*bad)
         assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_one_worker_per_device_pool(tmp_path):
+    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:3]
+    seen = []
+    out = ex.launch_local(
+        todo,
+        devices=ex.parse_devices("cpu,cpu"),
+        smoke=True,
+        on_done=lambda run, outcome: seen.append(outcome),
+    )
+    assert set(out.values()) == {"finished"} and seen == ["finished"] * 3
