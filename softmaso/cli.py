@@ -433,6 +433,35 @@ def plot_curves_(
         typer.echo(f"wrote {path}")
 
 
+@app.command(epilog="Example: softmaso bench --quick --json benchmarks/cpu.json")
+def bench(
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures as JSON.")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer repeats (CPU: about a minute).")
+    ] = False,
+) -> None:
+    """Measure the training step against a plain loop, the cost of orthogonality, evaluation
+    throughput, the projected Table 2 grid time and peak memory (medians, interleaved runs)."""
+    import json
+
+    from rich.console import Console
+
+    from softmaso.bench import measure, render
+    from softmaso.io import atomic_write, ensure_writable_dir
+    from softmaso.training import resolve_device
+
+    if json_path is not None:
+        ensure_writable_dir(json_path.parent, where="--json")
+    res = measure(resolve_device(device), quick=quick, log=lambda m: typer.echo(m, err=True))
+    Console().print(render(res))
+    if json_path is not None:
+        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(res, indent=2) + "\n"))
+        typer.echo(f"wrote {json_path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -88,7 +88,7 @@ def environment(device) -> dict[str, Any]:
         dev["cuda"] = torch.version.cuda
         dev["cudnn"] = torch.backends.cudnn.version()
     else:
-        dev["name"] = platform.processor() or platform.machine()
+        dev["name"] = _cpu_name()
     return {
         "softmaso": __version__,
         "git_commit": git_commit(),
@@ -101,6 +101,16 @@ def environment(device) -> dict[str, Any]:
         "argv": sys.argv,
         "date": now(),
     }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def now() -> str:

@@ -122,31 +122,39 @@ def _prepare(s: Setup, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def train_one_epoch(s: Setup, epoch: int, on_step: Callable[[], None] | None = None) -> dict:
-    """One pass over the sampler's batches; returns device-summed statistics (no host sync)."""
+def train_step(
+    s: Setup, idx: torch.Tensor, gen: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the training images `idx` (B,); returns (loss, correct), on device."""
     from softmaso.data import augment
     from softmaso.orthogonality import ortho_loss
 
-    cfg, model, opt = s.cfg, s.model, s.optimizer
-    model.train()
+    cfg = s.cfg
+    x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
+    if cfg.data.augment:
+        x = augment(x, gen)
+    with _autocast(s.device, cfg.train.amp):
+        logits = s.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+    extra = ortho_loss(s.convs, cfg.ortho)
+    total = loss if extra is None else loss + extra
+    s.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    s.optimizer.step()
+    return loss.detach(), (logits.argmax(1) == y).sum()
+
+
+def train_one_epoch(s: Setup, epoch: int, on_step: Callable[[], None] | None = None) -> dict:
+    """One pass over the sampler's batches; returns device-summed statistics (no host sync)."""
+    s.model.train()
     batches = s.sampler.epoch(epoch)  # (steps, batch) indices on the device
-    gen = torch.Generator(device=s.device).manual_seed(cfg.seed * 1_000_003 + epoch)
+    gen = torch.Generator(device=s.device).manual_seed(s.cfg.seed * 1_000_003 + epoch)
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     for idx in batches:
-        x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
-        if cfg.data.augment:
-            x = augment(x, gen)
-        with _autocast(s.device, cfg.train.amp):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        extra = ortho_loss(s.convs, cfg.ortho)
-        total = loss if extra is None else loss + extra
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        loss_sum += loss.detach()
-        correct += (logits.argmax(1) == y).sum()
+        loss, right = train_step(s, idx, gen)
+        loss_sum += loss
+        correct += right
         if on_step is not None:
             on_step()
     n = batches.shape[0]

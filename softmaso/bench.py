@@ -1,0 +1,217 @@
+"""`softmaso bench`: throughput, overheads and memory of the training step, measured.
+
+Every comparison runs in one process and interleaves its variants (A B A B ...), after a
+warm-up, and reports medians over repeats, so that a slow moment of the machine hits every
+variant alike. Figures:
+
+(a) softmaso's training step (``training.train_step``: index the uint8 data on the device,
+    preprocess there, forward, loss, backward, Adam) against a plain loop written here
+    (``model(x)``, ``loss.backward()``, ``opt.step()`` on float data already on the device);
+(b) the cost of ``ortho.mode: penalty`` and ``exact`` over ``none``, and, for the record, of
+    exact orthogonality by a Python loop of Gram-Schmidt over the filters (the authors' way);
+(c) evaluation throughput;
+(d) the projected wall time of the paper's full Table 2 grid at the measured step rate, and
+    its ratio to the compute floor (1.39 EFLOP at a sustained 200 TFLOP/s);
+(e) peak memory: process RSS, and on CUDA the device's peak allocation.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from softmaso import runs
+from softmaso.config import RunConfig
+
+FORWARD_GFLOP = 0.542  # per 32x32 image, largeCNN (issue 5); a training step ~ 3x forward
+GRID_IMAGES = 30 * (73_257 * 150 + 50_000 * 150 + 50_000 * 200)  # 90 runs: svhn, c10, c100
+FLOOR_TFLOPS = 200.0  # sustained bf16 rate taken as the floor's reference (issue 5)
+
+
+def _config(
+    mode: str = "none", batch: int = 50, amp: bool = False, width: float = 1.0
+) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "recipe": "bench",
+            "data": {"name": "synthetic", "synthetic_train": 2000},
+            "model": {"width": width},
+            "ortho": {"mode": mode},
+            "optim": {"batch_size": batch},
+            "train": {"amp": amp, "eval_batch_size": 500},
+        }
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interleaved(
+    variants: dict[str, Callable[[], None]], device, *, steps: int, repeats: int
+) -> dict[str, float]:
+    """Median seconds per call of each variant, timed in turns after one warm-up round."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for rnd in range(repeats + 1):
+        for name, fn in variants.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            _sync(device)
+            if rnd:  # round 0 is the warm-up
+                times[name].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _softmaso_step(s) -> Callable[[], None]:
+    from softmaso.training import train_step
+
+    batches = s.sampler.epoch(0)
+    state = {"i": 0}
+
+    def step() -> None:
+        train_step(s, batches[state["i"] % len(batches)])
+        state["i"] += 1
+
+    return step
+
+
+def _plain_step(s) -> Callable[[], None]:
+    """The reference loop: a fresh model and default Adam, data preprocessed in advance."""
+    from softmaso.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(s.cfg.model, num_classes=s.data.num_classes).to(s.device)
+    opt = torch.optim.Adam(model.parameters(), lr=s.cfg.optim.lr)
+    bs = s.cfg.optim.batch_size
+    x = s.preprocess(s.data.x_train[: 8 * bs])  # float, on the device
+    y = s.data.y_train[: 8 * bs]
+    state = {"i": 0}
+
+    def step() -> None:
+        i = (state["i"] % 8) * bs
+        loss = F.cross_entropy(model(x[i : i + bs]), y[i : i + bs])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state["i"] += 1
+
+    return step
+
+
+def _setup(device, mode="none", batch=50, amp=False, sgs=False, width=1.0):
+    from softmaso import training
+
+    s = training.build(_config(mode, batch, amp, width), device)
+    if sgs:  # replace the exact parametrisation by the authors' Python Gram-Schmidt loop
+        from torch.nn.utils import parametrize
+
+        from softmaso.orthogonality import sgs_reference
+
+        class _SGS(torch.nn.Module):
+            def forward(self, w):
+                return sgs_reference(w)
+
+        for conv in s.convs:
+            parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+            parametrize.register_parametrization(conv, "weight", _SGS())
+        s.optimizer = torch.optim.Adam(s.model.parameters(), lr=s.cfg.optim.lr)
+    return s
+
+
+def measure(
+    device: torch.device, *, quick: bool = False, width: float = 1.0, log=print
+) -> dict[str, Any]:
+    """All figures; `width` < 1 only for tests (the targets are for the paper's width 1)."""
+    steps, repeats = (2, 3) if quick else (5, 5)
+    out: dict[str, Any] = {
+        "device": runs.environment(device),
+        "quick": quick,
+        "width": width,
+        "date": runs.now(),
+    }
+    out["device"].pop("argv", None)
+
+    log("(a) training step vs a plain loop, batch 50, full width ...")
+    base = _setup(device, width=width)
+    t = _interleaved(
+        {"softmaso": _softmaso_step(base), "plain": _plain_step(base)},
+        device,
+        steps=steps,
+        repeats=repeats,
+    )
+    out["a_step"] = {
+        "softmaso_images_per_s": 50 / t["softmaso"],
+        "plain_images_per_s": 50 / t["plain"],
+        "ratio": t["plain"] / t["softmaso"],
+    }
+
+    log("(b) orthogonality overheads, batch 50 ...")
+    variants = {"none": _softmaso_step(base)}
+    for mode in ("penalty", "exact"):
+        variants[mode] = _softmaso_step(_setup(device, mode, width=width))
+    variants["exact_python_gs"] = _softmaso_step(_setup(device, "exact", sgs=True, width=width))
+    t = _interleaved(variants, device, steps=steps, repeats=repeats)
+    out["b_ortho"] = {
+        k: {"seconds_per_step": v, "overhead": v / t["none"] - 1} for k, v in t.items()
+    }
+
+    log("(c) evaluation throughput ...")
+    from softmaso.training import evaluate
+
+    n_eval = len(base.data.y_test)
+    t = _interleaved({"eval": lambda: evaluate(base)}, device, steps=1, repeats=repeats)
+    out["c_eval_images_per_s"] = n_eval / t["eval"]
+
+    rate = out["a_step"]["softmaso_images_per_s"]
+    grid_seconds = GRID_IMAGES / rate
+    floor_seconds = GRID_IMAGES * 3 * FORWARD_GFLOP * 1e9 / (FLOOR_TFLOPS * 1e12)
+    out["d_projection"] = {
+        "grid_images": GRID_IMAGES,
+        "grid_hours_at_measured_rate": grid_seconds / 3600,
+        "floor_hours": floor_seconds / 3600,
+        "ratio_to_floor": grid_seconds / floor_seconds,
+        "achieved_tflops": rate * 3 * FORWARD_GFLOP / 1e3,
+        "note": "single model, batch 50, eager; CUDA capture and packing are not measured yet",
+    }
+    out["e_memory"] = {"peak_rss_gib": _peak_rss_gib()}
+    if device.type == "cuda":
+        out["e_memory"]["cuda_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def _peak_rss_gib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def render(res: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title=f"softmaso bench on {res['device']['device']['name']} ({res['date']})")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    a = res["a_step"]
+    t.add_row("(a) softmaso step, images/s (batch 50)", f"{a['softmaso_images_per_s']:.1f}")
+    t.add_row("(a) plain loop, images/s", f"{a['plain_images_per_s']:.1f}")
+    t.add_row("(a) ratio softmaso / plain (target >= 0.97)", f"{a['ratio']:.3f}")
+    for k, v in res["b_ortho"].items():
+        if k != "none":
+            t.add_row(f"(b) overhead of {k} over none", f"{100 * v['overhead']:+.1f}%")
+    t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
+    d = res["d_projection"]
+    t.add_row("(d) achieved TFLOP/s (3 x 0.542 GFLOP per image)", f"{d['achieved_tflops']:.3f}")
+    t.add_row("(d) Table 2 grid at this rate, hours", f"{d['grid_hours_at_measured_rate']:.1f}")
+    t.add_row("(d) ratio to the floor (1.9 h at 200 TFLOP/s)", f"{d['ratio_to_floor']:.1f}")
+    for k, v in res["e_memory"].items():
+        t.add_row(f"(e) {k}", f"{v:.2f}")
+    return t
