@@ -129,9 +129,14 @@ def _setup(device, mode="none", batch=50, amp=False, sgs=False, width=1.0):
 
 
 def measure(
-    device: torch.device, *, quick: bool = False, width: float = 1.0, log=print
+    device: torch.device,
+    *,
+    quick: bool = False,
+    width: float = 1.0,
+    cifar_sized: bool = True,
+    log=print,
 ) -> dict[str, Any]:
-    """All figures; `width` < 1 only for tests (the targets are for the paper's width 1)."""
+    """All figures; `width` < 1 and `cifar_sized=False` only for tests (targets are for width 1)."""
     steps, repeats = (2, 3) if quick else (5, 5)
     out: dict[str, Any] = {
         "device": runs.environment(device),
@@ -183,10 +188,36 @@ def measure(
         "achieved_tflops": rate * 3 * FORWARD_GFLOP / 1e3,
         "note": "single model, batch 50, eager; CUDA capture and packing are not measured yet",
     }
-    out["e_memory"] = {"peak_rss_gib": _peak_rss_gib()}
+    out["e_memory"] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
+    if cifar_sized:
+        log("(e) peak memory of a CIFAR-sized run (50,000 + 10,000 images), fresh process ...")
+        out["e_memory"]["cifar_sized_run_peak_rss_gib"] = _cifar_sized_rss(device, width)
     if device.type == "cuda":
         out["e_memory"]["cuda_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
+
+
+_CIFAR_SIZED = """
+import resource, sys, torch
+from softmaso.bench import _config
+from softmaso import training
+cfg = _config(width={width}).with_overrides(**{{"data.synthetic_train": 50000,
+                                               "train.eval_batch_size": 1000}})
+s = training.build(cfg, torch.device({device!r}))
+for idx in s.sampler.epoch(0)[:3]:
+    training.train_step(s, idx)
+training.evaluate(s)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _cifar_sized_rss(device: torch.device, width: float) -> float:
+    """Peak RSS (GiB) of a fresh process holding a CIFAR-sized dataset, stepping and evaluating."""
+    import subprocess
+
+    code = _CIFAR_SIZED.format(width=width, device=str(device))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def _peak_rss_gib() -> float:
