@@ -45,7 +45,7 @@ def _config(
             "model": {"width": width},
             "ortho": {"mode": mode},
             "optim": {"batch_size": batch},
-            "train": {"amp": amp, "eval_batch_size": 500},
+            "train": {"amp": amp},
         }
     )
 
@@ -201,8 +201,7 @@ _CIFAR_SIZED = """
 import resource, sys, torch
 from softmaso.bench import _config
 from softmaso import training
-cfg = _config(width={width}).with_overrides(**{{"data.synthetic_train": 50000,
-                                               "train.eval_batch_size": 1000}})
+cfg = _config(width={width}).with_overrides(**{{"data.synthetic_train": 50000}})
 s = training.build(cfg, torch.device({device!r}))
 for idx in s.sampler.epoch(0)[:3]:
     training.train_step(s, idx)

@@ -397,9 +397,17 @@ def make_synthetic(num_classes: int, n_train: int, n_test: int, seed: int = 0) -
     colour = colour / colour.norm(dim=-1, keepdim=True)
     y_train = _balanced_labels(num_classes, n_train, gen)
     y_test = _balanced_labels(num_classes, n_test, gen)
-    x_train = _render(k[y_train], colour[y_train], gen)
-    x_test = _render(k[y_test], colour[y_test], gen)
+    x_train = _render_chunked(k, colour, y_train, gen)
+    x_test = _render_chunked(k, colour, y_test, gen)
     return ImageData("synthetic", num_classes, x_train, y_train, x_test, y_test)
+
+
+def _render_chunked(k, colour, y, gen, chunk: int = 4096) -> torch.Tensor:
+    """_render in chunks of images, so float temporaries stay small (50,000 images: < 1 GiB)."""
+    parts = [
+        _render(k[y[i : i + chunk]], colour[y[i : i + chunk]], gen) for i in range(0, len(y), chunk)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, 3, 32, 32, dtype=torch.uint8)
 
 
 def _smooth_noise(n: int, low: int, size: int, gen: torch.Generator) -> torch.Tensor:
