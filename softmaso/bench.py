@@ -206,7 +206,11 @@ s = training.build(cfg, torch.device({device!r}))
 for idx in s.sampler.epoch(0)[:3]:
     training.train_step(s, idx)
 training.evaluate(s)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:  # VmHWM: this process's own peak (ru_maxrss would inherit the parent's across fork)
+    status = open("/proc/self/status").read().split("VmHWM:")[1]
+    print(int(status.split()[0]))
+except (OSError, IndexError):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
