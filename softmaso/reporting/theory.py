@@ -69,11 +69,20 @@ def render(results: list[CheckResult], console: Console) -> None:
 
 
 def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int) -> None:
+    import sys
+
+    import torch
+
     from softmaso import __version__
     from softmaso.io import atomic_write
+    from softmaso.runs import git_commit
 
     doc = {
         "softmaso": __version__,
+        "command": "softmaso " + " ".join(sys.argv[1:]),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "device": "cpu (float64)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "trials": trials,
