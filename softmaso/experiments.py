@@ -33,7 +33,7 @@ EXPERIMENTS: dict[str, list[str]] = {
     "table2": ["table2/svhn.yaml", "table2/cifar10.yaml", "table2/cifar100.yaml"],
     "gs-cifar100": ["gs-cifar100.yaml"],
 }
-GRID = "grid.json"
+GRID = runs.GRID
 LOCK = ".lock"
 
 

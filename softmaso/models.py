@@ -39,6 +39,11 @@ LAYERS = (
 )
 
 
+def channels(c_out: int, width: float) -> int:
+    """Channels of a layer that has `c_out` at width 1 (at least 1)."""
+    return max(1, round(c_out * width))
+
+
 def make_activation(cfg: ModelConfig, channels: int) -> nn.Module:
     """The nonlinearity of one layer of `channels` channels, from the model config."""
     if cfg.activation == "relu":
@@ -65,7 +70,7 @@ class LargeCNN(nn.Module):
         blocks: list[nn.Module] = []
         c_in = in_channels
         for c_out, k, stride, pad in LAYERS:
-            c = max(1, round(c_out * cfg.width))
+            c = channels(c_out, cfg.width)
             conv = nn.Conv2d(c_in, c, k, stride=stride, padding=pad, bias=not cfg.batch_norm)
             norm = nn.BatchNorm2d(c) if cfg.batch_norm else nn.Identity()
             blocks.append(nn.Sequential(conv, norm, make_activation(cfg, c)))

@@ -222,14 +222,19 @@ def apply_orthogonality(
     without ``apodize``. Calling it again with the same cfg is a no-op; with another, an error.
     """
     for module in convs:
-        chain = _wanted(cfg, method)
-        have, want = _registered(module), [type(p).__name__ for p in chain]
-        if have == want:
-            continue
-        if have:
-            raise ValueError(f"{type(module).__name__}.weight already has {have}; wanted {want}")
-        for p in chain:
-            parametrize.register_parametrization(module, "weight", p)
+        register_chain(module, _wanted(cfg, method))
+
+
+def register_chain(module: nn.Module, chain: list[nn.Module]) -> None:
+    """Register parametrisations `chain` on module.weight, in order; a no-op if already there,
+    an error if a different chain is."""
+    have, want = _registered(module), [type(p).__name__ for p in chain]
+    if have == want:
+        return
+    if have:
+        raise ValueError(f"{type(module).__name__}.weight already has {have}; wanted {want}")
+    for p in chain:
+        parametrize.register_parametrization(module, "weight", p)
 
 
 def ortho_loss(convs: Sequence[nn.Module], cfg: OrthoConfig) -> torch.Tensor | None:

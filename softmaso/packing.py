@@ -43,11 +43,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 from softmaso.config import ModelConfig, OrthoConfig
-from softmaso.models import LAYERS, make_activation
-from softmaso.orthogonality import HammingApodize, Method, _float, _no_autocast, _registered
+from softmaso.models import LAYERS, channels, make_activation
+from softmaso.orthogonality import HammingApodize, Method, _float, _no_autocast, register_chain
 
 
 def _split(t: torch.Tensor, runs: int) -> torch.Tensor:
@@ -71,7 +70,7 @@ class PackedLargeCNN(nn.Module):
         blocks: list[nn.Module] = []
         c_in = in_channels
         for c_out, k, stride, pad in LAYERS:
-            c = max(1, round(c_out * cfg.width))  # channels per run, as LargeCNN
+            c = channels(c_out, cfg.width)  # channels per run, as LargeCNN
             conv = nn.Conv2d(
                 runs * c_in,
                 runs * c,
@@ -247,13 +246,7 @@ def apply_packed_orthogonality(
         chain: list[nn.Module] = [HammingApodize()] if apodize else []  # per filter: per run
         if exact:
             chain.append(PackedOrthonormal(model.runs, method=method))
-        have, want = _registered(conv), [type(p).__name__ for p in chain]
-        if have == want:
-            continue
-        if have:
-            raise ValueError(f"{type(conv).__name__}.weight already has {have}; wanted {want}")
-        for p in chain:
-            parametrize.register_parametrization(conv, "weight", p)
+        register_chain(conv, chain)
 
 
 # ----------------------------------------------------------------------------- optimiser

@@ -32,6 +32,7 @@ CONFIG, ENV, METRICS, CHECKPOINT, RESULT, WEIGHTS = (
     "model.safetensors",
 )
 DEFAULT_ROOT = Path("results/runs")
+GRID = "grid.json"  # at an experiment's root: the runs `softmaso reproduce` expects
 
 
 def config_hash(cfg: RunConfig) -> str:

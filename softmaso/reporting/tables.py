@@ -26,7 +26,7 @@ from typing import Any, Literal
 from softmaso import runs as rundir
 from softmaso.errors import UserError
 
-GRID = "grid.json"  # same name as softmaso.experiments.GRID (not imported: it pulls pydantic)
+GRID = rundir.GRID
 UNFINISHED = ("diverged", "running", "pending", "missing")
 BOOKKEEPING = ("dir", "status", "acc", "smoke")
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
