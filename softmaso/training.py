@@ -171,12 +171,15 @@ def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
     loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     bs = s.cfg.train.eval_batch_size
-    for i in range(0, len(y_all), bs):
-        x, y = _prepare(s, x_all[i : i + bs]), y_all[i : i + bs]
-        with _autocast(s.device, s.cfg.train.amp):
-            logits = s.model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
+    from torch.nn.utils import parametrize
+
+    with parametrize.cached():  # exact orthogonality: orthonormalise once, not per batch
+        for i in range(0, len(y_all), bs):
+            x, y = _prepare(s, x_all[i : i + bs]), y_all[i : i + bs]
+            with _autocast(s.device, s.cfg.train.amp):
+                logits = s.model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
     s.model.train(was_training)
     n = max(len(y_all), 1)
     return {"acc": correct.item() / n, "loss": loss_sum.item() / n}
@@ -341,6 +344,8 @@ def fit(
     device = device if isinstance(device, torch.device) else resolve_device(device)
     s = build(cfg, device, data_dir)  # data errors surface before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
+        stale.unlink(missing_ok=True)
     atomic_write(run_dir / runs.CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
     runs.write_json(run_dir / runs.ENV, runs.environment(device))
 
@@ -350,6 +355,8 @@ def fit(
         s.model.load_state_dict(state["model"])
         s.optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
+        # the checkpoint is the truth: a kill between it and the metrics write loses no epoch
+        _write_metrics(run_dir, history)
     start = len(history)
     wall0 = time.perf_counter() - sum(r["seconds"] for r in history)
     rep = Reporter(

@@ -152,3 +152,24 @@ def test_train_and_eval_cli(cli, tmp_path):
     assert r.exit_code == 2 and "--split" in r.stderr
     r = cli("train", recipe, "--device", "cpu", "--out", tmp_path / "run", "--seed", "1")
     assert r.exit_code == 0 and "already finished" in r.stdout
+
+
+def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch):
+    cfg = tiny(**{"train.epochs": 2})
+    real = training._write_metrics
+
+    def killed(run_dir, history):
+        if len(history) == 2:  # the last epoch's checkpoint is on disk, its metrics are not
+            (run_dir / ".metrics.jsonl.half.tmp").write_text("{")  # a writer cut short
+            raise KeyboardInterrupt
+        real(run_dir, history)
+
+    monkeypatch.setattr(training, "_write_metrics", killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(cfg, tmp_path, device="cpu", live=False)
+    assert len(_rows(tmp_path)) == 1 and not (tmp_path / runs.RESULT).exists()
+    monkeypatch.setattr(training, "_write_metrics", real)
+    res = training.fit(cfg, tmp_path, device="cpu", live=False)
+    assert res["status"] == "finished" and res["epochs"] == 2
+    assert [r["epoch"] for r in _rows(tmp_path)] == [1, 2]
+    assert not list(tmp_path.glob(".*.tmp"))
