@@ -24,11 +24,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from softmaso import runs
 from softmaso.config import RunConfig, dump_yaml
+from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import RunConflict, UserError
 from softmaso.io import atomic_write
+from softmaso.models import build_model
+from softmaso.orthogonality import apply_orthogonality, layer_errors, ortho_loss
 
 
 # ------------------------------------------------------------------------------------ device
@@ -77,9 +81,6 @@ class Setup:
 
 
 def build(cfg: RunConfig, device: torch.device, data_dir: Path | None = None) -> Setup:
-    from softmaso.data import BatchSampler, Preprocessor, load_data
-    from softmaso.models import build_model
-    from softmaso.orthogonality import apply_orthogonality
 
     data = load_data(cfg.data, data_dir=data_dir).to(device)
     torch.manual_seed(cfg.seed)
@@ -126,8 +127,6 @@ def train_step(
     s: Setup, idx: torch.Tensor, gen: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on the training images `idx` (B,); returns (loss, correct), on device."""
-    from softmaso.data import augment
-    from softmaso.orthogonality import ortho_loss
 
     cfg = s.cfg
     x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
@@ -171,8 +170,6 @@ def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
     loss_sum = torch.zeros((), device=s.device, dtype=torch.float64)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     bs = s.cfg.train.eval_batch_size
-    from torch.nn.utils import parametrize
-
     with parametrize.cached():  # exact orthogonality: orthonormalise once, not per batch
         for i in range(0, len(y_all), bs):
             x, y = _prepare(s, x_all[i : i + bs]), y_all[i : i + bs]
@@ -225,7 +222,6 @@ def export_weights(model: torch.nn.Module, path: Path) -> None:
     import copy
 
     from safetensors.torch import save_file
-    from torch.nn.utils import parametrize
 
     plain = copy.deepcopy(model).cpu()
     for module in plain.modules():
@@ -334,8 +330,6 @@ def fit(
     `extra` is merged into result.json (e.g. {"smoke": true}); `progress` is a shared rich
     Progress (a grid's) to show this run's bar in, instead of a bar of its own.
     """
-    from softmaso.orthogonality import layer_errors
-
     run_dir = Path(run_dir)
     done = runs.read_json(run_dir / runs.RESULT)
     _check_run_dir(cfg, run_dir)
