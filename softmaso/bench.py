@@ -249,3 +249,44 @@ def render(res: dict[str, Any]):
     for k, v in res["e_memory"].items():
         t.add_row(f"(e) {k}", f"{v:.2f}")
     return t
+
+
+# -------------------------------------------------------------------------------- packing
+def pack_speedup(
+    cfgs: list[RunConfig], device: torch.device, *, data=None, steps: int = 2, repeats: int = 2
+) -> dict[str, float]:
+    """Packed step of `cfgs` against their separate steps, interleaved: images/s and speed-up.
+
+    `data` (on the device) defaults to the first config's dataset. One "separate" call steps
+    every run once, in turn, as a grid without packing would.
+    """
+    from softmaso import training
+    from softmaso.data import Preprocessor, load_data
+    from softmaso.packed_training import new_pack, train_step_packed
+
+    if data is None:
+        data = load_data(cfgs[0].data).to(device)
+    alone = [training.build(c, device, data=data) for c in cfgs]
+    pack = new_pack(cfgs, data, device)
+    prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
+    batches = torch.stack([s.sampler.epoch(0) for s in alone], dim=1)  # (steps, P, B)
+    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
+    state = {"i": 0}
+
+    def separate() -> None:
+        idx = batches[state["i"] % len(batches)]
+        for p, s in enumerate(alone):
+            training.train_step(s, idx[p], gens[p])
+
+    def packed() -> None:
+        train_step_packed(pack, data, prep, batches[state["i"] % len(batches)], gens, device)
+        state["i"] += 1
+
+    t = _interleaved({"separate": separate, "packed": packed}, device, steps=steps, repeats=repeats)
+    images = len(cfgs) * cfgs[0].optim.batch_size
+    return {
+        "runs": len(cfgs),
+        "packed_images_per_s": images / t["packed"],
+        "separate_images_per_s": images / t["separate"],
+        "speedup": t["separate"] / t["packed"],
+    }

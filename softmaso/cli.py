@@ -292,6 +292,18 @@ def reproduce(
         list[str] | None, typer.Option("--set", help="Override a key in every run, KEY=VALUE.")
     ] = None,
     data_dir: DataDir = None,
+    pack: Annotated[
+        bool | None,
+        typer.Option(
+            "--pack/--no-pack",
+            help="Train runs that differ only in seed, lr, weight decay or penalty as one packed "
+            "network. [default: where a quick measurement on the device shows it faster]",
+            show_default=False,
+        ),
+    ] = None,
+    pack_size: Annotated[
+        int, typer.Option(min=1, help="Most runs in one pack (1: no packing).")
+    ] = 30,
     slurm_partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
     slurm_time: Annotated[int, typer.Option(help="SLURM time limit per job, minutes.")] = 24 * 60,
     slurm_parallelism: Annotated[int, typer.Option(help="Most array tasks running at once.")] = 16,
@@ -358,7 +370,14 @@ def reproduce(
             "cpus": slurm_cpus,
         }
         outcomes = ex.run_grid(
-            todo, launcher=launcher, devices=dev, data_dir=data_dir, smoke=smoke, slurm=slurm
+            todo,
+            launcher=launcher,
+            devices=dev,
+            data_dir=data_dir,
+            smoke=smoke,
+            slurm=slurm,
+            pack=pack,
+            pack_size=pack_size,
         )
         typer.echo(f"{name}: {ex.summary_line(outcomes)}")
         failed |= any(o in ("diverged", "conflict") for o in outcomes.values())

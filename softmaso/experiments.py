@@ -190,6 +190,117 @@ def run_one(
         return str(result["status"])
 
 
+# -------------------------------------------------------------------------------- packing
+PACK_MIN_SPEEDUP = 1.1  # pack only when the measured step is this much faster [ours: noise]
+PACK_PROBE_RUNS = 8  # the speed probe packs at most this many runs
+_decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
+
+
+def plan_units(
+    todo: list[Run], *, pack: bool | None, size: int = 30, devices: int = 1
+) -> list[list[Run]]:
+    """Runs grouped into units of work: packs of runs that can share a network, or single runs.
+
+    Runs with the same ``packed_training.pack_key`` form a group (Table 2: the 30 runs of a
+    dataset); a group is cut into packs of at most `size` runs, and into at least one pack per
+    device where it has the runs, so that every device gets work.
+    """
+    if pack is False or size < 2:
+        return [[run] for run in todo]
+    from softmaso.packed_training import pack_key
+
+    groups: dict[str, list[Run]] = {}
+    for run in todo:
+        groups.setdefault(pack_key(run.cfg), []).append(run)
+    units = []
+    for group in groups.values():
+        n = max(-(-len(group) // size), min(devices, len(group)))  # packs in this group
+        per = -(-len(group) // n)
+        units += [group[i : i + per] for i in range(0, len(group), per)]
+    return units
+
+
+def decide_pack(runs_: list[Run], device: str, data_dir: Path | None = None) -> tuple[bool, str]:
+    """Measure whether packing these runs is faster on `device` (once per shape and device)."""
+    from softmaso.bench import pack_speedup
+    from softmaso.data import load_data
+    from softmaso.packed_training import pack_key
+    from softmaso.training import resolve_device
+
+    dev = resolve_device(device)
+    probe = runs_[:PACK_PROBE_RUNS]
+    key = (pack_key(probe[0].cfg), str(dev), len(probe))
+    if key not in _decisions:
+        data = load_data(probe[0].cfg.data, data_dir=data_dir).to(dev)
+        got = pack_speedup([r.cfg for r in probe], dev, data=data)
+        yes = got["speedup"] >= PACK_MIN_SPEEDUP
+        _decisions[key] = (
+            yes,
+            f"{'packing' if yes else 'not packing'}: {len(probe)} runs packed step "
+            f"{got['speedup']:.2f}x as fast as apart on {dev} "
+            f"({got['packed_images_per_s']:.0f} vs {got['separate_images_per_s']:.0f} images/s; "
+            f"threshold {PACK_MIN_SPEEDUP}x)",
+        )
+    return _decisions[key]
+
+
+def _outcome_before(run: Run) -> str | None:
+    """Why a claimed run will not train now (skipped or conflict), or None if it will."""
+    from softmaso.training import check_unfinished
+
+    before = state(run.dir)
+    if before in ("finished", "diverged"):
+        return f"skipped-{before}"
+    try:
+        check_unfinished(run.cfg, run.dir)
+    except RunConflict:
+        return "conflict"
+    return None
+
+
+def run_unit(
+    unit: list[Run],
+    *,
+    pack: bool | None = None,
+    device: str = "auto",
+    data_dir: Path | None = None,
+    smoke: bool = False,
+    progress=None,
+    log=None,
+) -> dict[Path, str]:
+    """Train a unit: one run (``run_one``), or a pack (``fit_packed``) of the runs not done
+    or claimed elsewhere; `pack` None measures whether packing pays on this device."""
+    if len(unit) == 1:
+        return {unit[0].dir: run_one(unit[0], device=device, data_dir=data_dir, smoke=smoke)}
+    from softmaso.packed_training import fit_packed
+    from softmaso.training import fit
+
+    out: dict[Path, str] = {}
+    with contextlib.ExitStack() as stack:
+        mine = []
+        for run in unit:
+            if not stack.enter_context(claim(run.dir)):
+                out[run.dir] = "busy"
+            elif (why := _outcome_before(run)) is not None:
+                out[run.dir] = why
+            else:
+                mine.append(run)
+        if len(mine) > 1 and pack is None:
+            pack, why = decide_pack(mine, device, data_dir)
+            if log is not None:
+                log(why)
+        kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
+        if len(mine) > 1 and pack:
+            results = fit_packed(
+                [r.cfg for r in mine], [r.dir for r in mine], **kw, extra={"smoke": smoke}
+            )
+            out.update({r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)})
+        else:
+            for run in mine:
+                out[run.dir] = str(fit(run.cfg, run.dir, **kw, extra={"smoke": smoke})["status"])
+    return {run.dir: out[run.dir] for run in unit}
+
+
 # -------------------------------------------------------------------------------- launchers
 def _pool_init(devices, counter) -> None:
     with counter.get_lock():
@@ -198,30 +309,56 @@ def _pool_init(devices, counter) -> None:
     os.environ["SOFTMASO_WORKER_DEVICE"] = devices[i % len(devices)]
 
 
-def _pool_task(run: Run, data_dir, smoke) -> tuple[Path, str]:
+def _pool_task(unit: list[Run], pack, data_dir, smoke) -> dict[Path, str]:
     device = os.environ["SOFTMASO_WORKER_DEVICE"]
-    return run.dir, run_one(run, device=device, data_dir=data_dir, smoke=smoke)
+    return run_unit(unit, pack=pack, device=device, data_dir=data_dir, smoke=smoke, log=_stderr)
+
+
+def _stderr(text: str) -> None:
+    import sys
+
+    print(f"[grid] {text}", file=sys.stderr, flush=True)
 
 
 def launch_local(
     todo: list[Run],
     *,
     devices: list[str] | None,
+    pack: bool | None = None,
+    pack_size: int = 30,
     data_dir=None,
     smoke=False,
     progress=None,
     on_done=None,
 ) -> dict[Path, str]:
-    """In this process, in order; or one worker process per device (one run per GPU)."""
+    """In this process, in order; or one worker process per device (one unit per GPU).
+
+    Units are single runs or packs (:func:`plan_units`); `pack` None decides per pack by
+    measuring (:func:`decide_pack`), False never packs.
+    """
+    units = plan_units(todo, pack=pack, size=pack_size, devices=len(devices or [None]))
     outcomes: dict[Path, str] = {}
+
+    def record(unit: list[Run], got: dict[Path, str]) -> None:
+        for run in unit:
+            outcomes[run.dir] = got[run.dir]
+            if on_done is not None:
+                on_done(run, got[run.dir])
+
     if not devices or len(devices) == 1:
         device = devices[0] if devices else "auto"
-        for run in todo:
-            outcomes[run.dir] = run_one(
-                run, device=device, data_dir=data_dir, smoke=smoke, progress=progress
+        log = _stderr if progress is None else progress.console.print
+        for unit in units:
+            got = run_unit(
+                unit,
+                pack=pack,
+                device=device,
+                data_dir=data_dir,
+                smoke=smoke,
+                progress=progress,
+                log=log,
             )
-            if on_done is not None:
-                on_done(run, outcomes[run.dir])
+            record(unit, got)
         return outcomes
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -231,28 +368,29 @@ def launch_local(
     with ProcessPoolExecutor(
         len(devices), mp_context=ctx, initializer=_pool_init, initargs=(devices, counter)
     ) as pool:
-        futures = {pool.submit(_pool_task, run, data_dir, smoke): run for run in todo}
+        futures = {pool.submit(_pool_task, u, pack, data_dir, smoke): u for u in units}
         for fut in as_completed(futures):
-            run = futures[fut]
-            outcomes[run.dir] = fut.result()[1]
-            if on_done is not None:
-                on_done(run, outcomes[run.dir])
+            record(futures[fut], fut.result())
     return outcomes
 
 
 class SubmititTask:
-    """A submitit job: train one run; on preemption or timeout, requeue and resume."""
+    """A submitit job: train one unit (a run or a pack); on preemption or timeout, requeue and
+    resume from the runs' checkpoints. Packing (`pack` None) is decided on the job's node."""
 
-    def __init__(self, run: Run, data_dir, smoke: bool):
-        self.run, self.data_dir, self.smoke = run, data_dir, smoke
+    def __init__(self, unit: list[Run], data_dir, smoke: bool, pack: bool | None = None):
+        self.unit, self.data_dir, self.smoke, self.pack = unit, data_dir, smoke, pack
 
-    def __call__(self) -> str:
-        return run_one(self.run, device="auto", data_dir=self.data_dir, smoke=self.smoke)
+    def __call__(self) -> dict[Path, str]:
+        return run_unit(
+            self.unit, pack=self.pack, data_dir=self.data_dir, smoke=self.smoke, log=_stderr
+        )
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SubmititTask(self.run, self.data_dir, self.smoke))
+        again = SubmititTask(self.unit, self.data_dir, self.smoke, self.pack)
+        return submitit.helpers.DelayedSubmission(again)
 
 
 def launch_slurm(
@@ -267,9 +405,12 @@ def launch_slurm(
     cpus: int = 8,
     data_dir=None,
     smoke=False,
+    pack: bool | None = None,
+    pack_size: int = 30,
     wait: bool = True,
 ) -> dict[Path, str]:
-    """Submit one job array through submitit (cluster 'debug' or 'local' runs it here)."""
+    """Submit one job array through submitit, a job per unit (cluster 'debug' or 'local' runs
+    it here)."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
@@ -283,11 +424,14 @@ def launch_slurm(
     if partition:
         params["slurm_partition"] = partition
     executor.update_parameters(**params)
+    units = plan_units(todo, pack=pack, size=pack_size)  # a job (one GPU) per pack
     with executor.batch():
-        jobs = [executor.submit(SubmititTask(run, data_dir, smoke)) for run in todo]
-    if not wait:
-        return {run.dir: f"submitted:{job.job_id}" for run, job in zip(todo, jobs, strict=True)}
-    return {run.dir: job.result() for run, job in zip(todo, jobs, strict=True)}
+        jobs = [executor.submit(SubmititTask(unit, data_dir, smoke, pack)) for unit in units]
+    out: dict[Path, str] = {}
+    for unit, job in zip(units, jobs, strict=True):
+        got = job.result() if wait else {r.dir: f"submitted:{job.job_id}" for r in unit}
+        out.update(got)
+    return {run.dir: out[run.dir] for run in todo}
 
 
 def summary_line(outcomes: dict[Path, str]) -> str:
@@ -328,13 +472,20 @@ def run_grid(
     smoke: bool = False,
     slurm: dict[str, Any] | None = None,
     live: bool | None = None,
+    pack: bool | None = None,
+    pack_size: int = 30,
 ) -> dict[Path, str]:
-    """Launch every run (finished ones are skipped inside); show the grid's progress."""
+    """Launch every run (finished ones are skipped inside); show the grid's progress.
+
+    `pack`: True packs runs that can share a network, False never, None where measured faster.
+    """
     import sys
     import time
 
     if launcher == "slurm":
-        return launch_slurm(todo, data_dir=data_dir, smoke=smoke, **(slurm or {}))
+        return launch_slurm(
+            todo, data_dir=data_dir, smoke=smoke, pack=pack, pack_size=pack_size, **(slurm or {})
+        )
     live = sys.stderr.isatty() if live is None else live
     t0, done, failed = time.perf_counter(), [0], [0]
     progress = grid_task = None
@@ -359,6 +510,8 @@ def run_grid(
         return launch_local(
             todo,
             devices=devices,
+            pack=pack,
+            pack_size=pack_size,
             data_dir=data_dir,
             smoke=smoke,
             progress=progress,

@@ -80,9 +80,17 @@ class Setup:
     names: list[str] = field(default_factory=list)
 
 
-def build(cfg: RunConfig, device: torch.device, data_dir: Path | None = None) -> Setup:
+def adam_options(device: torch.device) -> dict[str, bool]:
+    """torch.optim.Adam's implementation for the device: fused on CUDA, foreach on CPU."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
-    data = load_data(cfg.data, data_dir=data_dir).to(device)
+
+def build(
+    cfg: RunConfig, device: torch.device, data_dir: Path | None = None, *, data=None
+) -> Setup:
+    """Data (loaded, unless `data` already on the device is given), seeded model, Adam, sampler."""
+    if data is None:
+        data = load_data(cfg.data, data_dir=data_dir).to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
     apply_orthogonality(model.ortho_convs(), cfg.ortho)
@@ -90,9 +98,11 @@ def build(cfg: RunConfig, device: torch.device, data_dir: Path | None = None) ->
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
-    opt_kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, **opt_kw
+        model.parameters(),
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        **adam_options(device),
     )
     sampler = BatchSampler(
         data.y_train, cfg.optim.batch_size, balanced=cfg.data.balanced_batches, seed=cfg.seed
@@ -187,15 +197,30 @@ CHECKPOINT_FORMAT = "softmaso-checkpoint-v1"
 
 
 def save_checkpoint(s: Setup, path: Path, *, epoch: int, history: list[dict]) -> None:
+    write_checkpoint(
+        path,
+        cfg=s.cfg,
+        data=s.data,
+        epoch=epoch,
+        history=history,
+        model=s.model.state_dict(),
+        optimizer=s.optimizer.state_dict(),
+    )
+
+
+def write_checkpoint(
+    path: Path, *, cfg: RunConfig, data, epoch: int, history: list[dict], model: dict, optimizer
+) -> None:
+    """One run's checkpoint (atomic): config, epoch, history, model and Adam state dicts."""
     state = {
         "format": CHECKPOINT_FORMAT,
-        "config": s.cfg.to_dict(),
-        "num_classes": s.data.num_classes,
-        "in_channels": int(s.data.x_train.shape[1]),
+        "config": cfg.to_dict(),
+        "num_classes": data.num_classes,
+        "in_channels": int(data.x_train.shape[1]),
         "epoch": epoch,
         "history": history,
-        "model": s.model.state_dict(),
-        "optimizer": s.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
     }
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
@@ -255,9 +280,11 @@ class Reporter:
         if self._progress is not None:
             self._progress.advance(self._task)
 
-    def epoch(self, row: dict) -> None:
+    def epoch(self, row: dict, name: str | None = None) -> None:
+        """Show an epoch's metrics line (`name`: the run's, when a bar shows several runs)."""
         info = (
-            f"epoch {row['epoch']} loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
+            ("" if name is None else f"{name}: ")
+            + f"epoch {row['epoch']} loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
             f"test {row['test_acc']:.4f} {row['images_per_s']:.0f} img/s"
         )
         if self._progress is not None:
@@ -315,6 +342,91 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write(run_dir / runs.METRICS, lambda tmp: tmp.write_text(text))
 
 
+def open_run(cfg: RunConfig, run_dir: Path, device: torch.device) -> None:
+    """Make the run directory ready to train in: stale temp files gone, config and env written."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
+        stale.unlink(missing_ok=True)
+    atomic_write(run_dir / runs.CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
+    runs.write_json(run_dir / runs.ENV, runs.environment(device))
+
+
+def resume_state(run_dir: Path, device: torch.device) -> dict | None:
+    """The run's checkpoint, with metrics.jsonl rewritten from it; None if it has none.
+
+    The checkpoint is the truth: a kill between it and the metrics write loses no epoch.
+    """
+    if not (run_dir / runs.CHECKPOINT).exists():
+        return None
+    state = load_checkpoint(run_dir / runs.CHECKPOINT, map_location=device)
+    _write_metrics(run_dir, state["history"])
+    return state
+
+
+def epoch_row(
+    epoch: int,
+    *,
+    loss_sum: float,
+    steps: int,
+    correct: int,
+    images: int,
+    test: dict[str, float],
+    ortho_error: dict[str, float],
+    lr: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """One line of metrics.jsonl (`epoch` counts from 1)."""
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / steps,
+        "train_acc": correct / images,
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "ortho_error": ortho_error,
+        "lr": lr,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+    }
+
+
+def finish_run(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    history: list[dict],
+    status: str,
+    wall_seconds: float,
+    device: torch.device,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Write result.json (the run's end: finished or diverged) and return its content."""
+    result = {
+        "status": status,
+        "final_test_acc": history[-1]["test_acc"] if history else None,
+        "best_test_acc": max((r["test_acc"] for r in history), default=None),
+        "epochs": len(history),
+        "wall_seconds": wall_seconds,
+        "recipe": cfg.recipe,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "config_hash": runs.config_hash(cfg),
+        "device": str(device),
+        "date": runs.now(),
+        **(extra or {}),
+    }
+    runs.write_json(run_dir / runs.RESULT, result)
+    return result
+
+
+def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
+    """The skipped-run result if the run is finished; RunConflict if the directory is another's."""
+    done = runs.read_json(run_dir / runs.RESULT)
+    _check_run_dir(cfg, run_dir)
+    if done and done.get("status") == "finished":
+        return {**done, "skipped": True}
+    return None
+
+
 def fit(
     cfg: RunConfig,
     run_dir: Path,
@@ -331,26 +443,18 @@ def fit(
     Progress (a grid's) to show this run's bar in, instead of a bar of its own.
     """
     run_dir = Path(run_dir)
-    done = runs.read_json(run_dir / runs.RESULT)
-    _check_run_dir(cfg, run_dir)
-    if done and done.get("status") == "finished":
-        return {**done, "skipped": True}
+    skipped = check_unfinished(cfg, run_dir)
+    if skipped:
+        return skipped
     device = device if isinstance(device, torch.device) else resolve_device(device)
     s = build(cfg, device, data_dir)  # data errors surface before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
-        stale.unlink(missing_ok=True)
-    atomic_write(run_dir / runs.CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
-    runs.write_json(run_dir / runs.ENV, runs.environment(device))
-
+    open_run(cfg, run_dir, device)
     history: list[dict] = []
-    if (run_dir / runs.CHECKPOINT).exists():
-        state = load_checkpoint(run_dir / runs.CHECKPOINT, map_location=device)
+    state = resume_state(run_dir, device)
+    if state is not None:
         s.model.load_state_dict(state["model"])
         s.optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
-        # the checkpoint is the truth: a kill between it and the metrics write loses no epoch
-        _write_metrics(run_dir, history)
     start = len(history)
     wall0 = time.perf_counter() - sum(r["seconds"] for r in history)
     rep = Reporter(
@@ -368,24 +472,23 @@ def fit(
         for epoch in range(start, cfg.train.epochs):
             t0 = time.perf_counter()
             st = train_one_epoch(s, epoch, on_step=rep.step)
-            train_loss = st["loss_sum"].item() / st["steps"]
-            if not math.isfinite(train_loss):
+            loss_sum = st["loss_sum"].item()
+            if not math.isfinite(loss_sum):
                 status = "diverged"
-                rep.message(f"epoch {epoch + 1}: loss is {train_loss}; stopping (diverged)")
+                rep.message(f"epoch {epoch + 1}: loss is {loss_sum}; stopping (diverged)")
                 break
             test = evaluate(s, "test")
-            seconds = time.perf_counter() - t0
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "train_acc": st["correct"].item() / st["images"],
-                "test_acc": test["acc"],
-                "test_loss": test["loss"],
-                "ortho_error": dict(zip(s.names, layer_errors(s.convs), strict=True)),
-                "lr": s.optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "images_per_s": st["images"] / seconds,
-            }
+            row = epoch_row(
+                epoch + 1,
+                loss_sum=loss_sum,
+                steps=st["steps"],
+                correct=st["correct"].item(),
+                images=st["images"],
+                test=test,
+                ortho_error=dict(zip(s.names, layer_errors(s.convs), strict=True)),
+                lr=s.optimizer.param_groups[0]["lr"],
+                seconds=time.perf_counter() - t0,
+            )
             history.append(row)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
                 save_checkpoint(s, run_dir / runs.CHECKPOINT, epoch=epoch + 1, history=history)
@@ -395,22 +498,16 @@ def fit(
         rep.close()
     if status == "finished":
         export_weights(s.model, run_dir / runs.WEIGHTS)
-    result = {
-        "status": status,
-        "final_test_acc": history[-1]["test_acc"] if history else None,
-        "best_test_acc": max((r["test_acc"] for r in history), default=None),
-        "epochs": len(history),
-        "wall_seconds": time.perf_counter() - wall0,
-        "recipe": cfg.recipe,
-        "seed": cfg.seed,
-        "data": cfg.data.name,
-        "config_hash": runs.config_hash(cfg),
-        "device": str(device),
-        "date": runs.now(),
-        **(extra or {}),
-    }
-    runs.write_json(run_dir / runs.RESULT, result)
-    return result
+    wall = time.perf_counter() - wall0
+    return finish_run(
+        cfg,
+        run_dir,
+        history=history,
+        status=status,
+        wall_seconds=wall,
+        device=device,
+        extra=extra,
+    )
 
 
 def evaluate_saved(

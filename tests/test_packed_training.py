@@ -1,0 +1,157 @@
+"""fit_packed: P runs in one packed network, each with its own run directory, as if alone.
+
+tests/test_packing.py proves the packed step exact in float64; here, in float32 on CPU, the
+whole run: per-run files and formats, agreement with separate fits (to float32 rounding),
+exact resume, divergence of one run, and runs at different epochs.
+"""
+
+import json
+
+import pytest
+import torch
+from test_training import _rows, tiny
+
+from softmaso import experiments as ex
+from softmaso import packed_training, runs, training
+from softmaso.errors import UserError
+from softmaso.packed_training import fit_packed, pack_key
+
+FILES = {runs.CONFIG, runs.ENV, runs.METRICS, runs.CHECKPOINT, runs.RESULT, runs.WEIGHTS}
+
+
+def _trio(**over):
+    """Three runs that differ in everything a pack allows: seed, lr, weight decay, penalty."""
+    return [
+        tiny(seed=0, **over),
+        tiny(seed=1, **{"optim.lr": 0.001, "ortho.mode": "penalty", "ortho.weight": 0.01}, **over),
+        tiny(seed=2, **{"optim.weight_decay": 1e-4}, **over),
+    ]
+
+
+def test_packed_runs_match_separate_runs(tmp_path):
+    cfgs = _trio(**{"train.epochs": 2, "data.augment": True})
+    assert len({pack_key(c) for c in cfgs}) == 1
+    packed = fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu", live=False)
+    for i, cfg in enumerate(cfgs):
+        alone = training.fit(cfg, tmp_path / f"s{i}", device="cpu", live=False)
+        assert packed[i]["status"] == "finished" and packed[i]["packed_with"] == 3
+        assert {p.name for p in (tmp_path / f"p{i}").iterdir()} == FILES
+        assert (tmp_path / f"p{i}" / runs.CONFIG).read_text() == (
+            tmp_path / f"s{i}" / runs.CONFIG
+        ).read_text()
+        got, want = _rows(tmp_path / f"p{i}"), _rows(tmp_path / f"s{i}")
+        # same init, batches, augmentation draws and updates: equal up to float32 rounding,
+        # which Adam amplifies step by step (a shuffled data order would miss by ~1e-2)
+        assert got[0]["train_loss"] == pytest.approx(want[0]["train_loss"], rel=1e-3)
+        assert got[-1]["train_loss"] == pytest.approx(want[-1]["train_loss"], rel=2e-2)
+        assert got[0]["lr"] == want[0]["lr"] == cfg.optim.lr
+        assert alone["final_test_acc"] == pytest.approx(packed[i]["final_test_acc"], abs=0.05)
+        # a packed run's checkpoint is a single-run checkpoint: softmaso eval reads it
+        ev = training.evaluate_saved(tmp_path / f"p{i}", device="cpu")
+        assert ev["test_acc"] == pytest.approx(packed[i]["final_test_acc"], abs=0.01)
+    again = fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu")
+    assert all(r["skipped"] for r in again)
+
+
+def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
+    cfgs = _trio()
+    dirs = [tmp_path / f"r{i}" for i in range(3)]
+    fit_packed(cfgs, [tmp_path / f"straight{i}" for i in range(3)], device="cpu", live=False)
+    real, calls = packed_training._evaluate, {"n": 0}
+
+    def interrupting(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C during the second epoch's evaluation
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(packed_training, "_evaluate", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        fit_packed(cfgs, dirs, device="cpu", live=False)
+    assert [len(_rows(d)) for d in dirs] == [1, 1, 1]
+    assert not any((d / runs.RESULT).exists() for d in dirs)
+    monkeypatch.setattr(packed_training, "_evaluate", real)
+    fit_packed(cfgs, dirs, device="cpu", live=False)
+    for i, d in enumerate(dirs):
+        assert _rows(d) == _rows(tmp_path / f"straight{i}")
+
+
+def test_a_diverged_run_leaves_the_pack(tmp_path, monkeypatch):
+    from softmaso.packing import PackedLargeCNN
+
+    forward = PackedLargeCNN.forward
+
+    def nan_in_run_1_of_3(self, x):
+        out = forward(self, x)  # (B, P, K)
+        if self.runs == 3:
+            mask = torch.ones(1, 3, 1)
+            mask[0, 1] = float("nan")
+            out = out * mask
+        return out
+
+    monkeypatch.setattr(PackedLargeCNN, "forward", nan_in_run_1_of_3)
+    res = fit_packed(_trio(), [tmp_path / f"r{i}" for i in range(3)], device="cpu", live=False)
+    assert [r["status"] for r in res] == ["finished", "diverged", "finished"]
+    assert [r["epochs"] for r in res] == [3, 0, 3]
+    assert json.loads((tmp_path / "r1" / runs.RESULT).read_text())["status"] == "diverged"
+    assert not (tmp_path / "r1" / runs.WEIGHTS).exists()
+    assert res[0]["final_test_acc"] > 0.3  # the others trained on
+
+
+def test_runs_at_different_epochs_train_in_separate_packs(tmp_path, monkeypatch):
+    cfgs = _trio(**{"train.epochs": 2})
+    real, calls = training.evaluate, {"n": 0}
+
+    def interrupting(s, split="test"):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(s, split)
+
+    monkeypatch.setattr(training, "evaluate", interrupting)
+    with pytest.raises(KeyboardInterrupt):  # run 0 stops after epoch 1, alone
+        training.fit(cfgs[0], tmp_path / "r0", device="cpu", live=False)
+    monkeypatch.setattr(training, "evaluate", real)
+    res = fit_packed(cfgs, [tmp_path / f"r{i}" for i in range(3)], device="cpu", live=False)
+    assert [r["status"] for r in res] == ["finished"] * 3
+    assert [r["packed_with"] for r in res] == [1, 2, 2]
+    assert [r["epoch"] for r in _rows(tmp_path / "r0")] == [1, 2]
+
+
+def test_runs_that_differ_in_shape_do_not_pack(tmp_path):
+    with pytest.raises(UserError, match="differ in more than"):
+        fit_packed([tiny(), tiny(**{"model.width": 0.25})], [tmp_path / "a", tmp_path / "b"])
+    assert pack_key(tiny(**{"ortho.mode": "exact"})) != pack_key(tiny())
+    assert pack_key(tiny(**{"ortho.mode": "penalty"})) == pack_key(tiny())
+
+
+# ------------------------------------------------------------------------- reproduce side
+def test_plan_units_groups_table2_by_dataset(tmp_path):
+    todo = ex.expand("table2", tmp_path)
+    assert [len(u) for u in ex.plan_units(todo, pack=True)] == [30, 30, 30]
+    for unit in ex.plan_units(todo, pack=True):
+        assert len({r.recipe for r in unit}) == 1
+    assert [len(u) for u in ex.plan_units(todo, pack=True, devices=4)] == [8, 8, 8, 6] * 3
+    assert [len(u) for u in ex.plan_units(todo, pack=True, size=12)] == [10] * 9
+    assert len(ex.plan_units(todo, pack=False)) == len(ex.plan_units(todo, pack=True, size=1))
+    assert len(ex.plan_units(todo, pack=False)) == 90
+
+
+@pytest.mark.parametrize(("speedup", "packs"), [(3.0, True), (0.6, False)])
+def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, packs):
+    import softmaso.bench
+
+    fake = {"speedup": speedup, "packed_images_per_s": 1.0, "separate_images_per_s": 1.0}
+    monkeypatch.setattr(softmaso.bench, "pack_speedup", lambda *a, **k: fake)
+    monkeypatch.setattr(ex, "_decisions", {})
+    unit = [
+        ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
+        for i in range(2)
+    ]
+    said = []
+    out = ex.run_unit(unit, pack=None, device="cpu", log=said.append)
+    assert set(out.values()) == {"finished"}
+    assert said and said[0].startswith("packing" if packs else "not packing")
+    packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
+    assert packed_with == ({2} if packs else {None})
+    assert set(ex.run_unit(unit, pack=None, device="cpu").values()) == {"skipped-finished"}
