@@ -10,8 +10,10 @@ variant alike. Figures:
 (b) the cost of ``ortho.mode: penalty`` and ``exact`` over ``none``, and, for the record, of
     exact orthogonality by a Python loop of Gram-Schmidt over the filters (the authors' way);
 (c) evaluation throughput;
-(d) the projected wall time of the paper's full Table 2 grid at the measured step rate, and
-    its ratio to the compute floor (1.39 EFLOP at a sustained 200 TFLOP/s);
+(d) packed training (P runs in one network, ``packed_training``) against P separate steps;
+    on CUDA also batch 50 and 100 eager, bf16, and the step captured as a CUDA graph; then
+    the projected wall time of the paper's full Table 2 grid at the rate ``reproduce`` would
+    train at here, and its ratio to the compute floor (1.39 EFLOP at 200 TFLOP/s);
 (e) peak memory: process RSS, and on CUDA the device's peak allocation.
 """
 
@@ -128,6 +130,104 @@ def _setup(device, mode="none", batch=50, amp=False, sgs=False, width=1.0):
     return s
 
 
+PACK_RUNS_CUDA = 30  # Table 2: the 30 runs of one dataset in one pack
+PACK_RUNS_CPU = 2  # enough to show the trend on a CPU, where a step is ~0.25 s
+
+
+def _guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A figure, or {"error": ...} if this device cannot produce it (one failure, not all)."""
+    try:
+        return fn()
+    except Exception as e:  # e.g. CUDA graph capture of an op that synchronises
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+
+
+def _captured_step(s) -> Callable[[], None]:
+    """softmaso's step recorded once as a CUDA graph, replayed with each new batch's indices.
+
+    Adam gets ``capturable=True`` (its step count and bias corrections on the device); the
+    batch indices live in a static buffer the graph reads. Three eager steps on a side stream
+    warm up cuDNN's algorithm choice and the allocator before capture (PyTorch's recipe).
+    """
+    from softmaso.training import train_step
+
+    s.optimizer = torch.optim.Adam(
+        s.model.parameters(), lr=s.cfg.optim.lr, fused=True, capturable=True
+    )
+    batches = s.sampler.epoch(0)
+    idx = batches[0].clone()  # the graph's static input
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            train_step(s, idx)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step(s, idx)
+    state = {"i": 0}
+
+    def step() -> None:
+        idx.copy_(batches[state["i"] % len(batches)])
+        graph.replay()
+        state["i"] += 1
+
+    return step
+
+
+def _cuda_variants(device, base, width, *, steps: int, repeats: int) -> dict[str, Any]:
+    """Images/s of the single-model step: batch 50 and 100 eager, bf16, and captured."""
+    batch = {"eager_b50": 50, "eager_b100": 100, "bf16_b50": 50, "captured_b50": 50}
+    variants: dict[str, Callable[[], None]] = {"eager_b50": _softmaso_step(base)}
+    out: dict[str, Any] = {}
+    makers = {
+        "eager_b100": lambda: _softmaso_step(_setup(device, batch=100, width=width)),
+        "bf16_b50": lambda: _softmaso_step(_setup(device, amp=True, width=width)),
+        "captured_b50": lambda: _captured_step(_setup(device, width=width)),
+    }
+    for name, make in makers.items():
+        got = _guarded(lambda make=make: {"step": make()})
+        if "error" in got:
+            out[name] = got
+        else:
+            variants[name] = got["step"]
+    t = _interleaved(variants, device, steps=steps, repeats=repeats)
+    for name, sec in t.items():
+        out[name] = {"batch": batch[name], "images_per_s": batch[name] / sec}
+    return out
+
+
+def _projection(res: dict[str, Any]) -> dict[str, Any]:
+    """The Table 2 grid's wall time at the rate `softmaso reproduce` would train at here.
+
+    That is the packed rate when packing measured faster (reproduce packs then), else the
+    single-model step's; both the fp32 protocol. Faster variants that training does not use
+    (captured, bf16) are listed beside it, with their own projections.
+    """
+    single = res["a_step"]["softmaso_images_per_s"]
+    packed = res.get("d_packed", {})
+    use_pack = packed.get("speedup", 0) >= 1.1  # experiments.PACK_MIN_SPEEDUP
+    rate = packed["packed_images_per_s"] if use_pack else single
+    floor = GRID_IMAGES * 3 * FORWARD_GFLOP * 1e9 / (FLOOR_TFLOPS * 1e12)
+    grid = GRID_IMAGES / rate
+    out: dict[str, Any] = {
+        "grid_images": GRID_IMAGES,
+        "rate_used": "packed" if use_pack else "single model, eager",
+        "images_per_s": rate,
+        "grid_hours_at_measured_rate": grid / 3600,
+        "floor_hours": floor / 3600,
+        "ratio_to_floor": grid / floor,
+        "achieved_tflops": rate * 3 * FORWARD_GFLOP / 1e3,
+    }
+    others = {k: v for k, v in res.get("d_cuda", {}).items() if "images_per_s" in v}
+    if "packed_images_per_s" in res.get("d_packed_bf16", {}):
+        others["packed_bf16"] = {"images_per_s": res["d_packed_bf16"]["packed_images_per_s"]}
+    out["other_variants_grid_hours"] = {
+        k: GRID_IMAGES / v["images_per_s"] / 3600 for k, v in others.items()
+    }
+    return out
+
+
 def measure(
     device: torch.device,
     *,
@@ -177,17 +277,20 @@ def measure(
     t = _interleaved({"eval": lambda: evaluate(base)}, device, steps=1, repeats=repeats)
     out["c_eval_images_per_s"] = n_eval / t["eval"]
 
-    rate = out["a_step"]["softmaso_images_per_s"]
-    grid_seconds = GRID_IMAGES / rate
-    floor_seconds = GRID_IMAGES * 3 * FORWARD_GFLOP * 1e9 / (FLOOR_TFLOPS * 1e12)
-    out["d_projection"] = {
-        "grid_images": GRID_IMAGES,
-        "grid_hours_at_measured_rate": grid_seconds / 3600,
-        "floor_hours": floor_seconds / 3600,
-        "ratio_to_floor": grid_seconds / floor_seconds,
-        "achieved_tflops": rate * 3 * FORWARD_GFLOP / 1e3,
-        "note": "single model, batch 50, eager; CUDA capture and packing are not measured yet",
-    }
+    runs_ = PACK_RUNS_CUDA if device.type == "cuda" else PACK_RUNS_CPU
+    log(f"(d) packed training: {runs_} runs in one network against {runs_} separate steps ...")
+    cfgs = [_config(width=width).with_overrides(seed=i) for i in range(runs_)]
+    out["d_packed"] = _guarded(
+        lambda: pack_speedup(cfgs, device, data=base.data, steps=steps, repeats=repeats)
+    )
+    if device.type == "cuda":
+        log("(d) CUDA: batch 50 and 100, bf16, captured step (CUDA graph), packed bf16 ...")
+        out["d_cuda"] = _cuda_variants(device, base, width, steps=steps, repeats=repeats)
+        amp = [c.with_overrides(**{"train.amp": True}) for c in cfgs]
+        out["d_packed_bf16"] = _guarded(
+            lambda: pack_speedup(amp, device, data=base.data, steps=steps, repeats=repeats)
+        )
+    out["d_projection"] = _projection(out)
     out["e_memory"] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
     if cifar_sized:
         log("(e) peak memory of a CIFAR-sized run (50,000 + 10,000 images), fresh process ...")
@@ -242,10 +345,29 @@ def render(res: dict[str, Any]):
         if k != "none":
             t.add_row(f"(b) overhead of {k} over none", f"{100 * v['overhead']:+.1f}%")
     t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
+    for key, label in (("d_packed", "fp32"), ("d_packed_bf16", "bf16")):
+        if key not in res:
+            continue
+        p = res[key]
+        if "error" in p:
+            t.add_row(f"(d) packed {label}", p["error"])
+            continue
+        n = p["runs"]
+        t.add_row(f"(d) packed {label}, {n} runs, images/s", f"{p['packed_images_per_s']:.0f}")
+        t.add_row(f"(d) {n} separate steps {label}, images/s", f"{p['separate_images_per_s']:.0f}")
+        t.add_row(f"(d) packing speed-up {label}", f"{p['speedup']:.2f}x")
+    for name, v in res.get("d_cuda", {}).items():
+        value = v["error"] if "error" in v else f"{v['images_per_s']:.0f}"
+        t.add_row(f"(d) CUDA {name}, images/s", value)
     d = res["d_projection"]
+    t.add_row(
+        f"(d) rate reproduce trains at ({d['rate_used']}), images/s", f"{d['images_per_s']:.0f}"
+    )
     t.add_row("(d) achieved TFLOP/s (3 x 0.542 GFLOP per image)", f"{d['achieved_tflops']:.3f}")
     t.add_row("(d) Table 2 grid at this rate, hours", f"{d['grid_hours_at_measured_rate']:.1f}")
-    t.add_row("(d) ratio to the floor (1.9 h at 200 TFLOP/s)", f"{d['ratio_to_floor']:.1f}")
+    t.add_row("(d) ratio to the floor (1.9 h at 200 TFLOP/s)", f"{d['ratio_to_floor']:.2f}")
+    for k, v in d["other_variants_grid_hours"].items():
+        t.add_row(f"(d) grid hours if training ran {k}", f"{v:.2f}")
     for k, v in res["e_memory"].items():
         t.add_row(f"(e) {k}", f"{v:.2f}")
     return t
