@@ -121,7 +121,15 @@ def _orthonormalise(w: torch.Tensor, rows_fn) -> torch.Tensor:
         flat = _float(flat_filters(w))  # (C_out, n)
         tall = flat.shape[0] > flat.shape[1]  # more filters than entries: columns instead
         q = rows_fn(flat.T).T if tall else rows_fn(flat)  # (C_out, n): q^T q = I or q q^T = I
-        return q.to(w.dtype).reshape(w.shape)
+        return same_layout(q.to(w.dtype).reshape(w.shape), w)
+
+
+def same_layout(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`out` in `like`'s memory format (channels_last weights stay channels_last, so the conv
+    does not reorder its weight on every call)."""
+    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 class Orthonormal(nn.Module):

@@ -126,7 +126,7 @@ def _make_pack(
     model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN)
     opt = PackedAdam(
         model.parameters(),
         runs=len(cfgs),
@@ -177,8 +177,7 @@ def train_step_packed(
     if cfg.data.augment:  # each run its own draws, as alone
         x = torch.stack([augment(x[p], gens[p]) for p in range(P)])
     x = pack_inputs(x)  # (B, P*C, H, W)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = data.y_train[idx]  # (P, B)
     with _autocast(device, cfg.train.amp):
         logits = pack.model(x)  # (B, P, K)
@@ -222,8 +221,7 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
         for i in range(0, len(data.y_test), bs):
             x, y = prep(data.x_test[i : i + bs]), data.y_test[i : i + bs]
             x = x.repeat(1, P, 1, 1)  # every run sees the same images: (B, P*C, H, W)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.train.amp):
                 logits = pack.model(x).float()  # (B, P, K)
             ys = y.expand(P, -1)  # (P, B)

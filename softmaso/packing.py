@@ -46,7 +46,14 @@ from torch import nn
 
 from softmaso.config import ModelConfig, OrthoConfig
 from softmaso.models import LAYERS, channels, make_activation
-from softmaso.orthogonality import HammingApodize, Method, _float, _no_autocast, register_chain
+from softmaso.orthogonality import (
+    HammingApodize,
+    Method,
+    _float,
+    _no_autocast,
+    register_chain,
+    same_layout,
+)
 
 
 def _split(t: torch.Tensor, runs: int) -> torch.Tensor:
@@ -211,7 +218,7 @@ class PackedOrthonormal(nn.Module):
             flat = _float(w).reshape(self.runs, w.shape[0] // self.runs, -1)  # (P, C_out, n)
             tall = flat.shape[1] > flat.shape[2]  # more filters than entries: columns
             q = rows(flat.mT).mT if tall else rows(flat)  # (P, C_out, n)
-            return q.to(w.dtype).reshape(w.shape)
+            return same_layout(q.to(w.dtype).reshape(w.shape), w)
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         """Assigning an orthonormal weight stores it as is (forward maps it to itself)."""

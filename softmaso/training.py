@@ -97,7 +97,7 @@ def build(
     model = model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN)
     optimizer = torch.optim.Adam(
         model.parameters(),
         lr=cfg.optim.lr,
@@ -128,9 +128,7 @@ def build(
 # -------------------------------------------------------------------------------------- loop
 def _prepare(s: Setup, x: torch.Tensor) -> torch.Tensor:
     x = s.preprocess(x)
-    if s.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def train_step(

@@ -15,5 +15,22 @@ def test_bench_reports_every_figure_on_a_narrow_model():
     assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_python_gs"}
     assert res["c_eval_images_per_s"] > 0 and res["e_memory"]["bench_process_peak_rss_gib"] > 0
     assert res["d_projection"]["ratio_to_floor"] > 0
+    assert res["d_packed"]["runs"] == 2 and res["d_packed"]["speedup"] > 0
     json.dumps(res)  # serialisable as written by --json
     assert render(res).row_count >= 10
+
+
+def test_projection_uses_the_rate_reproduce_would_train_at():
+    from softmaso.bench import GRID_IMAGES, _projection
+
+    res = {
+        "a_step": {"softmaso_images_per_s": 10_000.0},
+        "d_packed": {"speedup": 4.0, "packed_images_per_s": 80_000.0},
+        "d_cuda": {"captured_b50": {"images_per_s": 40_000.0}, "bf16_b50": {"error": "x"}},
+    }
+    d = _projection(res)
+    assert d["rate_used"] == "packed" and d["images_per_s"] == 80_000.0
+    assert d["grid_hours_at_measured_rate"] == GRID_IMAGES / 80_000 / 3600
+    assert set(d["other_variants_grid_hours"]) == {"captured_b50"}  # errors are not projected
+    res["d_packed"]["speedup"] = 1.05  # below the threshold: reproduce would not pack
+    assert _projection(res)["images_per_s"] == 10_000.0

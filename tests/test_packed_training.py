@@ -20,11 +20,15 @@ FILES = {runs.CONFIG, runs.ENV, runs.METRICS, runs.CHECKPOINT, runs.RESULT, runs
 
 
 def _trio(**over):
-    """Three runs that differ in everything a pack allows: seed, lr, weight decay, penalty."""
+    """Three runs that differ in everything a pack allows: seed, lr, weight decay, penalty.
+
+    Learning rates at most 1e-3 keep Adam from amplifying float32 rounding (it turns the sign
+    of near-zero gradients into steps of size lr) faster than the comparisons below allow.
+    """
     return [
-        tiny(seed=0, **over),
-        tiny(seed=1, **{"optim.lr": 0.001, "ortho.mode": "penalty", "ortho.weight": 0.01}, **over),
-        tiny(seed=2, **{"optim.weight_decay": 1e-4}, **over),
+        tiny(seed=0, **{"optim.lr": 0.001}, **over),
+        tiny(seed=1, **{"optim.lr": 0.0005, "ortho.mode": "penalty", "ortho.weight": 0.01}, **over),
+        tiny(seed=2, **{"optim.lr": 0.001, "optim.weight_decay": 1e-4}, **over),
     ]
 
 
@@ -40,17 +44,30 @@ def test_packed_runs_match_separate_runs(tmp_path):
             tmp_path / f"s{i}" / runs.CONFIG
         ).read_text()
         got, want = _rows(tmp_path / f"p{i}"), _rows(tmp_path / f"s{i}")
-        # same init, batches, augmentation draws and updates: equal up to float32 rounding,
-        # which Adam amplifies step by step (a shuffled data order would miss by ~1e-2)
-        assert got[0]["train_loss"] == pytest.approx(want[0]["train_loss"], rel=1e-3)
+        # float32 rounding differs between packed and separate kernels, and Adam amplifies
+        # it over the epoch's 12 steps; the tight check is the next test's
         assert got[-1]["train_loss"] == pytest.approx(want[-1]["train_loss"], rel=2e-2)
         assert got[0]["lr"] == want[0]["lr"] == cfg.optim.lr
-        assert alone["final_test_acc"] == pytest.approx(packed[i]["final_test_acc"], abs=0.05)
+        assert got[-1]["test_loss"] == pytest.approx(want[-1]["test_loss"], rel=2e-2)
+        assert alone["epochs"] == packed[i]["epochs"] == 2
         # a packed run's checkpoint is a single-run checkpoint: softmaso eval reads it
         ev = training.evaluate_saved(tmp_path / f"p{i}", device="cpu")
         assert ev["test_acc"] == pytest.approx(packed[i]["final_test_acc"], abs=0.01)
     again = fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu")
     assert all(r["skipped"] for r in again)
+
+
+def test_first_steps_agree_to_rounding(tmp_path):
+    """Two steps per epoch: too few for Adam to amplify rounding, so any difference in
+    initialisation, data order, augmentation draws, preprocessing or per-run lr would show."""
+    cfgs = _trio(**{"train.epochs": 1, "data.subset": 100, "data.augment": True})
+    fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu", live=False)
+    for i, cfg in enumerate(cfgs):
+        training.fit(cfg, tmp_path / f"s{i}", device="cpu", live=False)
+        got, want = _rows(tmp_path / f"p{i}")[0], _rows(tmp_path / f"s{i}")[0]
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-5)
+        assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-5)
+        assert got["ortho_error"] == pytest.approx(want["ortho_error"], rel=1e-3, abs=1e-7)
 
 
 def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
