@@ -192,7 +192,6 @@ def run_one(
 
 # -------------------------------------------------------------------------------- packing
 PACK_MIN_SPEEDUP = 1.1  # pack only when the measured step is this much faster [ours: noise]
-PACK_PROBE_RUNS = 8  # the speed probe packs at most this many runs
 _decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
 
 
@@ -221,14 +220,18 @@ def plan_units(
 
 
 def decide_pack(runs_: list[Run], device: str, data_dir: Path | None = None) -> tuple[bool, str]:
-    """Measure whether packing these runs is faster on `device` (once per shape and device)."""
+    """Measure whether packing these runs is faster on `device` (once per shape, size, device).
+
+    The probe is the pack itself: its runs packed against the same runs stepped apart, two
+    steps each after a warm-up, so the size that decides is the size that trains.
+    """
     from softmaso.bench import pack_speedup
     from softmaso.data import load_data
     from softmaso.packed_training import pack_key
     from softmaso.training import resolve_device
 
     dev = resolve_device(device)
-    probe = runs_[:PACK_PROBE_RUNS]
+    probe = runs_
     key = (pack_key(probe[0].cfg), str(dev), len(probe))
     if key not in _decisions:
         data = load_data(probe[0].cfg.data, data_dir=data_dir).to(dev)
