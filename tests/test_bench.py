@@ -34,3 +34,25 @@ def test_projection_uses_the_rate_reproduce_would_train_at():
     assert set(d["other_variants_grid_hours"]) == {"captured_b50"}  # errors are not projected
     res["d_packed"]["speedup"] = 1.05  # below the threshold: reproduce would not pack
     assert _projection(res)["images_per_s"] == 10_000.0
+
+
+def test_cuda_variants_report_a_failed_capture_and_measure_the_rest(monkeypatch):
+    """The CUDA-only table, driven on the CPU: one variant failing does not lose the others."""
+    import softmaso.bench as bench
+
+    def no_capture(s):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(bench, "_captured_step", no_capture)
+    dev = torch.device("cpu")
+    base = bench._setup(dev, width=0.0625)
+    out = bench._cuda_variants(dev, base, 0.0625, steps=1, repeats=1)
+    assert out["captured_b50"] == {
+        "error": "RuntimeError: operation not permitted when stream is capturing"
+    }
+    assert {k: v["batch"] for k, v in out.items() if "batch" in v} == {
+        "eager_b50": 50,
+        "eager_b100": 100,
+        "bf16_b50": 50,
+    }
+    assert all(v["images_per_s"] > 0 for v in out.values() if "batch" in v)
