@@ -139,7 +139,9 @@ def _guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return fn()
     except Exception as e:  # e.g. CUDA graph capture of an op that synchronises
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+        from softmaso.errors import first_line
+
+        return {"error": f"{type(e).__name__}: {first_line(e)}"}
 
 
 def _captured_step(s) -> Callable[[], None]:
@@ -204,9 +206,11 @@ def _projection(res: dict[str, Any]) -> dict[str, Any]:
     single-model step's; both the fp32 protocol. Faster variants that training does not use
     (captured, bf16) are listed beside it, with their own projections.
     """
+    from softmaso.experiments import PACK_MIN_SPEEDUP
+
     single = res["a_step"]["softmaso_images_per_s"]
     packed = res.get("d_packed", {})
-    use_pack = packed.get("speedup", 0) >= 1.1  # experiments.PACK_MIN_SPEEDUP
+    use_pack = packed.get("speedup", 0) >= PACK_MIN_SPEEDUP
     rate = packed["packed_images_per_s"] if use_pack else single
     floor = GRID_IMAGES * 3 * FORWARD_GFLOP * 1e9 / (FLOOR_TFLOPS * 1e12)
     grid = GRID_IMAGES / rate

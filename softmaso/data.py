@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from softmaso.config import DataConfig
-from softmaso.errors import UserError
+from softmaso.errors import UserError, first_line
 from softmaso.io import ensure_writable_dir
 
 FETCHABLE = ("cifar10", "cifar100", "svhn")
@@ -212,15 +212,10 @@ def _load_torchvision(name: str, data_dir: Path) -> ImageData:
         raise UserError(
             "data.name",
             f"{name} files in {folder} are corrupt or incomplete "
-            f"({type(e).__name__}: {_first_line(e)}); delete them and run "
+            f"({type(e).__name__}: {first_line(e)}); delete them and run "
             f"`{_fetch_command(name, data_dir)}`",
         ) from None
     return ImageData(name, _NUM_CLASSES[name], x_tr, y_tr, x_te, y_te)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else "no message"
 
 
 # ----------------------------------------------------------------------------------- fetch
@@ -251,7 +246,7 @@ def _fetch_one(name: str, data_dir: Path) -> str:
         _torchvision_splits(name, data_dir, download=True)
     except Exception as e:  # network, disk, checksum: all mean the fetch failed
         raise UserError(
-            "data fetch", f"{name}: download failed ({type(e).__name__}: {_first_line(e)})"
+            "data fetch", f"{name}: download failed ({type(e).__name__}: {first_line(e)})"
         ) from None
     how = "already present, checksums verified" if had_all else "downloaded and verified"
     return f"{name}: {how} in {folder}"
@@ -279,7 +274,7 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as e:  # zip, pickle and format errors all mean "not a usable npz"
         raise UserError(
-            str(p), f"not a readable .npz file ({type(e).__name__}: {_first_line(e)})"
+            str(p), f"not a readable .npz file ({type(e).__name__}: {first_line(e)})"
         ) from None
     wanted = ("x_train", "y_train", "x_test", "y_test")
     missing = [k for k in wanted if k not in arrays]

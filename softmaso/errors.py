@@ -20,3 +20,9 @@ class UserError(Exception):
 
 class RunConflict(UserError):
     """A run directory already holds a run with a different config (another recipe version)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (for one-line reports), or "no message"."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else "no message"

@@ -158,36 +158,12 @@ def state(run_dir: Path) -> str:
     return "new"
 
 
-def run_one(
-    run: Run,
-    *,
-    device: str = "auto",
-    data_dir: Path | None = None,
-    smoke: bool = False,
-    progress=None,
-) -> str:
-    """Train one run unless it is done or claimed elsewhere; returns what happened."""
-    from softmaso.training import fit
+def run_one(run: Run, **kw) -> str:
+    """Train one run unless it is done or claimed elsewhere; returns what happened.
 
-    with claim(run.dir) as mine:
-        if not mine:
-            return "busy"
-        before = state(run.dir)
-        if before in ("finished", "diverged"):
-            return f"skipped-{before}"
-        try:
-            result = fit(
-                run.cfg,
-                run.dir,
-                device=device,
-                data_dir=data_dir,
-                live=False,
-                extra={"smoke": smoke},
-                progress=progress,
-            )
-        except RunConflict:
-            return "conflict"
-        return str(result["status"])
+    Keywords as :func:`run_unit` (device, data_dir, smoke, progress).
+    """
+    return run_unit([run], pack=False, **kw)[run.dir]
 
 
 # -------------------------------------------------------------------------------- packing
@@ -231,15 +207,14 @@ def decide_pack(runs_: list[Run], device: str, data_dir: Path | None = None) -> 
     from softmaso.training import resolve_device
 
     dev = resolve_device(device)
-    probe = runs_
-    key = (pack_key(probe[0].cfg), str(dev), len(probe))
+    key = (pack_key(runs_[0].cfg), str(dev), len(runs_))
     if key not in _decisions:
-        data = load_data(probe[0].cfg.data, data_dir=data_dir).to(dev)
-        got = pack_speedup([r.cfg for r in probe], dev, data=data)
+        data = load_data(runs_[0].cfg.data, data_dir=data_dir).to(dev)
+        got = pack_speedup([r.cfg for r in runs_], dev, data=data)
         yes = got["speedup"] >= PACK_MIN_SPEEDUP
         _decisions[key] = (
             yes,
-            f"{'packing' if yes else 'not packing'}: {len(probe)} runs packed step "
+            f"{'packing' if yes else 'not packing'}: {len(runs_)} runs packed step "
             f"{got['speedup']:.2f}x as fast as apart on {dev} "
             f"({got['packed_images_per_s']:.0f} vs {got['separate_images_per_s']:.0f} images/s; "
             f"threshold {PACK_MIN_SPEEDUP}x)",
@@ -271,10 +246,9 @@ def run_unit(
     progress=None,
     log=None,
 ) -> dict[Path, str]:
-    """Train a unit: one run (``run_one``), or a pack (``fit_packed``) of the runs not done
-    or claimed elsewhere; `pack` None measures whether packing pays on this device."""
-    if len(unit) == 1:
-        return {unit[0].dir: run_one(unit[0], device=device, data_dir=data_dir, smoke=smoke)}
+    """Train the runs of a unit that are neither done nor claimed elsewhere: as one pack
+    (``fit_packed``) or one by one (``fit``); `pack` None measures whether packing pays on
+    this device. Returns each run's outcome: finished, diverged, busy, skipped-..., conflict."""
     from softmaso.packed_training import fit_packed
     from softmaso.training import fit
 

@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from softmaso import runs
 from softmaso.config import RunConfig, dump_yaml
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
-from softmaso.errors import RunConflict, UserError
+from softmaso.errors import RunConflict, UserError, first_line
 from softmaso.io import atomic_write
 from softmaso.models import build_model
 from softmaso.orthogonality import apply_orthogonality, layer_errors, ortho_loss
@@ -231,9 +231,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except FileNotFoundError:
         raise UserError(str(path), "checkpoint not found") from None
     except Exception as e:  # torch raises many types for truncated or foreign files
-        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UserError(
-            str(path), f"not a readable checkpoint (corrupt or truncated?): {reason}"
+            str(path), f"not a readable checkpoint (corrupt or truncated?): {first_line(e)[:120]}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(str(path), "not a softmaso checkpoint (no softmaso format marker)")
