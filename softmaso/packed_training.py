@@ -33,8 +33,6 @@ from softmaso import runs
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import UserError
-from softmaso.models import build_model
-from softmaso.orthogonality import apply_orthogonality
 from softmaso.packing import (
     PackedAdam,
     PackedLargeCNN,
@@ -50,12 +48,15 @@ from softmaso.packing import (
 from softmaso.training import (
     Reporter,
     _autocast,
+    _write_metrics,
     adam_options,
     check_unfinished,
     epoch_row,
     export_weights,
     finish_run,
+    make_model,
     open_run,
+    place,
     resolve_device,
     resume_state,
     write_checkpoint,
@@ -101,9 +102,7 @@ class Pack:
 def _seeded_state(cfg: RunConfig, data) -> dict[str, Any]:
     """The single-run model training.build would start from (same seed, same draws)."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
-    apply_orthogonality(model.ortho_convs(), cfg.ortho)
-    return {"model": model.state_dict()}
+    return {"model": make_model(cfg, data).state_dict()}
 
 
 def _make_pack(
@@ -123,10 +122,7 @@ def _make_pack(
         in_channels=int(data.x_train.shape[1]),
     )
     apply_packed_orthogonality(model, [c.ortho for c in cfgs])
-    model = model.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    model = model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN)
+    model = place(model, device)
     opt = PackedAdam(
         model.parameters(),
         runs=len(cfgs),
@@ -238,8 +234,6 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
 
 def _save(pack: Pack, data, device, epoch: int) -> None:
     """Each run's single-run checkpoint and metrics (the pack split by unpack_state)."""
-    from softmaso.training import _write_metrics
-
     states = unpack_state(pack.model, pack.optimizer, adam_options=adam_options(device))
     for cfg, run_dir, state, history in zip(
         pack.cfgs, pack.dirs, states, pack.histories, strict=True
@@ -257,9 +251,7 @@ def _save(pack: Pack, data, device, epoch: int) -> None:
 
 
 def _export(pack: Pack, p: int, data, state: dict[str, Any]) -> None:
-    cfg = pack.cfgs[p]
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
-    apply_orthogonality(model.ortho_convs(), cfg.ortho)
+    model = make_model(pack.cfgs[p], data)
     model.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
     export_weights(model, pack.dirs[p] / runs.WEIGHTS)
 

@@ -85,6 +85,20 @@ def adam_options(device: torch.device) -> dict[str, bool]:
     return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
+def make_model(cfg: RunConfig, data) -> torch.nn.Module:
+    """The run's largeCNN for the dataset, orthogonality applied (seeded by the caller)."""
+    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
+    apply_orthogonality(model.ortho_convs(), cfg.ortho)
+    return model
+
+
+def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model on the device, channels_last (faster on CUDA and on CPU with oneDNN)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
 def build(
     cfg: RunConfig, device: torch.device, data_dir: Path | None = None, *, data=None
 ) -> Setup:
@@ -92,12 +106,7 @@ def build(
     if data is None:
         data = load_data(cfg.data, data_dir=data_dir).to(device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
-    apply_orthogonality(model.ortho_convs(), cfg.ortho)
-    model = model.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    model = model.to(memory_format=torch.channels_last)  # faster on CUDA and on CPU (oneDNN)
+    model = place(make_model(cfg, data), device)
     optimizer = torch.optim.Adam(
         model.parameters(),
         lr=cfg.optim.lr,
