@@ -92,6 +92,12 @@ class OrthoConfig(_Strict):
     apodize: bool = Field(
         False, description="multiply filters by a 2-D Hamming window [paper App. B]"
     )
+    method: Literal["cholesky", "qr"] = Field(
+        "cholesky",
+        description="how exact orthonormalises (both give Gram-Schmidt): cholesky, of the "
+        "float64 Gram matrix, is faster; qr, Householder, stays orthonormal to float32 "
+        "rounding at any conditioning [ours]",
+    )
 
 
 class OptimConfig(_Strict):

@@ -11,7 +11,9 @@ does not say how overlapping positions enter), this module gives
 * ``Orthonormal``: the exact variant of Sec. 5, a differentiable Gram-Schmidt
   reparametrisation (``ortho.mode: exact``). A C_out x n matrix with C_out > n cannot have
   orthogonal rows (largeCNN's first layer: 96 filters of 27 values); there the columns are
-  made orthonormal instead, the closest one can get;
+  made orthonormal instead, the closest one can get. Forward by a float64-Gram Cholesky-QR
+  (or Householder QR), backward by hand: about five (C_out x n x C_out) matmuls per layer in
+  all, where the authors' loop over filters costs two steps' worth (``softmaso bench``);
 * ``HammingApodize``: App. B's apodised filters (``ortho.apodize``);
 * ``orthogonality_error`` / ``layer_errors``: how far a layer is from (11), logged per epoch.
 
@@ -20,16 +22,18 @@ Symbols: W (C_out, n) flattened filters, G = W W^T (C_out, C_out) their Gram mat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from softmaso.config import OrthoConfig
 
-Method = Literal["qr", "cholesky"]
+Method = Literal["cholesky", "qr"]
+CL = torch.channels_last
 
 
 # ------------------------------------------------------------------------------- penalty
@@ -47,18 +51,43 @@ def _no_autocast(t: torch.Tensor):
     return torch.autocast(t.device.type, enabled=False)
 
 
-def gram_penalty(w: torch.Tensor) -> torch.Tensor:
-    """sum_{k != k'} <W_k, W_k'>^2 = ||W W^T||_F^2 - sum_k ||W_k||^4 (eq. 11), a 0-dim tensor.
+class _OffDiagonalEnergy(torch.autograd.Function):
+    """Rows r (..., m, n) -> (...,) sum_{k != k'} <r_k, r_k'>^2, backward by hand.
 
-    Summed from the off-diagonal Gram entries rather than as the difference above: same value,
-    never negative, no cancellation when the filters are nearly orthogonal. In fp32 or fp64
-    even under autocast.
+    With G = r r^T and O = G - diag(G): d/dr sum O^2 = 4 O r, one matmul where autograd
+    would take two (r appears on both sides of the Gram product).
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        gram = rows @ rows.mT  # (..., m, m)
+        off = gram - torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1))  # zero diagonals
+        ctx.save_for_backward(rows, off)
+        return (off * off).sum(dim=(-2, -1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        rows, off = ctx.saved_tensors
+        return (off * (4 * grad)[..., None, None]) @ rows  # (..., m, n)
+
+
+def gram_penalties(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
+    """(P,) sum_{k != k'} <W_k, W_k'>^2 of each run's filters (eq. 11); P = `runs` of a packed
+    weight (run-major), 1 otherwise.
+
+    Summed from the off-diagonal Gram entries rather than as ||W W^T||_F^2 - sum_k ||W_k||^4:
+    same value, never negative, no cancellation when the filters are nearly orthogonal. In
+    fp32 or fp64 even under autocast.
     """
     with _no_autocast(w):
-        flat = _float(flat_filters(w))  # (C_out, n)
-        gram = flat @ flat.T  # (C_out, C_out)
-        off = gram - torch.diag_embed(gram.diagonal())  # zero diagonal
-        return (off * off).sum()
+        rows, _ = filter_rows(_float(w), runs)  # (P, C_out, n)
+        return _OffDiagonalEnergy.apply(rows)
+
+
+def gram_penalty(w: torch.Tensor) -> torch.Tensor:
+    """:func:`gram_penalties` of one run's weight (C_out, ...), a 0-dim tensor."""
+    return gram_penalties(w)[0]
 
 
 def penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -89,46 +118,102 @@ def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------- exact reparametrisation
-def _rows_qr(a: torch.Tensor) -> torch.Tensor:
-    """(m, n), m <= n -> (m, n) orthonormal rows = classical Gram-Schmidt of the rows of a."""
-    q, r = torch.linalg.qr(a.T)  # a^T = q r: q (n, m), r (m, m) upper triangular
-    sign = torch.where(r.diagonal() < 0, -1.0, 1.0).to(q.dtype)  # (m,): make diag(r) > 0
-    return (q * sign).T  # unique QR with diag(r) > 0 is Gram-Schmidt; continuous in a
+def filter_rows(w: torch.Tensor, runs: int = 1) -> tuple[torch.Tensor, Callable]:
+    """w's filters as (P, C_out, n) rows, P = `runs` (packed weights, run-major), and the map
+    that puts (P, C_out, n) rows back into w's shape and memory layout.
 
-
-def _cholesky_pass(a: torch.Tensor) -> torch.Tensor:
-    """One Cholesky-QR pass: a = L q with L lower triangular, diag(L) > 0; returns q (m, n)."""
-    gram = a @ a.T  # (m, m)
-    chol, _ = torch.linalg.cholesky_ex(gram)  # (m, m); no host sync for the error check
-    return torch.linalg.solve_triangular(chol, a, upper=False)  # L^{-1} a: (m, n)
-
-
-def _rows_cholesky(a: torch.Tensor) -> torch.Tensor:
-    """Cholesky-QR2 of the rows: two passes, a = L1 L2 q, so q is again Gram-Schmidt's rows.
-
-    Needs cond(a)^2 * eps < 1 (cond(a) below a few thousand in fp32): a worse W gives NaN,
-    which the trainer reports as a diverged run.
+    No copy where w's layout allows one: the entries of a row come in memory order, (C_in, kh,
+    kw) for a contiguous conv weight, (kh, kw, C_in) for a channels_last one. Gram matrices of
+    rows, and so the penalty and the Gram-Schmidt of rows, do not depend on that order.
     """
-    return _cholesky_pass(_cholesky_pass(a))
+    c_out = w.shape[0] // runs
+    if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=CL):
+        _, c_in, kh, kw = w.shape
+        rows = w.permute(0, 2, 3, 1).reshape(runs, c_out, -1)  # a view
+        return rows, lambda r: r.reshape(w.shape[0], kh, kw, c_in).permute(0, 3, 1, 2)
+    return w.reshape(runs, c_out, -1), lambda r: same_layout(r.reshape(w.shape), w)
 
 
-_ROWS = {"qr": _rows_qr, "cholesky": _rows_cholesky}
+def _lower_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """(..., m, m) lower triangular -> its inverse (a small solve; applying it is a matmul)."""
+    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
+    return torch.linalg.solve_triangular(lower, eye, upper=False)
 
 
-def _orthonormalise(w: torch.Tensor, rows_fn) -> torch.Tensor:
-    """Shape of w, rows orthonormal if C_out <= n else columns; fp32/fp64 even under autocast."""
+def _householder(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., m, n) -> q, L^{-1}: a^T = q^T L^T by Householder QR, signs so that diag(L) > 0."""
+    q, r = torch.linalg.qr(a.mT)  # a^T = q r: q (..., n, m), r (..., m, m) upper
+    sign = torch.where(r.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(a.dtype)  # (..., m)
+    lower = (r * sign.unsqueeze(-1)).mT  # L = (S r)^T, S = diag(sign), S^2 = I
+    return (q * sign.unsqueeze(-2)).mT, _lower_inverse(lower)
+
+
+def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., m, n) -> q, L^{-1}: L L^T = a a^T by Cholesky of the float64 Gram, q = L^{-1} a.
+
+    Mixed-precision Cholesky-QR: the Gram matrix and its factor in float64, so rounding costs
+    float64 eps * cond(a)^2 there; applying L^{-1} in a's precision leaves rows orthonormal to
+    about eps * cond(a) (float32: 4e-6 at cond 1e3, against Householder's 6e-7). It fails
+    only for cond(a) near 1e8, and then returns NaN, which the trainer reports as diverged.
+    """
+    wide = a.to(torch.float64)
+    lower, info = torch.linalg.cholesky_ex(wide @ wide.mT)  # (..., m, m); no host sync
+    lower = lower.masked_fill((info > 0)[..., None, None], float("nan"))
+    l_inv = _lower_inverse(lower).to(a.dtype)  # (..., m, m)
+    return l_inv @ a, l_inv
+
+
+_FACTOR = {"cholesky": _cholesky, "qr": _householder}
+METHODS = tuple(_FACTOR)
+
+
+class _GramSchmidt(torch.autograd.Function):
+    """Rows of a (..., m, n), m <= n -> q (..., m, n): a = L q, L lower triangular with
+    diag(L) > 0, q q^T = I. That is classical Gram-Schmidt of the rows, continuous in a.
+
+    Backward by hand, from d(a) = d(L) q + L d(q) with L^{-1} d(L) lower triangular and
+    q d(q)^T skew: with M = dq q^T and sym(M) = tril(M) + tril(M, -1)^T,
+    da = L^{-T} (dq - sym(M) q). The reduced-QR adjoint autograd uses, written for rows and
+    with L^{-1} kept from the forward, so the backward is three matmuls and no solve.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, method: Method) -> torch.Tensor:
+        q, l_inv = _FACTOR[method](a)
+        ctx.save_for_backward(q, l_inv)
+        return q
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dq: torch.Tensor):
+        q, l_inv = ctx.saved_tensors  # (P, m, n), (P, m, m)
+        m = dq @ q.mT  # (P, m, m)
+        sym = m.tril() + m.tril(-1).mT
+        da = l_inv.mT @ dq  # L^{-T} dq, then - (L^{-T} sym) q fused into the second matmul
+        return da.baddbmm_(l_inv.mT @ sym, q, alpha=-1), None
+
+
+def orthonormalise(w: torch.Tensor, method: Method = "cholesky", runs: int = 1) -> torch.Tensor:
+    """Gram-Schmidt of each run's filters (rows) if C_out <= n, else of its columns; the shape,
+    dtype and layout of w. fp32 or fp64 even under autocast.
+
+    Columns are taken in canonical (C_in, kh, kw) order: unlike rows, their Gram-Schmidt
+    depends on the order.
+    """
     with _no_autocast(w):
-        flat = _float(flat_filters(w))  # (C_out, n)
-        tall = flat.shape[0] > flat.shape[1]  # more filters than entries: columns instead
-        q = rows_fn(flat.T).T if tall else rows_fn(flat)  # (C_out, n): q^T q = I or q q^T = I
+        rows, back = filter_rows(_float(w), runs)  # (P, C_out, n)
+        if rows.shape[-2] <= rows.shape[-1]:
+            return back(_GramSchmidt.apply(rows, method).to(w.dtype))
+        cols = _float(w).reshape(runs, w.shape[0] // runs, -1).mT  # (P, n, C_out)
+        q = _GramSchmidt.apply(cols, method).mT  # (P, C_out, n), orthonormal columns
         return same_layout(q.to(w.dtype).reshape(w.shape), w)
 
 
 def same_layout(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`out` in `like`'s memory format (channels_last weights stay channels_last, so the conv
     does not reorder its weight on every call)."""
-    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last):
-        return out.contiguous(memory_format=torch.channels_last)
+    if like.dim() == 4 and like.is_contiguous(memory_format=CL):
+        return out.contiguous(memory_format=CL)
     return out
 
 
@@ -137,22 +222,24 @@ class Orthonormal(nn.Module):
 
     ``forward(w)`` returns a tensor of w's shape whose flattened filters (rows) are orthonormal
     when C_out <= n, and whose columns are orthonormal when C_out > n. In exact arithmetic it is
-    classical Gram-Schmidt of the rows (columns): the QR factor of W^T (W) with diag(R) > 0.
+    classical Gram-Schmidt of the rows (columns): W = L Q with L lower triangular, diag(L) > 0.
+    Both methods compute that Q and share a hand-written backward (:class:`_GramSchmidt`):
 
-    method "qr": Householder QR (``torch.linalg.qr``), stable for any full-rank W.
-    method "cholesky": Cholesky-QR2, matmuls + small Cholesky + triangular solves, meant for
-    GPUs (on a CPU it is slower than "qr"); fp32 even under autocast; needs cond(W) below a few
-    thousand.
+    method "cholesky" (default, ``ortho.method``): Cholesky of the float64 Gram matrix, then
+    one matmul; rows orthonormal to ~eps * cond(W) (float32: 5e-6 for largeCNN's square 1x1
+    layer at init, cond ~400); NaN, reported as divergence, only for cond(W) near 1e8.
+    method "qr": Householder QR (``torch.linalg.qr``), orthonormal to float32 rounding for any
+    full-rank W; slower (``softmaso bench`` measures both).
     """
 
-    def __init__(self, *, method: Method = "qr"):
+    def __init__(self, *, method: Method = "cholesky"):
         super().__init__()
-        if method not in _ROWS:
-            raise ValueError(f"method must be one of {sorted(_ROWS)}, got {method!r}")
+        if method not in _FACTOR:
+            raise ValueError(f"method must be one of {sorted(_FACTOR)}, got {method!r}")
         self.method = method
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return _orthonormalise(w, _ROWS[self.method])
+        return orthonormalise(w, self.method)
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         """Assigning an orthonormal weight stores it as is (forward maps it to itself)."""
@@ -207,22 +294,18 @@ class HammingApodize(nn.Module):
 
 
 # --------------------------------------------------------------------------- the trainer
-def _wanted(cfg: OrthoConfig, method: Method) -> list[nn.Module]:
+def _wanted(cfg: OrthoConfig) -> list[nn.Module]:
     chain: list[nn.Module] = [HammingApodize()] if cfg.apodize else []
     if cfg.mode == "exact":
-        chain.append(Orthonormal(method=method))
+        chain.append(Orthonormal(method=cfg.method))
     return chain
 
 
-def _registered(module: nn.Module) -> list[str]:
-    if not parametrize.is_parametrized(module, "weight"):
-        return []
-    return [type(p).__name__ for p in module.parametrizations["weight"]]
+def _described(chain: Iterable[nn.Module]) -> list[str]:
+    return [f"{type(p).__name__}({p.extra_repr()})" for p in chain]
 
 
-def apply_orthogonality(
-    convs: Sequence[nn.Module], cfg: OrthoConfig, *, method: Method = "qr"
-) -> None:
+def apply_orthogonality(convs: Sequence[nn.Module], cfg: OrthoConfig) -> None:
     """Register cfg's parametrisations on each module's ``weight``: apodise, then orthonormalise.
 
     Afterwards ``module.weight`` is the effective weight (the raw one lives in
@@ -230,13 +313,15 @@ def apply_orthogonality(
     without ``apodize``. Calling it again with the same cfg is a no-op; with another, an error.
     """
     for module in convs:
-        register_chain(module, _wanted(cfg, method))
+        register_chain(module, _wanted(cfg))
 
 
 def register_chain(module: nn.Module, chain: list[nn.Module]) -> None:
     """Register parametrisations `chain` on module.weight, in order; a no-op if already there,
     an error if a different chain is."""
-    have, want = _registered(module), [type(p).__name__ for p in chain]
+    registered = parametrize.is_parametrized(module, "weight")
+    have = _described(module.parametrizations["weight"]) if registered else []
+    want = _described(chain)
     if have == want:
         return
     if have:

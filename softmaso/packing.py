@@ -49,10 +49,12 @@ from softmaso.models import LAYERS, channels, make_activation
 from softmaso.orthogonality import (
     HammingApodize,
     Method,
+    Orthonormal,
     _float,
     _no_autocast,
+    gram_penalties,
+    orthonormalise,
     register_chain,
-    same_layout,
 )
 
 
@@ -124,15 +126,6 @@ def packed_loss(logits: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 # ------------------------------------------------------------------------- orthogonality
-def _run_gram_penalties(w: torch.Tensor, runs: int) -> torch.Tensor:
-    """Packed weight (P*C_out, ...) -> (P,) sum_{k != k'} <W_k, W_k'>^2 of each run's filters."""
-    with _no_autocast(w):
-        flat = _float(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
-        gram = flat @ flat.mT  # (P, C_out, C_out)
-        off = gram - torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1))  # zero diagonals
-        return (off * off).sum(dim=(1, 2))  # (P,)
-
-
 def penalty_weights(
     orthos: Sequence[OrthoConfig], *, device: torch.device | str | None = None
 ) -> torch.Tensor | None:
@@ -149,7 +142,7 @@ def packed_ortho_loss(model: PackedLargeCNN, weights: torch.Tensor) -> torch.Ten
     Run p's term equals :func:`softmaso.orthogonality.ortho_loss` of run p alone (for
     weights[p] = lambda); a weight of 0 adds exactly nothing to that run's gradient.
     """
-    terms = [_run_gram_penalties(c.weight, model.runs) for c in model.ortho_convs()]
+    terms = [gram_penalties(c.weight, model.runs) for c in model.ortho_convs()]
     per_run = torch.stack(terms).sum(dim=0)  # (L, P) -> (P,)
     return (weights.to(per_run) * per_run).sum()
 
@@ -177,52 +170,20 @@ def packed_layer_errors(model: PackedLargeCNN) -> list[list[float]]:
     return torch.stack(errs, dim=1).tolist()  # (P, L), one host sync
 
 
-def _batched_rows_qr(a: torch.Tensor) -> torch.Tensor:
-    """(P, m, n), m <= n -> (P, m, n): Gram-Schmidt of each run's rows (QR with diag(R) > 0)."""
-    q, r = torch.linalg.qr(a.mT)  # a^T = q r: q (P, n, m), r (P, m, m)
-    diag = r.diagonal(dim1=-2, dim2=-1)  # (P, m)
-    sign = torch.where(diag < 0, -1.0, 1.0).to(q.dtype)  # (P, m)
-    return (q * sign.unsqueeze(1)).mT  # (P, m, n)
-
-
-def _batched_cholesky_pass(a: torch.Tensor) -> torch.Tensor:
-    """(P, m, n) -> (P, m, n) L^{-1} a with L L^T = a a^T (one Cholesky-QR pass per run)."""
-    chol, _ = torch.linalg.cholesky_ex(a @ a.mT)  # (P, m, m)
-    return torch.linalg.solve_triangular(chol, a, upper=False)
-
-
-def _batched_rows_cholesky(a: torch.Tensor) -> torch.Tensor:
-    return _batched_cholesky_pass(_batched_cholesky_pass(a))
-
-
-_BATCHED_ROWS = {"qr": _batched_rows_qr, "cholesky": _batched_rows_cholesky}
-
-
-class PackedOrthonormal(nn.Module):
+class PackedOrthonormal(Orthonormal):
     """Parametrisation: :class:`softmaso.orthogonality.Orthonormal` of each run's filters.
 
     The packed weight (P*C_out, C_in, kh, kw) is viewed as (P, C_out, n) and all P runs are
-    orthonormalised in one batched QR (or Cholesky-QR2): rows when C_out <= n, columns when
-    C_out > n (largeCNN's first layer), the same convention and signs as Orthonormal.
+    orthonormalised in one batched call: rows when C_out <= n, columns when C_out > n
+    (largeCNN's first layer), the same convention and signs as Orthonormal.
     """
 
-    def __init__(self, runs: int, *, method: Method = "qr"):
-        super().__init__()
-        if method not in _BATCHED_ROWS:
-            raise ValueError(f"method must be one of {sorted(_BATCHED_ROWS)}, got {method!r}")
-        self.runs, self.method = runs, method
+    def __init__(self, runs: int, *, method: Method = "cholesky"):
+        super().__init__(method=method)
+        self.runs = runs
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        rows = _BATCHED_ROWS[self.method]
-        with _no_autocast(w):
-            flat = _float(w).reshape(self.runs, w.shape[0] // self.runs, -1)  # (P, C_out, n)
-            tall = flat.shape[1] > flat.shape[2]  # more filters than entries: columns
-            q = rows(flat.mT).mT if tall else rows(flat)  # (P, C_out, n)
-            return same_layout(q.to(w.dtype).reshape(w.shape), w)
-
-    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
-        """Assigning an orthonormal weight stores it as is (forward maps it to itself)."""
-        return w
+        return orthonormalise(w, self.method, self.runs)
 
     def extra_repr(self) -> str:
         return f"runs={self.runs}, method={self.method!r}"
@@ -230,25 +191,25 @@ class PackedOrthonormal(nn.Module):
 
 def _one(values: set, what: str, orthos: Sequence[OrthoConfig]) -> Any:
     if len(values) > 1:
-        modes = [(o.mode, o.apodize) for o in orthos]
-        raise ValueError(f"a pack cannot mix {what}; got (mode, apodize) per run: {modes}")
+        modes = [(o.mode, o.apodize, o.method) for o in orthos]
+        raise ValueError(f"a pack cannot mix {what}; got (mode, apodize, method) per run: {modes}")
     return values.pop()
 
 
-def apply_packed_orthogonality(
-    model: PackedLargeCNN, orthos: Sequence[OrthoConfig], *, method: Method = "qr"
-) -> None:
+def apply_packed_orthogonality(model: PackedLargeCNN, orthos: Sequence[OrthoConfig]) -> None:
     """Register the runs' parametrisations on the packed MASO convs (apodise, orthonormalise).
 
     The packed counterpart of :func:`softmaso.orthogonality.apply_orthogonality`, one config
     per run. ``exact`` reparametrises the weight itself, so a pack is all exact or none
-    exact, and all apodised or none; ``none`` and ``penalty`` mix freely (the penalty is a
-    loss term, :func:`penalty_weights`). Calling it again with the same configs is a no-op.
+    exact, all apodised or none, and of one ``ortho.method``; ``none`` and ``penalty`` mix
+    freely (the penalty is a loss term, :func:`penalty_weights`). Calling it again with the
+    same configs is a no-op.
     """
     if len(orthos) != model.runs:
         raise ValueError(f"{len(orthos)} ortho configs for a pack of {model.runs} runs")
     exact = _one({o.mode == "exact" for o in orthos}, "exact with non-exact runs", orthos)
     apodize = _one({o.apodize for o in orthos}, "apodised with plain runs", orthos)
+    method = _one({o.method for o in orthos}, "orthonormalisation methods", orthos)
     for conv in model.ortho_convs():
         chain: list[nn.Module] = [HammingApodize()] if apodize else []  # per filter: per run
         if exact:

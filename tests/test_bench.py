@@ -12,12 +12,23 @@ def test_bench_reports_every_figure_on_a_narrow_model():
         torch.device("cpu"), quick=True, width=0.0625, cifar_sized=False, log=lambda m: None
     )
     assert res["a_step"]["softmaso_images_per_s"] > 0 and res["a_step"]["ratio"] > 0
-    assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_python_gs"}
+    assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_qr", "exact_python_gs"}
     assert res["c_eval_images_per_s"] > 0 and res["e_memory"]["bench_process_peak_rss_gib"] > 0
     assert res["d_projection"]["ratio_to_floor"] > 0
     assert res["d_packed"]["runs"] == 2 and res["d_packed"]["speedup"] > 0
     json.dumps(res)  # serialisable as written by --json
     assert render(res).row_count >= 10
+
+
+def test_overheads_are_medians_of_per_round_ratios():
+    from softmaso.bench import _overheads
+
+    # the machine slows down 3x during round 3, after exact ran and before none ran: the
+    # medians alone would say exact is 63% faster; four of five rounds say 10% slower
+    times = {"none": [1.0, 1.0, 3.0, 3.0, 3.0], "exact": [1.1, 1.1, 1.1, 3.3, 3.3]}
+    got = _overheads(times, "none")
+    assert abs(got["exact"]["overhead"] - 0.1) < 1e-12 and got["none"]["overhead"] == 0.0
+    assert got["exact"]["seconds_per_step"] == 1.1
 
 
 def test_projection_uses_the_rate_reproduce_would_train_at():
