@@ -11,9 +11,9 @@ does not say how overlapping positions enter), this module gives
 * ``Orthonormal``: the exact variant of Sec. 5, a differentiable Gram-Schmidt
   reparametrisation (``ortho.mode: exact``). A C_out x n matrix with C_out > n cannot have
   orthogonal rows (largeCNN's first layer: 96 filters of 27 values); there the columns are
-  made orthonormal instead, the closest one can get. Forward by a float64-Gram Cholesky-QR
-  (or Householder QR), backward by hand: about five (C_out x n x C_out) matmuls per layer in
-  all, where the authors' loop over filters costs two steps' worth (``softmaso bench``);
+  made orthonormal instead, the closest one can get. Forward by Householder QR (or a
+  float64-Gram Cholesky-QR), backward by hand in three (C_out x n x C_out) matmuls, where the
+  authors' loop over filters costs two steps' worth (``softmaso bench``);
 * ``HammingApodize``: App. B's apodised filters (``ortho.apodize``);
 * ``orthogonality_error`` / ``layer_errors``: how far a layer is from (11), logged per epoch.
 
@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from softmaso.config import OrthoConfig
 
-Method = Literal["cholesky", "qr"]
+Method = Literal["qr", "cholesky"]
 CL = torch.channels_last
 
 
@@ -163,7 +163,7 @@ def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return l_inv @ a, l_inv
 
 
-_FACTOR = {"cholesky": _cholesky, "qr": _householder}
+_FACTOR = {"qr": _householder, "cholesky": _cholesky}
 METHODS = tuple(_FACTOR)
 
 
@@ -193,7 +193,7 @@ class _GramSchmidt(torch.autograd.Function):
         return da.baddbmm_(l_inv.mT @ sym, q, alpha=-1), None
 
 
-def orthonormalise(w: torch.Tensor, method: Method = "cholesky", runs: int = 1) -> torch.Tensor:
+def orthonormalise(w: torch.Tensor, method: Method = "qr", runs: int = 1) -> torch.Tensor:
     """Gram-Schmidt of each run's filters (rows) if C_out <= n, else of its columns; the shape,
     dtype and layout of w. fp32 or fp64 even under autocast.
 
@@ -225,14 +225,16 @@ class Orthonormal(nn.Module):
     classical Gram-Schmidt of the rows (columns): W = L Q with L lower triangular, diag(L) > 0.
     Both methods compute that Q and share a hand-written backward (:class:`_GramSchmidt`):
 
-    method "cholesky" (default, ``ortho.method``): Cholesky of the float64 Gram matrix, then
-    one matmul; rows orthonormal to ~eps * cond(W) (float32: 5e-6 for largeCNN's square 1x1
-    layer at init, cond ~400); NaN, reported as divergence, only for cond(W) near 1e8.
-    method "qr": Householder QR (``torch.linalg.qr``), orthonormal to float32 rounding for any
-    full-rank W; slower (``softmaso bench`` measures both).
+    method "qr" (default, ``ortho.method``): Householder QR (``torch.linalg.qr``), rows
+    orthonormal to float32 rounding (~1e-6) for any full-rank W.
+    method "cholesky": Cholesky of the float64 Gram matrix, then one matmul: matmuls and two
+    small factorisations, meant for GPUs, where batched QR is slow. Rows orthonormal to
+    ~1e-8 * cond(W) in float32 (5e-6 for largeCNN's square 1x1 layer at init, cond ~400);
+    NaN, reported as divergence, only for cond(W) near 1e8. On 2 CPU cores a training step
+    takes as long with either (``softmaso bench``: ``exact`` and ``exact_cholesky``).
     """
 
-    def __init__(self, *, method: Method = "cholesky"):
+    def __init__(self, *, method: Method = "qr"):
         super().__init__()
         if method not in _FACTOR:
             raise ValueError(f"method must be one of {sorted(_FACTOR)}, got {method!r}")

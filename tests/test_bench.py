@@ -12,7 +12,7 @@ def test_bench_reports_every_figure_on_a_narrow_model():
         torch.device("cpu"), quick=True, width=0.0625, cifar_sized=False, log=lambda m: None
     )
     assert res["a_step"]["softmaso_images_per_s"] > 0 and res["a_step"]["ratio"] > 0
-    assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_qr", "exact_python_gs"}
+    assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_cholesky", "exact_python_gs"}
     assert res["c_eval_images_per_s"] > 0 and res["e_memory"]["bench_process_peak_rss_gib"] > 0
     assert res["d_projection"]["ratio_to_floor"] > 0
     assert res["d_packed"]["runs"] == 2 and res["d_packed"]["speedup"] > 0

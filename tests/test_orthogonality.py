@@ -226,7 +226,7 @@ def test_apply_orthogonality_modes():
     with pytest.raises(ValueError, match="already has"):
         apply_orthogonality(convs, OrthoConfig(mode="exact", apodize=True))
     with pytest.raises(ValueError, match="already has"):
-        apply_orthogonality(convs, OrthoConfig(mode="exact", method="qr"))
+        apply_orthogonality(convs, OrthoConfig(mode="exact", method="cholesky"))
 
 
 def test_exact_survives_state_dict_round_trip():

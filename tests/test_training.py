@@ -127,6 +127,36 @@ def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
     assert max(_rows(tmp_path)[-1]["ortho_error"].values()) < 1e-6
 
 
+_FAULTS = """
+import resource, sys, torch
+from softmaso import training
+if sys.argv[1] == "keep":
+    training.keep_freed_memory()
+def faults():  # minor page faults taken by allocating, touching and freeing 64 MiB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.empty(4 << 20).fill_(1.0) for _ in range(4)]
+    del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()  # warm
+print(faults())
+"""
+
+
+def test_cpu_training_keeps_freed_memory_on_glibc():
+    import platform
+    import subprocess
+    import sys
+
+    on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert training.keep_freed_memory() is on_glibc  # mallopt accepted both settings
+    if not on_glibc:
+        return
+    run = [sys.executable, "-c", _FAULTS]
+    default = int(subprocess.run([*run, "default"], capture_output=True, check=True).stdout)
+    keep = int(subprocess.run([*run, "keep"], capture_output=True, check=True).stdout)
+    assert keep < 1000 < default  # glibc's defaults map and fault in every block again
+
+
 def test_device_errors():
     with pytest.raises(UserError, match="--device"):
         training.resolve_device("tpu")
