@@ -164,7 +164,6 @@ def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _FACTOR = {"qr": _householder, "cholesky": _cholesky}
-METHODS = tuple(_FACTOR)
 
 
 class _GramSchmidt(torch.autograd.Function):
@@ -187,8 +186,8 @@ class _GramSchmidt(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dq: torch.Tensor):
         q, l_inv = ctx.saved_tensors  # (P, m, n), (P, m, m)
-        m = dq @ q.mT  # (P, m, m)
-        sym = m.tril() + m.tril(-1).mT
+        proj = dq @ q.mT  # M: (P, m, m)
+        sym = proj.tril() + proj.tril(-1).mT
         da = l_inv.mT @ dq  # L^{-T} dq, then - (L^{-T} sym) q fused into the second matmul
         return da.baddbmm_(l_inv.mT @ sym, q, alpha=-1), None
 
