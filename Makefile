@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: smoke test lint clean
+.PHONY: smoke test lint clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Wheels a lent GPU machine lacks (it has torch, typer, rich, pandas, ... but no network), for
+# Python 3.12 there: carry .whl and run benchmarks/gpu.sh on it (see benchmarks/RESULTS.md).
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/python -m pip list --format=freeze | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|submitit)==')
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
