@@ -96,8 +96,9 @@ def penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
-    """Mean over k != k' of cos^2(W_k, W_k'): 0 when orthogonal, 1 when all parallel.
+def orthogonality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
+    """(P,) mean over k != k' of cos^2(W_k, W_k') of each run's filters: 0 when orthogonal, 1
+    when all parallel; P = `runs` of a packed weight (run-major), 1 otherwise.
 
     The off-diagonal energy of the Gram matrix of the unit-normalised filters, in [0, 1].
     If C_out > n the rows cannot be orthogonal, so the columns of W (C_out, n) are measured
@@ -105,16 +106,22 @@ def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
     A zero filter counts as orthogonal to everything.
     """
     with _no_autocast(w):
-        flat = _float(flat_filters(w))  # (C_out, n)
-        if flat.shape[0] > flat.shape[1]:
-            flat = flat.T  # (n, C_out): measure the columns
-        m = flat.shape[0]
+        flat = _float(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
+        if flat.shape[1] > flat.shape[2]:
+            flat = flat.mT  # (P, n, C_out): measure the columns
+        m = flat.shape[1]
         if m < 2:
-            return flat.new_zeros(())
-        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
-        cos = unit @ unit.T  # (m, m)
-        off = cos - torch.diag_embed(cos.diagonal())
-        return (off * off).sum() / (m * (m - 1))
+            return flat.new_zeros(runs)
+        tiny = torch.finfo(flat.dtype).tiny
+        unit = flat / flat.norm(dim=2, keepdim=True).clamp_min(tiny)  # (P, m, n)
+        cos = unit @ unit.mT  # (P, m, m)
+        off = cos - torch.diag_embed(cos.diagonal(dim1=-2, dim2=-1))
+        return (off * off).sum(dim=(1, 2)) / (m * (m - 1))
+
+
+def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
+    """:func:`orthogonality_errors` of one run's weight (C_out, ...), a 0-dim tensor."""
+    return orthogonality_errors(w)[0]
 
 
 # -------------------------------------------------------------- exact reparametrisation

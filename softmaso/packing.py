@@ -51,8 +51,8 @@ from softmaso.orthogonality import (
     Method,
     Orthonormal,
     _float,
-    _no_autocast,
     gram_penalties,
+    orthogonality_errors,
     orthonormalise,
     register_chain,
 )
@@ -147,26 +147,10 @@ def packed_ortho_loss(model: PackedLargeCNN, weights: torch.Tensor) -> torch.Ten
     return (weights.to(per_run) * per_run).sum()
 
 
-def _run_ortho_errors(w: torch.Tensor, runs: int) -> torch.Tensor:
-    """(P,) :func:`softmaso.orthogonality.orthogonality_error` of each run's filters."""
-    with _no_autocast(w):
-        flat = _float(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
-        if flat.shape[1] > flat.shape[2]:
-            flat = flat.mT  # (P, n, C_out): measure the columns
-        m = flat.shape[1]
-        if m < 2:
-            return flat.new_zeros(runs)
-        tiny = torch.finfo(flat.dtype).tiny
-        unit = flat / flat.norm(dim=2, keepdim=True).clamp_min(tiny)  # (P, m, n)
-        cos = unit @ unit.mT  # (P, m, m)
-        off = cos - torch.diag_embed(cos.diagonal(dim1=-2, dim2=-1))
-        return (off * off).sum(dim=(1, 2)) / (m * (m - 1))
-
-
 @torch.no_grad()
 def packed_layer_errors(model: PackedLargeCNN) -> list[list[float]]:
     """Per run, the orthogonality error of each effective MASO weight (P lists of 8 floats)."""
-    errs = [_run_ortho_errors(c.weight, model.runs) for c in model.ortho_convs()]
+    errs = [orthogonality_errors(c.weight, model.runs) for c in model.ortho_convs()]
     return torch.stack(errs, dim=1).tolist()  # (P, L), one host sync
 
 
