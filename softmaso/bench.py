@@ -11,7 +11,9 @@ variant alike. Figures:
     exact orthogonality by a Python loop of Gram-Schmidt over the filters (the authors' way);
 (c) evaluation throughput;
 (d) packed training (P runs in one network, ``packed_training``) against P separate steps;
-    on CUDA also batch 50 and 100 eager, bf16, and the step captured as a CUDA graph; then
+    on CUDA also batch 50 and 100 eager, bf16, the step captured as a CUDA graph, and packed
+    with ``train.compile`` (the single-model step with it is in (a), except in a quick CPU
+    run: ~20 s to compile); then
     the projected wall time of the paper's full Table 2 grid at the rate ``reproduce`` would
     train at here, and its ratio to the compute floor (1.39 EFLOP at 200 TFLOP/s);
 (e) peak memory: process RSS, and on CUDA the device's peak allocation.
@@ -43,6 +45,7 @@ def _config(
     amp: bool = False,
     width: float = 1.0,
     method: str = "qr",
+    compile: bool = False,
 ) -> RunConfig:
     return RunConfig.model_validate(
         {
@@ -51,7 +54,7 @@ def _config(
             "model": {"width": width},
             "ortho": {"mode": mode, "method": method},
             "optim": {"batch_size": batch},
-            "train": {"amp": amp},
+            "train": {"amp": amp, "compile": compile},
         }
     )
 
@@ -135,10 +138,12 @@ def _plain_step(s) -> Callable[[], None]:
     return step
 
 
-def _setup(device, mode="none", batch=50, amp=False, sgs=False, width=1.0, method="qr"):
+def _setup(
+    device, mode="none", batch=50, amp=False, sgs=False, width=1.0, method="qr", compile=False
+):
     from softmaso import training
 
-    s = training.build(_config(mode, batch, amp, width, method), device)
+    s = training.build(_config(mode, batch, amp, width, method, compile), device)
     if sgs:  # replace the exact parametrisation by the authors' Python Gram-Schmidt loop
         from torch.nn.utils import parametrize
 
@@ -202,6 +207,26 @@ def _captured_step(s) -> Callable[[], None]:
     return step
 
 
+def _compiled_speedup(device, base, width, steps: int, repeats: int) -> dict[str, float]:
+    """The step with ``train.compile`` against eager, interleaved; the first call's seconds
+    (tracing and compiling; on CUDA the graphs are recorded in the warm-up round)."""
+    s = _setup(device, width=width, compile=True)
+    step = _softmaso_step(s)
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - t0
+    t = _interleaved(
+        {"eager": _softmaso_step(base), "compiled": step}, device, steps=steps, repeats=repeats
+    )
+    return {
+        "images_per_s": 50 / t["compiled"],
+        "speedup": t["eager"] / t["compiled"],
+        "compile_seconds": first,
+    }
+
+
 def _cuda_variants(device, base, width, *, steps: int, repeats: int) -> dict[str, Any]:
     """Images/s of the single-model step: batch 50 and 100 eager, bf16, and captured."""
     batch = {"eager_b50": 50, "eager_b100": 100, "bf16_b50": 50, "captured_b50": 50}
@@ -228,8 +253,9 @@ def _projection(res: dict[str, Any]) -> dict[str, Any]:
     """The Table 2 grid's wall time at the rate `softmaso reproduce` would train at here.
 
     That is the packed rate when packing measured faster (reproduce packs then), else the
-    single-model step's; both the fp32 protocol. Faster variants that training does not use
-    (captured, bf16) are listed beside it, with their own projections.
+    single-model step's; both the fp32 protocol, eager (``train.compile`` is off by default).
+    The other variants (captured, bf16, compiled) are listed beside it, with their own
+    projections.
     """
     from softmaso.experiments import PACK_MIN_SPEEDUP
 
@@ -249,8 +275,12 @@ def _projection(res: dict[str, Any]) -> dict[str, Any]:
         "achieved_tflops": rate * 3 * FORWARD_GFLOP / 1e3,
     }
     others = {k: v for k, v in res.get("d_cuda", {}).items() if "images_per_s" in v}
-    if "packed_images_per_s" in res.get("d_packed_bf16", {}):
-        others["packed_bf16"] = {"images_per_s": res["d_packed_bf16"]["packed_images_per_s"]}
+    if "images_per_s" in res.get("a_compiled", {}):
+        others["compiled_b50"] = res["a_compiled"]
+    for key in ("bf16", "compiled"):
+        variant = res.get(f"d_packed_{key}", {})
+        if "packed_images_per_s" in variant:
+            others[f"packed_{key}"] = {"images_per_s": variant["packed_images_per_s"]}
     out["other_variants_grid_hours"] = {
         k: GRID_IMAGES / v["images_per_s"] / 3600 for k, v in others.items()
     }
@@ -288,6 +318,9 @@ def measure(
         "plain_images_per_s": 50 / t["plain"],
         "ratio": t["plain"] / t["softmaso"],
     }
+    if device.type == "cuda" or not quick:  # ~20 s to compile on 2 CPU cores
+        log("(a) the same step with train.compile ...")
+        out["a_compiled"] = _guarded(lambda: _compiled_speedup(device, base, width, steps, repeats))
 
     log("(b) orthogonality overheads, batch 50 ...")
     variants = {"none": _softmaso_step(base)}
@@ -318,6 +351,11 @@ def measure(
         amp = [c.with_overrides(**{"train.amp": True}) for c in cfgs]
         out["d_packed_bf16"] = _guarded(
             lambda: pack_speedup(amp, device, data=base.data, steps=steps, repeats=repeats)
+        )
+        log("(d) CUDA: packed with train.compile ...")
+        comp = [c.with_overrides(**{"train.compile": True}) for c in cfgs]
+        out["d_packed_compiled"] = _guarded(
+            lambda: pack_speedup(comp, device, data=base.data, steps=steps, repeats=repeats)
         )
     out["d_projection"] = _projection(out)
     out["e_memory"] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
@@ -370,13 +408,25 @@ def render(res: dict[str, Any]):
     t.add_row("(a) softmaso step, images/s (batch 50)", f"{a['softmaso_images_per_s']:.1f}")
     t.add_row("(a) plain loop, images/s", f"{a['plain_images_per_s']:.1f}")
     t.add_row("(a) ratio softmaso / plain (target >= 0.97)", f"{a['ratio']:.3f}")
+    if "a_compiled" in res:
+        c = res["a_compiled"]
+        if "error" in c:
+            t.add_row("(a) train.compile", c["error"])
+        else:
+            t.add_row("(a) with train.compile, images/s", f"{c['images_per_s']:.1f}")
+            t.add_row("(a) train.compile speed-up over eager", f"{c['speedup']:.2f}x")
+            t.add_row("(a) train.compile first step, s", f"{c['compile_seconds']:.1f}")
     targets = {"penalty": " (target <= 5%)", "exact": " (target <= 10%)"}
     for k, v in res["b_ortho"].items():
         if k != "none":
             label = f"(b) overhead of {k} over none{targets.get(k, '')}"
             t.add_row(label, f"{100 * v['overhead']:+.1f}%")
     t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
-    for key, label in (("d_packed", "fp32"), ("d_packed_bf16", "bf16")):
+    for key, label in (
+        ("d_packed", "fp32"),
+        ("d_packed_bf16", "bf16"),
+        ("d_packed_compiled", "compiled"),
+    ):
         if key not in res:
             continue
         p = res[key]
@@ -432,7 +482,7 @@ def pack_speedup(
             training.train_step(s, idx[p], gens[p])
 
     def packed() -> None:
-        train_step_packed(pack, data, prep, batches[state["i"] % len(batches)], gens, device)
+        train_step_packed(pack, data, prep, batches[state["i"] % len(batches)], gens)
         state["i"] += 1
 
     t = _interleaved({"separate": separate, "packed": packed}, device, steps=steps, repeats=repeats)

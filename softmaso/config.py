@@ -118,6 +118,11 @@ class TrainConfig(_Strict):
         150, gt=0, description="passes over the training set [authors: 150; CIFAR-100: 200]"
     )
     amp: bool = Field(False, description="bf16 autocast on CUDA [ours]")
+    compile: bool = Field(
+        False,
+        description="torch.compile the training forward and loss, once per model shape in a "
+        "process; on CUDA replayed as CUDA graphs [ours]",
+    )
     eval_batch_size: int = Field(
         500, gt=0, description="images per evaluation batch; 500 keeps a CPU run under 2 GiB [ours]"
     )

@@ -18,10 +18,11 @@ and leaves the pack; the others go on.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from softmaso import runs
+from softmaso.compiled import CompiledForward
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import UserError
@@ -93,6 +95,7 @@ class Pack:
     optimizer: PackedAdam
     samplers: list[BatchSampler]
     penalty: torch.Tensor | None  # (P,) lambda per run, 0 where none
+    forward: Callable[..., Any]  # (x, ys) -> (summed loss, (P,) losses, (P,) correct)
 
     @property
     def runs(self) -> int:
@@ -137,7 +140,22 @@ def _make_pack(
         for c in cfgs
     ]
     penalty = penalty_weights([c.ortho for c in cfgs], device=device)
-    return Pack(cfgs, dirs, histories, model, opt, samplers, penalty)
+    if ref.train.compile:
+        forward = CompiledForward(model, device, packed_outputs, amp=ref.train.amp)
+    else:
+        forward = functools.partial(_eager_forward, model, device, ref.train.amp)
+    return Pack(cfgs, dirs, histories, model, opt, samplers, penalty, forward)
+
+
+def packed_outputs(logits: torch.Tensor, ys: torch.Tensor):
+    """logits (B, P, K), labels (P, B) -> (summed loss, (P,) losses, (P,) correct counts)."""
+    total, per_run = packed_loss(logits, ys)
+    return total, per_run, (logits.argmax(2) == ys.T).sum(0)
+
+
+def _eager_forward(model, device: torch.device, amp: bool, x: torch.Tensor, ys: torch.Tensor):
+    with _autocast(device, amp):
+        return packed_outputs(model(x), ys)
 
 
 def new_pack(cfgs: Sequence[RunConfig], data, device: torch.device) -> Pack:
@@ -165,7 +183,7 @@ def _without(pack: Pack, drop: set[int], data, device: torch.device) -> Pack | N
 
 # ------------------------------------------------------------------------------------ loop
 def train_step_packed(
-    pack: Pack, data, prep: Preprocessor, idx: torch.Tensor, gens, device: torch.device
+    pack: Pack, data, prep: Preprocessor, idx: torch.Tensor, gens
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of every run: idx (P, B) -> per-run loss (P,) and correct count (P,), on device."""
     cfg, P = pack.cfgs[0], pack.runs
@@ -175,15 +193,13 @@ def train_step_packed(
     x = pack_inputs(x)  # (B, P*C, H, W)
     x = x.contiguous(memory_format=torch.channels_last)
     y = data.y_train[idx]  # (P, B)
-    with _autocast(device, cfg.train.amp):
-        logits = pack.model(x)  # (B, P, K)
-        total, per_run = packed_loss(logits, y)
+    total, per_run, correct = pack.forward(x, y)  # logits (B, P, K) inside
     if pack.penalty is not None:
         total = total + packed_ortho_loss(pack.model, pack.penalty)
     pack.optimizer.zero_grad(set_to_none=True)
     total.backward()
     pack.optimizer.step()
-    return per_run.detach(), (logits.argmax(2) == y.T).sum(0)
+    return per_run.detach(), correct
 
 
 def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, on_step) -> dict:
@@ -197,7 +213,7 @@ def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, on_st
     loss_sum = torch.zeros(P, device=device)
     correct = torch.zeros(P, device=device, dtype=torch.long)
     for idx in batches:  # (P, B)
-        per_run, right = train_step_packed(pack, data, prep, idx, gens, device)
+        per_run, right = train_step_packed(pack, data, prep, idx, gens)
         loss_sum += per_run
         correct += right
         if on_step is not None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from softmaso import runs
+from softmaso.compiled import CompiledForward, single_outputs
 from softmaso.config import RunConfig, dump_yaml
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import RunConflict, UserError, first_line
@@ -80,6 +81,19 @@ class Setup:
     sampler: Any  # softmaso.data.BatchSampler
     convs: list[torch.nn.Module] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    forward: Callable[..., Any] | None = None  # (x, y) -> (loss, correct); None: eager
+
+
+def _eager_forward(model, device: torch.device, amp: bool, x: torch.Tensor, y: torch.Tensor):
+    with _autocast(device, amp):
+        return single_outputs(model(x), y)
+
+
+def step_forward(s: Setup) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """The training forward and loss of `s`: compiled with ``train.compile``, else eager."""
+    if s.cfg.train.compile:
+        return CompiledForward(s.model, s.device, amp=s.cfg.train.amp)
+    return functools.partial(_eager_forward, s.model, s.device, s.cfg.train.amp)
 
 
 def adam_options(device: torch.device) -> dict[str, bool]:
@@ -146,7 +160,7 @@ def build(
             "optim.batch_size",
             f"{cfg.optim.batch_size} is larger than the {len(data.y_train)} training images",
         )
-    return Setup(
+    s = Setup(
         cfg,
         device,
         data,
@@ -157,6 +171,8 @@ def build(
         model.ortho_convs(),
         model.ortho_names(),
     )
+    s.forward = step_forward(s)
+    return s
 
 
 # -------------------------------------------------------------------------------------- loop
@@ -174,15 +190,13 @@ def train_step(
     x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
     if cfg.data.augment:
         x = augment(x, gen)
-    with _autocast(s.device, cfg.train.amp):
-        logits = s.model(x)
-        loss = F.cross_entropy(logits.float(), y)
+    loss, correct = (s.forward or step_forward(s))(x, y)
     extra = ortho_loss(s.convs, cfg.ortho)
     total = loss if extra is None else loss + extra
     s.optimizer.zero_grad(set_to_none=True)
     total.backward()
     s.optimizer.step()
-    return loss.detach(), (logits.argmax(1) == y).sum()
+    return loss.detach(), correct
 
 
 def train_one_epoch(s: Setup, epoch: int, on_step: Callable[[], None] | None = None) -> dict:

@@ -38,11 +38,16 @@ def test_projection_uses_the_rate_reproduce_would_train_at():
         "a_step": {"softmaso_images_per_s": 10_000.0},
         "d_packed": {"speedup": 4.0, "packed_images_per_s": 80_000.0},
         "d_cuda": {"captured_b50": {"images_per_s": 40_000.0}, "bf16_b50": {"error": "x"}},
+        "a_compiled": {"images_per_s": 30_000.0, "speedup": 3.0, "compile_seconds": 40.0},
+        "d_packed_compiled": {"speedup": 2.0, "packed_images_per_s": 90_000.0},
+        "d_packed_bf16": {"error": "x"},
     }
     d = _projection(res)
     assert d["rate_used"] == "packed" and d["images_per_s"] == 80_000.0
     assert d["grid_hours_at_measured_rate"] == GRID_IMAGES / 80_000 / 3600
-    assert set(d["other_variants_grid_hours"]) == {"captured_b50"}  # errors are not projected
+    others = d["other_variants_grid_hours"]
+    assert set(others) == {"captured_b50", "compiled_b50", "packed_compiled"}  # no errors
+    assert others["packed_compiled"] == GRID_IMAGES / 90_000 / 3600
     res["d_packed"]["speedup"] = 1.05  # below the threshold: reproduce would not pack
     assert _projection(res)["images_per_s"] == 10_000.0
 
@@ -67,3 +72,37 @@ def test_cuda_variants_report_a_failed_capture_and_measure_the_rest(monkeypatch)
         "bf16_b50": 50,
     }
     assert all(v["images_per_s"] > 0 for v in out.values() if "batch" in v)
+
+
+def test_compiled_step_is_measured_against_eager():
+    from softmaso.bench import _compiled_speedup, _setup
+
+    dev = torch.device("cpu")
+    got = _compiled_speedup(dev, _setup(dev, width=0.0625), 0.0625, steps=1, repeats=1)
+    assert got["images_per_s"] > 0 and got["speedup"] > 0 and got["compile_seconds"] > 0
+    res = {"a_step": {"softmaso_images_per_s": 1.0, "plain_images_per_s": 1.0, "ratio": 1.0}}
+    assert "(a) train.compile speed-up over eager" in _rows(res, got)
+
+
+def _rows(res, compiled):
+    """The labels render() gives the (a) rows (the rest of the table left out)."""
+    from softmaso.bench import render
+
+    full = {
+        **res,
+        "a_compiled": compiled,
+        "b_ortho": {},
+        "c_eval_images_per_s": 1.0,
+        "d_projection": {
+            "rate_used": "x",
+            "images_per_s": 1.0,
+            "achieved_tflops": 1.0,
+            "grid_hours_at_measured_rate": 1.0,
+            "ratio_to_floor": 1.0,
+            "other_variants_grid_hours": {},
+        },
+        "e_memory": {},
+        "device": {"device": {"name": "cpu"}},
+        "date": "today",
+    }
+    return list(render(full).columns[0].cells)
