@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,10 @@ class CompiledForward:
         self.outputs = outputs
         self.cuda = device.type == "cuda"
         self.amp = amp and self.cuda
+        if (
+            not self.cuda
+        ):  # "No CUDA runtime is found, using CUDA_HOME=...": true and beside the point
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
