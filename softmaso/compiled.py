@@ -92,6 +92,12 @@ class CompiledForward:
         self.model = model
         self.template = template_for(model)
         self.state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        for t in self.state.values():
+            # CUDA graphs then use these tensors in place rather than copies, which also lets
+            # them update batch norm's statistics (a graph that mutates any other input is
+            # run without CUDA graphs). guard=False: a new run's tensors at other addresses
+            # re-record the graphs (once per run) instead of recompiling.
+            torch._dynamo.mark_static_address(t, guard=False)
         self.outputs = outputs
         self.cuda = device.type == "cuda"
         self.amp = amp and self.cuda
