@@ -101,9 +101,7 @@ class CompiledForward:
         self.outputs = outputs
         self.cuda = device.type == "cuda"
         self.amp = amp and self.cuda
-        if (
-            not self.cuda
-        ):  # "No CUDA runtime is found, using CUDA_HOME=...": true and beside the point
+        if not self.cuda:  # silence "No CUDA runtime is found": true, and beside the point
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
