@@ -249,6 +249,24 @@ def _cuda_variants(device, base, width, *, steps: int, repeats: int) -> dict[str
     return out
 
 
+def _cuda_extras(
+    device, base, cfgs: list[RunConfig], width: float, *, steps: int, repeats: int, log=print
+) -> dict[str, Any]:
+    """(d)'s CUDA-only figures: the single-model variants, and the pack of `cfgs` in bf16 and
+    with ``train.compile``; each failure reported in place of its figure."""
+    log("(d) CUDA: batch 50 and 100, bf16, captured step (CUDA graph) ...")
+    out: dict[str, Any] = {
+        "d_cuda": _cuda_variants(device, base, width, steps=steps, repeats=repeats)
+    }
+    for key, override in (("bf16", {"train.amp": True}), ("compiled", {"train.compile": True})):
+        log(f"(d) CUDA: packed, {key} ...")
+        variant = [c.with_overrides(**override) for c in cfgs]
+        out[f"d_packed_{key}"] = _guarded(
+            lambda v=variant: pack_speedup(v, device, data=base.data, steps=steps, repeats=repeats)
+        )
+    return out
+
+
 def _projection(res: dict[str, Any]) -> dict[str, Any]:
     """The Table 2 grid's wall time at the rate `softmaso reproduce` would train at here.
 
@@ -346,17 +364,7 @@ def measure(
         lambda: pack_speedup(cfgs, device, data=base.data, steps=steps, repeats=repeats)
     )
     if device.type == "cuda":
-        log("(d) CUDA: batch 50 and 100, bf16, captured step (CUDA graph), packed bf16 ...")
-        out["d_cuda"] = _cuda_variants(device, base, width, steps=steps, repeats=repeats)
-        amp = [c.with_overrides(**{"train.amp": True}) for c in cfgs]
-        out["d_packed_bf16"] = _guarded(
-            lambda: pack_speedup(amp, device, data=base.data, steps=steps, repeats=repeats)
-        )
-        log("(d) CUDA: packed with train.compile ...")
-        comp = [c.with_overrides(**{"train.compile": True}) for c in cfgs]
-        out["d_packed_compiled"] = _guarded(
-            lambda: pack_speedup(comp, device, data=base.data, steps=steps, repeats=repeats)
-        )
+        out.update(_cuda_extras(device, base, cfgs, width, steps=steps, repeats=repeats, log=log))
     out["d_projection"] = _projection(out)
     out["e_memory"] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
     if cifar_sized:

@@ -52,8 +52,8 @@ def test_projection_uses_the_rate_reproduce_would_train_at():
     assert _projection(res)["images_per_s"] == 10_000.0
 
 
-def test_cuda_variants_report_a_failed_capture_and_measure_the_rest(monkeypatch):
-    """The CUDA-only table, driven on the CPU: one variant failing does not lose the others."""
+def test_cuda_figures_report_a_failed_capture_and_measure_the_rest(monkeypatch):
+    """The CUDA-only figures, driven on the CPU: one variant failing does not lose the others."""
     import softmaso.bench as bench
 
     def no_capture(s):
@@ -62,16 +62,25 @@ def test_cuda_variants_report_a_failed_capture_and_measure_the_rest(monkeypatch)
     monkeypatch.setattr(bench, "_captured_step", no_capture)
     dev = torch.device("cpu")
     base = bench._setup(dev, width=0.0625)
-    out = bench._cuda_variants(dev, base, 0.0625, steps=1, repeats=1)
-    assert out["captured_b50"] == {
+    cfgs = [bench._config(width=0.0625).with_overrides(seed=i) for i in range(2)]
+    out = bench._cuda_extras(dev, base, cfgs, 0.0625, steps=1, repeats=1, log=lambda m: None)
+    cuda = out["d_cuda"]
+    assert cuda["captured_b50"] == {
         "error": "RuntimeError: operation not permitted when stream is capturing"
     }
-    assert {k: v["batch"] for k, v in out.items() if "batch" in v} == {
+    assert {k: v["batch"] for k, v in cuda.items() if "batch" in v} == {
         "eager_b50": 50,
         "eager_b100": 100,
         "bf16_b50": 50,
     }
-    assert all(v["images_per_s"] > 0 for v in out.values() if "batch" in v)
+    assert all(v["images_per_s"] > 0 for v in cuda.values() if "batch" in v)
+    for key in ("d_packed_bf16", "d_packed_compiled"):
+        assert out[key]["runs"] == 2 and out[key]["speedup"] > 0, out[key]
+    assert set(
+        bench._projection({"a_step": {"softmaso_images_per_s": 1.0}, **out})[
+            "other_variants_grid_hours"
+        ]
+    ) == {"eager_b50", "eager_b100", "bf16_b50", "packed_bf16", "packed_compiled"}
 
 
 def test_compiled_step_is_measured_against_eager():
