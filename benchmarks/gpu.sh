@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run on a lent GPU machine (no network; it has torch, typer, rich, pandas, matplotlib, ...):
-# installs the wheels `make gpu-wheels` put in .whl (carried), then measures every CUDA figure
-# of issue 5. Writes <gpu>.json and <gpu>.log into $OUT (the device tool's) or benchmarks/.
+# installs the wheels `make gpu-wheels` put in .whl (carried), measures every CUDA figure of
+# issue 5, then trains end to end on CUDA (smoke recipe: eager, train.compile, exact under
+# compile, a packed compiled smoke grid). Writes <gpu>.json, <gpu>.log and <gpu>-train.log
+# into $OUT (the device tool's) or benchmarks/. About 10 minutes on an H100 is the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -12,3 +14,27 @@ gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 python3 -m softmaso bench --device cuda --json "$out/$gpu.json" 2>&1 | tee "$out/$gpu.log"
+
+# End to end on CUDA; a failure is logged and the next check still runs.
+set +e
+runs="$(mktemp -d)"
+train() {  # NAME, then overrides
+  local name="$1"
+  shift
+  echo "== softmaso train recipes/smoke.yaml --device cuda $*"
+  python3 -m softmaso train recipes/smoke.yaml --device cuda --out "$runs/$name" "$@"
+  echo "== exit $? ($name)"
+}
+{
+  train eager
+  train compiled --set train.compile=true
+  train exact-cholesky-compiled --set train.compile=true --set ortho.mode=exact \
+    --set ortho.method=cholesky
+  train exact-qr-compiled --set train.compile=true --set ortho.mode=exact
+  python3 -m softmaso eval "$runs/compiled" --device cuda --json
+  echo "== reproduce table2 --smoke, packed and compiled"
+  python3 -m softmaso reproduce table2 --smoke --datasets cifar10 --runs 2 --pack \
+    --devices 0 --set train.compile=true --results "$runs/grid"
+  echo "== exit $? (grid)"
+  cat "$runs/grid/table.md"
+} 2>&1 | tee "$out/$gpu-train.log"

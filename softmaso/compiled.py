@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -58,8 +59,9 @@ def template_for(model: nn.Module) -> nn.Module:
             p.requires_grad_(False)  # never trained; the run's own tensors replace these
         _TEMPLATES[key] = template
         # one cache entry per structure; make room beyond dynamo's default of 8
-        limit = torch._dynamo.config.recompile_limit
-        torch._dynamo.config.recompile_limit = max(limit, 2 * len(_TEMPLATES) + 8)
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), 2 * len(_TEMPLATES) + 8))
     return _TEMPLATES[key]
 
 
@@ -71,6 +73,8 @@ def _forward(template, state, x, y, outputs, amp: bool):
 
 @functools.cache
 def _compiled(mode: str | None) -> Callable:
+    # inductor's own lowering calls a helper it deprecated (torch 2.15): not ours to act on
+    warnings.filterwarnings("ignore", r"`torch\._prims_common\.check` is deprecated", FutureWarning)
     return torch.compile(_forward, mode=mode)
 
 
