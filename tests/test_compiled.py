@@ -48,7 +48,9 @@ def test_compiled_steps_equal_eager_steps_in_float64(ortho):
     eager = _float64_setup(cfg)
     compiled = _float64_setup(cfg.with_overrides(**{"train.compile": True}))
     assert isinstance(compiled.forward, CompiledForward)
+    breaks = sum(counters["graph_break"].values())
     got_loss, got = _steps(compiled)
+    assert sum(counters["graph_break"].values()) == breaks  # one graph: nothing falls to eager
     want_loss, want = _steps(eager)
     assert _close(got_loss, want_loss)
     assert got.keys() == want.keys()
