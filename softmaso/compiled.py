@@ -107,6 +107,14 @@ class CompiledForward:
         self.amp = amp and self.cuda
         if not self.cuda:  # silence "No CUDA runtime is found": true, and beside the point
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        else:
+            from torch._inductor import config as inductor
+
+            # each run's tensors re-record the graphs once; past this limit (128 by default)
+            # inductor would quietly stop using CUDA graphs for the rest of a grid
+            limit = getattr(inductor.triton, "cudagraph_unexpected_rerecord_limit", None)
+            if limit is not None:
+                inductor.triton.cudagraph_unexpected_rerecord_limit = max(limit, 1 << 16)
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):

@@ -130,3 +130,18 @@ def test_compiled_pack_equals_eager_pack_in_float64():
         assert _close(gl, wl) and torch.equal(gc, wc)
     for key in want:  # after two Adam steps: see the first test
         assert _close(got[key].double(), want[key].double(), 1e-9), key
+
+
+def test_on_cuda_a_grid_of_runs_keeps_its_cuda_graphs():
+    """Each run re-records the graphs once (its tensors are new static inputs); inductor's
+    default limit of 128 re-recordings would silently drop CUDA graphs midway through a grid.
+    Made on the CPU: the constructor touches no GPU."""
+    from torch._inductor import config as inductor
+
+    s = training.build(tiny(**{"model.width": 0.0625}), torch.device("cpu"))
+    CompiledForward(s.model, torch.device("cuda"))
+    assert inductor.triton.cudagraph_unexpected_rerecord_limit >= 10_000
+    assert all(
+        getattr(t, "_dynamo_static_input_type", None) == "unguarded"
+        for t in [*s.model.parameters(), *s.model.buffers()]
+    )
