@@ -7,7 +7,8 @@ summed on the device and read once per epoch, which is also when divergence (a N
 loss) is detected. After each epoch the run directory gets an atomic checkpoint and the
 metrics; rerunning the same command resumes from the checkpoint, and a finished run is not
 redone. Data order and augmentation depend only on (seed, epoch), so a resumed run draws
-exactly the batches an uninterrupted one would.
+exactly the batches an uninterrupted one would. With ``train.compile`` the forward and loss of
+each step go through ``torch.compile`` (:mod:`softmaso.compiled`); the rest stays eager.
 """
 
 from __future__ import annotations
