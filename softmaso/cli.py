@@ -459,11 +459,12 @@ def bench(
         Path | None, typer.Option("--json", help="Also write the figures as JSON.")
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Fewer repeats (CPU: about a minute).")
+        bool, typer.Option("--quick", help="Fewer repeats, no compile on a CPU (about a minute).")
     ] = False,
 ) -> None:
-    """Measure the training step against a plain loop, the cost of orthogonality, evaluation
-    throughput, the projected Table 2 grid time and peak memory (medians, interleaved runs)."""
+    """Measure the training step against a plain loop and compiled, the cost of
+    orthogonality, evaluation throughput, packing, the projected Table 2 grid time and peak
+    memory (medians, interleaved runs)."""
     import json
 
     from rich.console import Console
