@@ -73,8 +73,19 @@ def _forward(template, state, x, y, outputs, amp: bool):
 
 @functools.cache
 def _compiled(mode: str | None) -> Callable:
+    """The compiled `_forward` for a mode, and the process-wide settings it needs (once)."""
     # inductor's own lowering calls a helper it deprecated (torch 2.15): not ours to act on
     warnings.filterwarnings("ignore", r"`torch\._prims_common\.check` is deprecated", FutureWarning)
+    # "No CUDA runtime is found", on the CPU: true, and beside the point
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if mode == "reduce-overhead":
+        from torch._inductor import config as inductor
+
+        # each run's tensors re-record the graphs once; past this limit (128 by default)
+        # inductor would quietly stop using CUDA graphs for the rest of a grid
+        limit = getattr(inductor.triton, "cudagraph_unexpected_rerecord_limit", None)
+        if limit is not None:
+            inductor.triton.cudagraph_unexpected_rerecord_limit = max(limit, 1 << 16)
     return torch.compile(_forward, mode=mode)
 
 
@@ -105,16 +116,6 @@ class CompiledForward:
         self.outputs = outputs
         self.cuda = device.type == "cuda"
         self.amp = amp and self.cuda
-        if not self.cuda:  # silence "No CUDA runtime is found": true, and beside the point
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        else:
-            from torch._inductor import config as inductor
-
-            # each run's tensors re-record the graphs once; past this limit (128 by default)
-            # inductor would quietly stop using CUDA graphs for the rest of a grid
-            limit = getattr(inductor.triton, "cudagraph_unexpected_rerecord_limit", None)
-            if limit is not None:
-                inductor.triton.cudagraph_unexpected_rerecord_limit = max(limit, 1 << 16)
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):

@@ -18,7 +18,6 @@ and leaves the pack; the others go on.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -31,7 +30,6 @@ import torch
 from torch.nn.utils import parametrize
 
 from softmaso import runs
-from softmaso.compiled import CompiledForward
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import UserError
@@ -56,6 +54,7 @@ from softmaso.training import (
     epoch_row,
     export_weights,
     finish_run,
+    make_forward,
     make_model,
     open_run,
     place,
@@ -140,10 +139,7 @@ def _make_pack(
         for c in cfgs
     ]
     penalty = penalty_weights([c.ortho for c in cfgs], device=device)
-    if ref.train.compile:
-        forward = CompiledForward(model, device, packed_outputs, amp=ref.train.amp)
-    else:
-        forward = functools.partial(_eager_forward, model, device, ref.train.amp)
+    forward = make_forward(model, device, ref.train, packed_outputs)
     return Pack(cfgs, dirs, histories, model, opt, samplers, penalty, forward)
 
 
@@ -151,11 +147,6 @@ def packed_outputs(logits: torch.Tensor, ys: torch.Tensor):
     """logits (B, P, K), labels (P, B) -> (summed loss, (P,) losses, (P,) correct counts)."""
     total, per_run = packed_loss(logits, ys)
     return total, per_run, (logits.argmax(2) == ys.T).sum(0)
-
-
-def _eager_forward(model, device: torch.device, amp: bool, x: torch.Tensor, ys: torch.Tensor):
-    with _autocast(device, amp):
-        return packed_outputs(model(x), ys)
 
 
 def new_pack(cfgs: Sequence[RunConfig], data, device: torch.device) -> Pack:

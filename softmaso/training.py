@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from softmaso import runs
 from softmaso.compiled import CompiledForward, single_outputs
-from softmaso.config import RunConfig, dump_yaml
+from softmaso.config import RunConfig, TrainConfig, dump_yaml
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import RunConflict, UserError, first_line
 from softmaso.io import atomic_write
@@ -80,21 +80,27 @@ class Setup:
     optimizer: torch.optim.Optimizer
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     sampler: Any  # softmaso.data.BatchSampler
+    forward: Callable[..., Any]  # (x, y) -> (loss, correct): make_forward's
     convs: list[torch.nn.Module] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
-    forward: Callable[..., Any] | None = None  # (x, y) -> (loss, correct); None: eager
 
 
-def _eager_forward(model, device: torch.device, amp: bool, x: torch.Tensor, y: torch.Tensor):
+def _eager_forward(model, device: torch.device, amp: bool, outputs, x, y):
     with _autocast(device, amp):
-        return single_outputs(model(x), y)
+        return outputs(model(x), y)
 
 
-def step_forward(s: Setup) -> Callable[[torch.Tensor, torch.Tensor], Any]:
-    """The training forward and loss of `s`: compiled with ``train.compile``, else eager."""
-    if s.cfg.train.compile:
-        return CompiledForward(s.model, s.device, amp=s.cfg.train.amp)
-    return functools.partial(_eager_forward, s.model, s.device, s.cfg.train.amp)
+def make_forward(
+    model: torch.nn.Module,
+    device: torch.device,
+    train: TrainConfig,
+    outputs: Callable[..., Any] = single_outputs,
+) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """(x, y) -> outputs(model(x), y), the training forward and loss (a single run's, or a
+    pack's with ``packed_outputs``): compiled with ``train.compile``, else eager."""
+    if train.compile:
+        return CompiledForward(model, device, outputs, amp=train.amp)
+    return functools.partial(_eager_forward, model, device, train.amp, outputs)
 
 
 def adam_options(device: torch.device) -> dict[str, bool]:
@@ -161,7 +167,7 @@ def build(
             "optim.batch_size",
             f"{cfg.optim.batch_size} is larger than the {len(data.y_train)} training images",
         )
-    s = Setup(
+    return Setup(
         cfg,
         device,
         data,
@@ -169,11 +175,10 @@ def build(
         optimizer,
         Preprocessor(cfg.data.preprocess, data.x_train),
         sampler,
+        make_forward(model, device, cfg.train),
         model.ortho_convs(),
         model.ortho_names(),
     )
-    s.forward = step_forward(s)
-    return s
 
 
 # -------------------------------------------------------------------------------------- loop
@@ -191,7 +196,7 @@ def train_step(
     x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
     if cfg.data.augment:
         x = augment(x, gen)
-    loss, correct = (s.forward or step_forward(s))(x, y)
+    loss, correct = s.forward(x, y)
     extra = ortho_loss(s.convs, cfg.ortho)
     total = loss if extra is None else loss + extra
     s.optimizer.zero_grad(set_to_none=True)

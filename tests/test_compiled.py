@@ -21,7 +21,7 @@ def _float64_setup(cfg):
     s.model.double()  # replaces the buffers: the forward must be made afterwards
     prep = s.preprocess
     s.preprocess = lambda x: prep(x).double()
-    s.forward = training.step_forward(s)
+    s.forward = training.make_forward(s.model, s.device, s.cfg.train)
     return s
 
 
