@@ -12,12 +12,14 @@ from softmaso.config import OrthoConfig
 from softmaso.orthogonality import (
     HammingApodize,
     Orthonormal,
+    _gram,
     _GramSchmidt,
     apply_orthogonality,
     flat_filters,
     gram_penalties,
     gram_penalty,
     layer_errors,
+    matmul_nt,
     ortho_loss,
     orthogonality_error,
     penalty,
@@ -139,6 +141,48 @@ def test_hand_written_backward_matches_autograd_through_qr(method, shape):
     (got_grad,) = torch.autograd.grad(got, a, dq)
     assert torch.allclose(got, want, atol=1e-12, rtol=0)
     assert torch.allclose(got_grad, want_grad, atol=1e-9 * want_grad.abs().max(), rtol=0)
+
+
+@pytest.mark.parametrize("lead", [(), (2,)])
+def test_matmul_nt_is_x_times_w_transposed_through_onednn(lead, monkeypatch):
+    from softmaso import orthogonality
+
+    calls = []
+    if orthogonality._LINEAR is not None:  # count the oneDNN calls
+        fast = orthogonality._LINEAR
+        monkeypatch.setattr(orthogonality, "_LINEAR", lambda *a: calls.append(1) or fast(*a))
+    x64, w64 = (
+        _randn(*lead, 96, 864, seed=30, dtype=torch.float64),
+        _randn(*lead, 120, 864, seed=31, dtype=torch.float64),
+    )
+    for x, w in [(x64, w64), (x64, w64.mT.contiguous().mT)]:  # w contiguous, w a transposed view
+        got = matmul_nt(x.float(), w.float())
+        want = x64 @ w64.mT
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert (got - want).abs().max() < 1e-5 * want.abs().max()
+    assert len(calls) == (2 * math.prod(lead) if orthogonality._LINEAR is not None else 0)
+    small = matmul_nt(x64[..., :8, :16].float(), w64[..., :8, :16].float())  # MKL
+    assert torch.allclose(small, (x64[..., :8, :16] @ w64[..., :8, :16].mT).float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 96])
+def test_gram_from_three_blocks_is_a_a_transposed(m):
+    a = _randn(3, m, 40, seed=34, dtype=torch.float64)
+    assert torch.allclose(_gram(a), a @ a.mT, rtol=1e-14, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["qr", "cholesky"])
+def test_float32_backward_agrees_with_float64(method):
+    """The float32 path (oneDNN products on the CPU) against the float64 one (torch.matmul)."""
+    a = _randn(2, 96, 864, seed=32, dtype=torch.float64)
+    dq = _randn(2, 96, 864, seed=33, dtype=torch.float64)
+    grads = []
+    for dtype in (torch.float64, torch.float32):
+        x = a.to(dtype).requires_grad_()
+        q = _GramSchmidt.apply(x, method)
+        (g,) = torch.autograd.grad(q, x, dq.to(dtype))
+        grads.append(g.double())
+    assert (grads[1] - grads[0]).abs().max() < 1e-4 * grads[0].abs().max()
 
 
 def test_exact_keeps_channels_last_without_a_copy_and_agrees_with_contiguous():
