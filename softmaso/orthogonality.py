@@ -290,7 +290,7 @@ class Orthonormal(nn.Module):
     method "cholesky": Cholesky of the float64 Gram matrix, then one matmul: matmuls and two
     small factorisations, meant for GPUs, where batched QR is slow. Rows orthonormal to
     ~1e-8 * cond(W) in float32 (5e-6 for largeCNN's square 1x1 layer at init, cond ~400);
-    NaN, reported as divergence, only for cond(W) near 1e8. On 2 CPU cores it saves ~1.5% of a
+    NaN, reported as divergence, only for cond(W) near 1e8. On 2 CPU cores it saves 1-3% of a
     training step (``softmaso bench``: ``exact`` and ``exact_cholesky``).
     """
 
