@@ -75,11 +75,13 @@ def matmul_nt(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (..., r, k) @ w (..., c, k)^T -> (..., r, c); the batch dims of x and w equal.
 
     Through oneDNN for large float32 CPU products (w may be a transposed view: oneDNN reorders
-    its weight anyway), else ``torch.matmul``.
+    its weight anyway), else ``torch.matmul``; under ``torch.compile`` always ``torch.matmul``,
+    which inductor lowers to its own GEMMs or MKL.
     """
     r, k = x.shape[-2:]
     fast = (
         _LINEAR is not None
+        and not torch.compiler.is_compiling()  # inductor lowers the op for constant weights only
         and x.device.type == "cpu"
         and x.dtype == w.dtype == torch.float32
         and r * w.shape[-2] * k >= _ONEDNN_MIN_MACS

@@ -145,3 +145,22 @@ def test_on_cuda_a_grid_of_runs_keeps_its_cuda_graphs():
         getattr(t, "_dynamo_static_input_type", None) == "unguarded"
         for t in [*s.model.parameters(), *s.model.buffers()]
     )
+
+
+@pytest.mark.parametrize("method", ["qr", "cholesky"])
+def test_float32_orthonormalise_compiles_where_eager_uses_onednn(method):
+    """At full-width sizes eager float32 takes oneDNN's op (orthogonality.matmul_nt), which
+    inductor cannot lower for a weight that is not a constant: compiled, it must use matmul."""
+    from softmaso.orthogonality import orthonormalise
+
+    w = torch.randn(96, 96, 3, 3, generator=torch.Generator().manual_seed(0))
+    dq = torch.randn(96, 96, 3, 3, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for fn in (orthonormalise, torch.compile(orthonormalise, fullgraph=True)):
+        x = w.clone().requires_grad_()
+        q = fn(x, method)
+        (grad,) = torch.autograd.grad(q, x, dq)
+        outs.append((q, grad))
+    (q_eager, g_eager), (q_comp, g_comp) = outs
+    assert (q_comp - q_eager).abs().max() < 1e-5
+    assert (g_comp - g_eager).abs().max() < 1e-4 * g_eager.abs().max()
