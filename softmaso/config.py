@@ -95,8 +95,8 @@ class OrthoConfig(_Strict):
     method: Literal["qr", "cholesky"] = Field(
         "qr",
         description="how exact computes Gram-Schmidt: qr, Householder, orthonormal to float32 "
-        "rounding; cholesky, of the float64 Gram matrix, matmuls only (for GPUs), orthonormal "
-        "to ~1e-8 * cond(W) [ours]",
+        "rounding; cholesky, of the float64 Gram matrix, matmuls only (for GPUs; 1-3% of a "
+        "step faster on 2 CPU cores), orthonormal to ~1e-8 * cond(W) [ours]",
     )
 
 
