@@ -50,6 +50,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
     help="softmaso: hard, soft and beta vector quantization in deep networks "
     "(Balestriero & Baraniuk, ICLR 2019), runnable.",
+    epilog="Examples: softmaso theory | softmaso train recipes/smoke.yaml | "
+    "softmaso reproduce all --smoke",
 )
 
 
@@ -73,7 +75,7 @@ def _root(
 
 @app.command(epilog="Example: softmaso theory --trials 500 --json results/theory.json")
 def theory(
-    seed: Annotated[int, typer.Option(help="Seed of the random problems.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random problems.")] = 0,
     trials: Annotated[int, typer.Option(min=1, help="Random problems per claim.")] = 200,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every result as JSON to this file.")
@@ -220,7 +222,10 @@ def eval_(
     target: Annotated[Path, typer.Argument(help="A run directory or a checkpoint.pt file.")],
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     as_json: Annotated[
-        bool, typer.Option("--json", help='Print {"test_acc": ..., "loss": ...}.')
+        bool,
+        typer.Option(
+            "--json", help='Print {"test_acc": ..., "loss": ...} ("train_acc" with --split train).'
+        ),
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     data_dir: DataDir = None,
@@ -240,7 +245,11 @@ def eval_(
         typer.echo(f"{split} accuracy {acc:.4f}, loss {loss:.4f} (epoch {res['epoch']})")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: fetch CIFAR-10/100 and SVHN once.")
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Datasets: fetch CIFAR-10/100 and SVHN once.",
+    epilog="Example: softmaso data fetch cifar10 cifar100 svhn",
+)
 app.add_typer(data_app, name="data")
 
 
@@ -332,6 +341,8 @@ def reproduce(
             )
     if launcher not in ("local", "slurm"):
         raise UserError("--launcher", f"{launcher!r}; use local or slurm")
+    if launcher == "slurm":
+        ex.check_slurm(slurm_cluster)
     base = results or Path("results/smoke" if smoke else "results")
     dev = ex.parse_devices(devices)
     command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,6 +369,22 @@ class SubmititTask:
 
         again = SubmititTask(self.unit, self.data_dir, self.smoke, self.pack)
         return submitit.helpers.DelayedSubmission(again)
+
+
+SLURM_CLUSTERS = ("slurm", "local", "debug")  # submitit's: the real one, or here to test
+
+
+def check_slurm(cluster: str) -> None:
+    """UserError unless submitit can submit to `cluster` from this machine (checked before
+    anything is written): 'slurm' needs SLURM's srun on PATH, as submitit does."""
+    if cluster not in SLURM_CLUSTERS:
+        raise UserError("--slurm-cluster", f"{cluster!r}; use {', '.join(SLURM_CLUSTERS)}")
+    if cluster == "slurm" and shutil.which("srun") is None:
+        raise UserError(
+            "--launcher slurm",
+            "SLURM's srun is not on PATH: run on a SLURM login node "
+            "(--slurm-cluster local runs the same jobs here, to test)",
+        )
 
 
 def launch_slurm(

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from softmaso.config import ModelConfig
+from softmaso.errors import UserError
 from softmaso.nn import BetaVQActivation, swish
 from softmaso.theory import specs
 
@@ -51,7 +52,11 @@ def make_activation(cfg: ModelConfig, channels: int) -> nn.Module:
     if cfg.activation == "swish":
         return swish(channels)
     if cfg.spec == "pieces":
-        spec = specs.parse_pieces(cfg.pieces or "", where="model.pieces")
+        if not cfg.pieces:
+            raise UserError(
+                "model.pieces", "model.spec is pieces, so give the pieces, e.g. '-0.5:-0.5,1:0'"
+            )
+        spec = specs.parse_pieces(cfg.pieces, where="model.pieces")
     else:
         spec = {
             "relu": specs.relu(),

@@ -33,7 +33,7 @@ from softmaso import runs
 from softmaso.compiled import CompiledForward, single_outputs
 from softmaso.config import RunConfig, TrainConfig, dump_yaml
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
-from softmaso.errors import RunConflict, UserError, first_line
+from softmaso.errors import RunConflict, UserError
 from softmaso.io import atomic_write
 from softmaso.models import build_model
 from softmaso.orthogonality import apply_orthogonality, layer_errors, ortho_loss
@@ -280,13 +280,16 @@ def write_checkpoint(
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a softmaso checkpoint safely (weights_only); UserError if corrupt or foreign."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(str(path), "checkpoint not found")
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise UserError(str(path), "not a checkpoint (checkpoint.pt files are zip archives)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(str(path), "checkpoint not found") from None
-    except Exception as e:  # torch raises many types for truncated or foreign files
+    except Exception:  # torch raises many types for truncated or foreign files
         raise UserError(
-            str(path), f"not a readable checkpoint (corrupt or truncated?): {first_line(e)[:120]}"
+            str(path), "corrupt or truncated checkpoint (torch cannot read it)"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(str(path), "not a softmaso checkpoint (no softmaso format marker)")
@@ -494,10 +497,10 @@ def fit(
     Progress (a grid's) to show this run's bar in, instead of a bar of its own.
     """
     run_dir = Path(run_dir)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     skipped = check_unfinished(cfg, run_dir)
     if skipped:
         return skipped
-    device = device if isinstance(device, torch.device) else resolve_device(device)
     s = build(cfg, device, data_dir)  # data errors surface before anything is written
     open_run(cfg, run_dir, device)
     history: list[dict] = []
@@ -568,9 +571,12 @@ def evaluate_saved(
     target = Path(target)
     path = target / runs.CHECKPOINT if target.is_dir() else target
     if target.is_dir() and not path.exists():
-        raise UserError(
-            str(target), f"no {runs.CHECKPOINT} here: not a run directory (or not started)"
-        )
+        result = runs.read_json(target / runs.RESULT) or {}
+        if result.get("status") == "diverged":
+            why = f"the run diverged in epoch {result.get('epochs', 0) + 1}, before any checkpoint"
+        else:
+            why = "not a run directory (or not started)"
+        raise UserError(str(target), f"no {runs.CHECKPOINT} here: {why}")
     dev = resolve_device(device)
     state = load_checkpoint(path, map_location=dev)
     cfg = RunConfig.model_validate(state["config"])

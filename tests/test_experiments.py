@@ -168,9 +168,17 @@ def test_reproduce_cli_smoke_grid_and_bad_input(cli, tmp_path):
         (["reproduce", "table3"], "unknown experiment"),
         (["reproduce", "table2", "--devices", "7"], "--devices"),
         (["reproduce", "table2", "--launcher", "pbs"], "--launcher"),
+        (["reproduce", "table2", "--launcher", "slurm", "--slurm-cluster", "pbs"], "--slurm-c"),
     ):
         r = cli(*bad)
         assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_slurm_without_slurm_is_one_line_and_writes_nothing(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex.shutil, "which", lambda name: None)
+    r = cli("reproduce", "table2", "--launcher", "slurm", "--results", tmp_path / "grid")
+    assert r.exit_code == 2 and "srun is not on PATH" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "grid").exists()
 
 
 def test_one_worker_per_device_pool(tmp_path):

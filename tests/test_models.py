@@ -41,3 +41,15 @@ def test_width_classes_and_activations():
     assert plain.features[0][0].bias is not None and isinstance(
         plain.features[0][1], torch.nn.Identity
     )
+
+
+def test_pieces_spec_needs_its_pieces():
+    import pytest
+
+    from softmaso.errors import UserError
+
+    cfg = ModelConfig(width=0.1, activation="beta", spec="pieces")
+    with pytest.raises(UserError, match="model.pieces: model.spec is pieces, so give the pieces"):
+        build_model(cfg, num_classes=10)
+    ok = build_model(cfg.model_copy(update={"pieces": "-0.5:-0.5,1:0"}), num_classes=10)
+    assert ok(torch.randn(1, 3, 32, 32)).shape == (1, 10)

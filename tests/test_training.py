@@ -89,6 +89,8 @@ def test_divergence_stops_with_status_diverged(tmp_path, monkeypatch):
     res = training.fit(tiny(), tmp_path, device="cpu", live=False)
     assert res["status"] == "diverged" and res["epochs"] == 0
     assert json.loads((tmp_path / runs.RESULT).read_text())["status"] == "diverged"
+    with pytest.raises(UserError, match="diverged in epoch 1, before any checkpoint"):
+        training.evaluate_saved(tmp_path, device="cpu")
 
 
 def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_path):
@@ -101,13 +103,15 @@ def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_pat
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     (tmp_path / "text.pt").write_text("hello")
     for name, says in (
-        ("trunc.pt", "not a readable"),
+        ("trunc.pt", "corrupt or truncated checkpoint .torch cannot read it.$"),
         ("foreign.pt", "not a softmaso"),
-        ("text.pt", "not a readable"),
+        ("text.pt", "not a checkpoint .checkpoint.pt files are zip archives.$"),
         ("missing.pt", "not found"),
     ):
         with pytest.raises(UserError, match=says):
             training.evaluate_saved(tmp_path / name, device="cpu")
+    with pytest.raises(UserError, match="not a run directory"):
+        training.evaluate_saved(tmp_path, device="cpu")
 
 
 def test_a_run_dir_holds_one_config(tmp_path):
@@ -184,6 +188,8 @@ def test_train_and_eval_cli(cli, tmp_path):
     assert r.exit_code == 2 and "--split" in r.stderr
     r = cli("train", recipe, "--device", "cpu", "--out", tmp_path / "run", "--seed", "1")
     assert r.exit_code == 0 and "already finished" in r.stdout
+    r = cli("train", recipe, "--device", "tpu", "--out", tmp_path / "run", "--seed", "1")
+    assert r.exit_code == 2 and "--device" in r.stderr  # checked even when nothing is to do
 
 
 def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch):

@@ -503,7 +503,10 @@ def _appc_abs(g, trials):
 
 
 @check(
-    "appC-prior-relu", "ReLU under Xavier init (D v^2 = 1): prior ~ (0.62, 0.38)", "App. C", 0.005
+    "appC-prior-relu",
+    "ReLU under Xavier init (D v^2 = 1): prior ~ (0.62 active, 0.38 inactive)",
+    "App. C",
+    0.005,
 )
 def _appc_relu(g, trials):
     D = 288  # e.g. a 3x3 conv over 32 channels
