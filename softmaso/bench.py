@@ -90,16 +90,19 @@ def _interleaved(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _overheads(times: dict[str, list[float]], base: str) -> dict[str, dict[str, float]]:
+def _overheads(times: dict[str, list[float]], base: str) -> dict[str, Any]:
     """Median seconds per step and median over rounds of (variant / base - 1): each round
-    times every variant back to back, so a slow drift of the machine cancels out."""
-    return {
-        k: {
+    times every variant back to back, so a slow drift of the machine cancels out. The
+    rounds' lowest and highest ratio show how much a single round can be trusted."""
+    out: dict[str, Any] = {}
+    for k, v in times.items():
+        ratios = [a / b - 1 for a, b in zip(v, times[base], strict=True)]
+        out[k] = {
             "seconds_per_step": statistics.median(v),
-            "overhead": statistics.median(a / b - 1 for a, b in zip(v, times[base], strict=True)),
+            "overhead": statistics.median(ratios),
+            "overhead_range": [min(ratios), max(ratios)],
         }
-        for k, v in times.items()
-    }
+    return out
 
 
 def _softmaso_step(s) -> Callable[[], None]:
@@ -428,7 +431,8 @@ def render(res: dict[str, Any]):
     for k, v in res["b_ortho"].items():
         if k != "none":
             label = f"(b) overhead of {k} over none{targets.get(k, '')}"
-            t.add_row(label, f"{100 * v['overhead']:+.1f}%")
+            lo, hi = v["overhead_range"]
+            t.add_row(label, f"{100 * v['overhead']:+.1f}% ({100 * lo:+.1f} to {100 * hi:+.1f})")
     t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
     for key, label in (
         ("d_packed", "fp32"),

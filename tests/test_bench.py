@@ -29,6 +29,8 @@ def test_overheads_are_medians_of_per_round_ratios():
     got = _overheads(times, "none")
     assert abs(got["exact"]["overhead"] - 0.1) < 1e-12 and got["none"]["overhead"] == 0.0
     assert got["exact"]["seconds_per_step"] == 1.1
+    low, high = got["exact"]["overhead_range"]
+    assert abs(low - (1.1 / 3.0 - 1)) < 1e-12 and abs(high - 0.1) < 1e-12
 
 
 def test_projection_uses_the_rate_reproduce_would_train_at():
