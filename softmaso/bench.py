@@ -430,7 +430,7 @@ def render(res: dict[str, Any]):
     targets = {"penalty": " (target <= 5%)", "exact": " (target <= 10%)"}
     for k, v in res["b_ortho"].items():
         if k != "none":
-            label = f"(b) overhead of {k} over none{targets.get(k, '')}"
+            label = f"(b) {k} over none{targets.get(k, '')}"
             lo, hi = v["overhead_range"]
             t.add_row(label, f"{100 * v['overhead']:+.1f}% ({100 * lo:+.1f} to {100 * hi:+.1f})")
     t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
