@@ -93,7 +93,8 @@ def matmul_nt(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     lead = x.shape[:-2]
     xs, ws = x.reshape(-1, r, k), w.reshape(-1, *w.shape[-2:])
     out = [_LINEAR(xi, wi, None, "none", [], "") for xi, wi in zip(xs, ws, strict=True)]
-    return torch.stack(out).reshape(*lead, r, w.shape[-2])
+    batch = out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)  # a single run: no copy
+    return batch.reshape(*lead, r, w.shape[-2])
 
 
 class _OffDiagonalEnergy(torch.autograd.Function):
