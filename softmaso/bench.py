@@ -13,7 +13,7 @@ variant alike. Figures:
 (d) packed training (P runs in one network, ``packed_training``) against P separate steps;
     on CUDA also batch 50 and 100 eager, bf16, the step captured as a CUDA graph, and packed
     with ``train.compile`` (the single-model step with it is in (a), except in a quick CPU
-    run: ~20 s to compile); then
+    run: ~12 s to compile with an empty inductor cache); then
     the projected wall time of the paper's full Table 2 grid at the rate ``reproduce`` would
     train at here, and its ratio to the compute floor (1.39 EFLOP at 200 TFLOP/s);
 (e) peak memory: process RSS, and on CUDA the device's peak allocation.
@@ -339,7 +339,7 @@ def measure(
         "plain_images_per_s": 50 / t["plain"],
         "ratio": t["plain"] / t["softmaso"],
     }
-    if device.type == "cuda" or not quick:  # ~20 s to compile on 2 CPU cores
+    if device.type == "cuda" or not quick:  # ~12 s to compile cold on 2 CPU cores
         log("(a) the same step with train.compile ...")
         out["a_compiled"] = _guarded(lambda: _compiled_speedup(device, base, width, steps, repeats))
 
