@@ -35,9 +35,9 @@ train() {  # NAME, then overrides
 {
   train eager
   train compiled --set train.compile=true
-  train exact-cholesky-compiled --set train.compile=true --set ortho.mode=exact \
-    --set ortho.method=cholesky
-  train exact-qr-compiled --set train.compile=true --set ortho.mode=exact
+  train exact-cholesky-compiled --set train.compile=true --set ortho.mode=exact
+  train exact-qr-compiled --set train.compile=true --set ortho.mode=exact \
+    --set ortho.method=qr
   python3 -m softmaso eval "$runs/compiled" --device cuda --json
   echo "== reproduce table2 --smoke, packed and compiled"
   python3 -m softmaso reproduce table2 --smoke --datasets cifar10 --runs 2 --pack \

@@ -44,7 +44,7 @@ def _config(
     batch: int = 50,
     amp: bool = False,
     width: float = 1.0,
-    method: str = "qr",
+    method: str = "cholesky",
     compile: bool = False,
 ) -> RunConfig:
     return RunConfig.model_validate(
@@ -142,7 +142,7 @@ def _plain_step(s) -> Callable[[], None]:
 
 
 def _setup(
-    device, mode="none", batch=50, amp=False, sgs=False, width=1.0, method="qr", compile=False
+    device, mode="none", batch=50, amp=False, sgs=False, width=1.0, method="cholesky", compile=False
 ):
     from softmaso import training
 
@@ -344,14 +344,16 @@ def measure(
         out["a_compiled"] = _guarded(lambda: _compiled_speedup(device, base, width, steps, repeats))
 
     log("(b) orthogonality overheads, batch 50 ...")
+    exact = {"exact": _setup(device, "exact", width=width)}
+    exact["exact_qr"] = _setup(device, "exact", width=width, method="qr")
     variants = {"none": _softmaso_step(base)}
-    for mode in ("penalty", "exact"):
-        variants[mode] = _softmaso_step(_setup(device, mode, width=width))
-    cholesky = _setup(device, "exact", width=width, method="cholesky")
-    variants["exact_cholesky"] = _softmaso_step(cholesky)
+    variants["penalty"] = _softmaso_step(_setup(device, "penalty", width=width))
+    variants.update({k: _softmaso_step(s) for k, s in exact.items()})
     variants["exact_python_gs"] = _softmaso_step(_setup(device, "exact", sgs=True, width=width))
     rounds = repeats if quick else 2 * repeats  # the targets are a few percent: more rounds
     out["b_ortho"] = _overheads(_rounds(variants, device, steps=steps, repeats=rounds), "none")
+    trained = (rounds + 1) * steps  # the warm-up round's steps too
+    out["b_orthonormality"] = {k: _orthonormality(s.convs, trained) for k, s in exact.items()}
 
     log("(c) evaluation throughput ...")
     from softmaso.training import evaluate
@@ -395,6 +397,25 @@ except (OSError, IndexError):
 """
 
 
+def _orthonormality(convs, steps: int) -> dict[str, float]:
+    """How orthonormal exact's weights are (after the timed steps): max |Q Q^T - I| in float64
+    over the layers, and for the first square layer on its own (largeCNN's 1x1, which starts
+    with a condition number near 1000), rows or, for C_out > n, columns."""
+    errors = []
+    for conv in convs:
+        q = conv.weight.detach().flatten(1).double()  # (C_out, n)
+        q = q.T if q.shape[0] > q.shape[1] else q
+        eye = torch.eye(q.shape[0], dtype=q.dtype, device=q.device)
+        errors.append(((q @ q.T - eye).abs().max().item(), q.shape[0] == q.shape[1]))
+    square = [e for e, sq in errors if sq]
+    return {
+        "max_error": max(e for e, _ in errors),
+        "max_error_non_square": max((e for e, sq in errors if not sq), default=0.0),
+        "square_layer_error": square[0] if square else float("nan"),
+        "steps": steps,
+    }
+
+
 def _cifar_sized_rss(device: torch.device, width: float) -> float:
     """Peak RSS (GiB) of a fresh process holding a CIFAR-sized dataset, stepping and evaluating."""
     import subprocess
@@ -433,6 +454,11 @@ def render(res: dict[str, Any]):
             label = f"(b) {k} over none{targets.get(k, '')}"
             lo, hi = v["overhead_range"]
             t.add_row(label, f"{100 * v['overhead']:+.1f}% ({100 * lo:+.1f} to {100 * hi:+.1f})")
+    for k, v in res.get("b_orthonormality", {}).items():
+        t.add_row(
+            f"(b) {k}: max |QQ^T - I| after {v['steps']} steps, non-square / square layer",
+            f"{v['max_error_non_square']:.0e} / {v['square_layer_error']:.0e}",
+        )
     t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
     for key, label in (
         ("d_packed", "fp32"),

@@ -162,7 +162,7 @@ class PackedOrthonormal(Orthonormal):
     (largeCNN's first layer), the same convention and signs as Orthonormal.
     """
 
-    def __init__(self, runs: int, *, method: Method = "qr"):
+    def __init__(self, runs: int, *, method: Method = "cholesky"):
         super().__init__(method=method)
         self.runs = runs
 

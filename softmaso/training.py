@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.nn.utils import parametrize
 
 from softmaso import runs
@@ -405,9 +406,32 @@ def _check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     if saved.exists() and saved.read_text() != dump_yaml(cfg):
         raise RunConflict(
             "--out",
-            f"{run_dir} holds a run with a different config; choose another --out "
-            f"(diff {saved} against `softmaso train ... --print-config`)",
+            f"{run_dir} holds a run with a different config ({_differences(saved, cfg)}); "
+            "choose another --out, or set those keys to the run's values to resume it",
         )
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def _differences(saved: Path, cfg: RunConfig, most: int = 3) -> str:
+    """'key: X there, Y here' for the first keys where the saved config and cfg differ."""
+    try:
+        there = _flat(yaml.safe_load(saved.read_text()))
+    except (yaml.YAMLError, AttributeError, TypeError):
+        return f"{saved} is not a config softmaso can read"
+    here = _flat(cfg.to_dict())
+    diff = [
+        f"{k}: {there.get(k, '(absent)')} there, {here.get(k, '(absent)')} here"
+        for k in [*here, *(k for k in there if k not in here)]
+        if there.get(k, "(absent)") != here.get(k, "(absent)")
+    ]
+    if not diff:  # the same values written differently (another softmaso version's format)
+        return f"diff {saved} against `softmaso train ... --print-config`"
+    return "; ".join(diff[:most]) + (f"; and {len(diff) - most} more" if len(diff) > most else "")
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:

@@ -12,7 +12,11 @@ def test_bench_reports_every_figure_on_a_narrow_model():
         torch.device("cpu"), quick=True, width=0.0625, cifar_sized=False, log=lambda m: None
     )
     assert res["a_step"]["softmaso_images_per_s"] > 0 and res["a_step"]["ratio"] > 0
-    assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_cholesky", "exact_python_gs"}
+    assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_qr", "exact_python_gs"}
+    for k in ("exact", "exact_qr"):  # full-width bounds in test_orthogonality; here, narrow
+        ortho = res["b_orthonormality"][k]
+        assert ortho["steps"] == 8 and 0 < ortho["max_error_non_square"] < 1e-5
+        assert 0 < ortho["square_layer_error"] <= ortho["max_error"] < 1e-3
     assert res["c_eval_images_per_s"] > 0 and res["e_memory"]["bench_process_peak_rss_gib"] > 0
     assert res["d_projection"]["ratio_to_floor"] > 0
     assert res["d_packed"]["runs"] == 2 and res["d_packed"]["speedup"] > 0

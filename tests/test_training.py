@@ -116,8 +116,11 @@ def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_pat
 
 def test_a_run_dir_holds_one_config(tmp_path):
     training.fit(tiny(**{"train.epochs": 1}), tmp_path, device="cpu", live=False)
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match=r"different config \(optim.lr: 0.003 there, 0.01 here\)"):
         training.fit(tiny(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path, device="cpu")
+    (tmp_path / runs.CONFIG).write_text("[not: a config")
+    with pytest.raises(UserError, match="is not a config softmaso can read"):
+        training.fit(tiny(**{"train.epochs": 1}), tmp_path, device="cpu")
 
 
 def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
