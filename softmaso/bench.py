@@ -7,8 +7,9 @@ variant alike. Figures:
 (a) softmaso's training step (``training.train_step``: index the uint8 data on the device,
     preprocess there, forward, loss, backward, Adam) against a plain loop written here
     (``model(x)``, ``loss.backward()``, ``opt.step()`` on float data already on the device);
-(b) the cost of ``ortho.mode: penalty`` and ``exact`` over ``none``, and, for the record, of
-    exact orthogonality by a Python loop of Gram-Schmidt over the filters (the authors' way);
+(b) the cost of ``ortho.mode: penalty`` and ``exact`` (either ``ortho.method``) over ``none``,
+    and, for the record, of exact orthogonality by a Python loop of Gram-Schmidt over the
+    filters (the authors' way); and how orthonormal each method's weights are after its steps;
 (c) evaluation throughput;
 (d) packed training (P runs in one network, ``packed_training``) against P separate steps;
     on CUDA also batch 50 and 100 eager, bf16, the step captured as a CUDA graph, and packed

@@ -297,7 +297,7 @@ class Orthonormal(nn.Module):
     largeCNN's layers, 1e-5 for its square 1x1 layer at init); NaN, reported as divergence,
     only for cond(W) near 1e8.
     method "qr": Householder QR (``torch.linalg.qr``, LAPACK on the CPU), rows orthonormal to
-    float32 rounding (~1e-6) for any full-rank W; 2-4% of a training step slower on 2 CPU
+    float32 rounding (~1e-6) for any full-rank W; 1-4% of a training step slower on 2 CPU
     cores (``softmaso bench``: ``exact`` and ``exact_qr``).
     """
 
