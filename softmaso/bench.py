@@ -22,6 +22,7 @@ variant alike. Figures:
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import sys
@@ -326,6 +327,7 @@ def measure(
         "date": runs.now(),
     }
     out["device"].pop("argv", None)
+    out["load_before"] = _busy(log)
 
     log("(a) training step vs a plain loop, batch 50, full width ...")
     base = _setup(device, width=width)
@@ -398,6 +400,18 @@ except (OSError, IndexError):
 """
 
 
+def _busy(log) -> float | None:
+    """The 1-minute load average per CPU before measuring; says so when another job is running
+    (the figures then measure a shared machine: packing and overheads move most)."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:  # not available on this platform
+        return None
+    if load > 0.5:
+        log(f"warning: load average {load:.1f} per CPU before starting: the figures will be noisy")
+    return load
+
+
 def _orthonormality(convs, steps: int) -> dict[str, float]:
     """How orthonormal exact's weights are (after the timed steps): max |Q Q^T - I| in float64
     over the layers, and for the first square layer on its own (largeCNN's 1x1, which starts
@@ -435,6 +449,8 @@ def render(res: dict[str, Any]):
     from rich.table import Table
 
     t = Table(title=f"softmaso bench on {res['device']['device']['name']} ({res['date']})")
+    if (load := res.get("load_before")) is not None and load > 0.5:
+        t.caption = f"load average {load:.1f} per CPU before starting: a busy machine, noisy"
     t.add_column("figure")
     t.add_column("value", justify="right")
     a = res["a_step"]
@@ -450,14 +466,20 @@ def render(res: dict[str, Any]):
             t.add_row("(a) train.compile speed-up over eager", f"{c['speedup']:.2f}x")
             t.add_row("(a) train.compile first step, s", f"{c['compile_seconds']:.1f}")
     targets = {"penalty": " (target <= 5%)", "exact": " (target <= 10%)"}
+    names = {
+        "exact": "exact (cholesky)",
+        "exact_qr": "exact (qr)",
+        "exact_python_gs": "authors' Python GS",
+    }
     for k, v in res["b_ortho"].items():
         if k != "none":
-            label = f"(b) {k} over none{targets.get(k, '')}"
+            label = f"(b) {names.get(k, k)} over none{targets.get(k, '')}"
             lo, hi = v["overhead_range"]
             t.add_row(label, f"{100 * v['overhead']:+.1f}% ({100 * lo:+.1f} to {100 * hi:+.1f})")
     for k, v in res.get("b_orthonormality", {}).items():
         t.add_row(
-            f"(b) {k}: max |QQ^T - I| after {v['steps']} steps, non-square / square layer",
+            f"(b) {names.get(k, k)}: max |QQ^T - I| after {v['steps']} steps, "
+            "non-square / square layer",
             f"{v['max_error_non_square']:.0e} / {v['square_layer_error']:.0e}",
         )
     t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
@@ -488,8 +510,13 @@ def render(res: dict[str, Any]):
     t.add_row("(d) ratio to the floor (1.9 h at 200 TFLOP/s)", f"{d['ratio_to_floor']:.2f}")
     for k, v in d["other_variants_grid_hours"].items():
         t.add_row(f"(d) grid hours if training ran {k}", f"{v:.2f}")
+    memory = {
+        "bench_process_peak_rss_gib": "(e) this process's peak RSS, GiB",
+        "cifar_sized_run_peak_rss_gib": "(e) CIFAR-sized run's peak RSS, GiB (target <= 2)",
+        "cuda_peak_gib": "(e) CUDA peak allocated, GiB",
+    }
     for k, v in res["e_memory"].items():
-        t.add_row(f"(e) {k}", f"{v:.2f}")
+        t.add_row(memory.get(k, f"(e) {k}"), f"{v:.2f}")
     return t
 
 

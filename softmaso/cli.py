@@ -73,7 +73,7 @@ def _root(
     pass
 
 
-@app.command(epilog="Example: softmaso theory --trials 500 --json results/theory.json")
+@app.command(epilog="Example: softmaso theory --trials 500 --json theory-500.json")
 def theory(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random problems.")] = 0,
     trials: Annotated[int, typer.Option(min=1, help="Random problems per claim.")] = 200,
@@ -112,14 +112,14 @@ def plot_activations(
     beta: Annotated[
         list[float] | None,
         typer.Option(
-            help="beta of a red beta-VQ curve, in [0, 1]; repeatable. [default: 0.1 ... 0.9]"
+            help="beta of a red beta-VQ curve, in [0, 1]; repeatable.", show_default="0.1 ... 0.9"
         ),
     ] = None,
     pieces: Annotated[
         str | None,
         typer.Option(
-            help="Convex panel as 'a1:c1,a2:c2,...' = max_r(a_r u + c_r), pieces left to right. "
-            "[default: -0.5:-0.5,0.3:0,1.5:-1.2]"
+            help="Convex panel as 'a1:c1,a2:c2,...' = max_r(a_r u + c_r), pieces left to right.",
+            show_default="-0.5:-0.5,0.3:0,1.5:-1.2",
         ),
     ] = None,
     x_min: Annotated[float, typer.Option(help="Left end of the u axis.")] = -3.0,
@@ -149,7 +149,8 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="SOFTMASO_DATA",
-        help="Where datasets live. [default: $SOFTMASO_DATA, else ./data]",
+        help="Where datasets live.",
+        show_default="$SOFTMASO_DATA, else ./data",
     ),
 ]
 
@@ -172,7 +173,9 @@ def train(
     ] = "auto",
     out: Annotated[
         Path | None,
-        typer.Option(help="Run directory. [default: results/runs/RECIPE/NAME from the settings]"),
+        typer.Option(
+            help="Run directory.", show_default="results/runs/RECIPE/NAME from the settings"
+        ),
     ] = None,
     data_dir: DataDir = None,
     print_config: Annotated[
@@ -278,7 +281,7 @@ def reproduce(
     experiment: Annotated[str, typer.Argument(help="table2, gs-cifar100, figure1, theory or all.")],
     runs_: Annotated[
         int | None,
-        typer.Option("--runs", help="Seeds per cell (0..N-1). [default: the recipe's, 5]"),
+        typer.Option("--runs", help="Seeds per cell (0..N-1).", show_default="the recipe's, 5"),
     ] = None,
     datasets: Annotated[
         str | None, typer.Option(help="Comma-separated recipes to keep, e.g. cifar10,svhn.")
@@ -286,7 +289,8 @@ def reproduce(
     results: Annotated[
         Path | None,
         typer.Option(
-            help="Results directory. [default: results/EXPERIMENT, results/smoke/... with --smoke]"
+            help="Results directory.",
+            show_default="results/EXPERIMENT, results/smoke/... with --smoke",
         ),
     ] = None,
     launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",
@@ -306,8 +310,8 @@ def reproduce(
         typer.Option(
             "--pack/--no-pack",
             help="Train runs that differ only in seed, lr, weight decay or penalty as one packed "
-            "network. [default: where a quick measurement on the device shows it faster]",
-            show_default=False,
+            "network.",
+            show_default="where a quick measurement on the device shows it faster",
         ),
     ] = None,
     pack_size: Annotated[
@@ -450,7 +454,8 @@ def table(
 def plot_curves_(
     results_dir: Annotated[Path, typer.Argument(help="A directory of runs.")],
     out: Annotated[
-        Path | None, typer.Option(help="Output directory. [default: RESULTS_DIR/figures]")
+        Path | None,
+        typer.Option(help="Output directory.", show_default="RESULTS_DIR/figures"),
     ] = None,
 ) -> None:
     """Test accuracy per epoch (mean +- std band over seeds), baseline against ortho, one panel per

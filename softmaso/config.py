@@ -282,6 +282,8 @@ def read_recipe(path: str | Path) -> Recipe:
         text = path.read_text()
     except OSError as e:
         raise UserError(str(path), f"cannot read recipe ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UserError(str(path), "not a text file (a recipe is UTF-8 YAML)") from None
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

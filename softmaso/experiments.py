@@ -223,8 +223,9 @@ def decide_pack(runs_: list[Run], device: str, data_dir: Path | None = None) -> 
     return _decisions[key]
 
 
-def _outcome_before(run: Run) -> str | None:
-    """Why a claimed run will not train now (skipped or conflict), or None if it will."""
+def _outcome_before(run: Run, log=None) -> str | None:
+    """Why a claimed run will not train now (skipped or conflict, whose reason goes to `log`),
+    or None if it will."""
     from softmaso.training import check_unfinished
 
     before = state(run.dir)
@@ -232,7 +233,9 @@ def _outcome_before(run: Run) -> str | None:
         return f"skipped-{before}"
     try:
         check_unfinished(run.cfg, run.dir)
-    except RunConflict:
+    except RunConflict as e:
+        if log is not None:
+            log(f"conflict: {e.message}")
         return "conflict"
     return None
 
@@ -259,7 +262,7 @@ def run_unit(
         for run in unit:
             if not stack.enter_context(claim(run.dir)):
                 out[run.dir] = "busy"
-            elif (why := _outcome_before(run)) is not None:
+            elif (why := _outcome_before(run, log)) is not None:
                 out[run.dir] = why
             else:
                 mine.append(run)

@@ -217,11 +217,11 @@ def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Mixed-precision Cholesky-QR: the Gram matrix and its factor in float64, so rounding costs
     float64 eps * cond(a)^2 there; applying L^{-1} in a's precision leaves rows orthonormal to
-    about eps * cond(a): float32 rows of largeCNN's layers (cond 2-3) came out orthonormal to
-    max |q q^T - I| = 6e-8 to 1e-7, against LAPACK Householder's 4e-7 to 1e-6; the square
-    1x1 layer at init (cond 996) to 1e-5, and to 6e-7 once training brought its cond to
-    35-70 (by step 10). It fails only for cond(a) near 1e8, and then returns NaN, which the
-    trainer reports as diverged.
+    about eps * cond(a): float32 rows of largeCNN's layers 1-7 (cond 2-3) came out orthonormal
+    to max |q q^T - I| = 6e-8 to 1e-7, against LAPACK Householder's 3e-7 to 1e-6; the square
+    1x1 layer to 1e-5 at init (cond ~1000) and 1e-6 to 6e-6 over the first ~100 steps (cond
+    35-300, depending on the run). It fails only for cond(a) near 1e8, and then returns NaN,
+    which the trainer reports as diverged.
     """
     lower, info = torch.linalg.cholesky_ex(_gram(a.to(torch.float64)))  # (..., m, m); no sync
     lower = lower.masked_fill((info > 0)[..., None, None], float("nan"))

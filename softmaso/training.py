@@ -400,38 +400,65 @@ def _new_progress():
 
 
 # --------------------------------------------------------------------------------------- fit
-def _check_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """A run directory belongs to one config: refuse to mix another one in."""
-    saved = run_dir / runs.CONFIG
-    if saved.exists() and saved.read_text() != dump_yaml(cfg):
+def _check_run_dir(cfg: RunConfig, run_dir: Path, finished: bool = False) -> None:
+    """A run directory belongs to one config: refuse to mix another one in.
+
+    The config is read from ``config.yaml``, or, where that is gone, from the checkpoint. The
+    same values written differently (another softmaso version's layout) are the same config.
+    """
+    saved, there = _saved_config(run_dir)
+    if saved is None:
+        return
+    if there is None:
         raise RunConflict(
             "--out",
-            f"{run_dir} holds a run with a different config ({_differences(saved, cfg)}); "
-            "choose another --out, or set those keys to the run's values to resume it",
+            f"{saved} cannot be read as a softmaso config, so the run there cannot be checked "
+            "against this one; choose another run directory (or restore that file)",
         )
+    here = _flat(cfg.to_dict())
+    diff = [k for k in [*here, *(k for k in there if k not in here)] if there.get(k) != here.get(k)]
+    if not diff:
+        return
+    shown = "; ".join(
+        f"{k}: {there.get(k, 'not set')} there, {here.get(k, 'not set')} here" for k in diff[:3]
+    ) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+    if finished:
+        advice = "it is a finished run; choose another run directory"
+    elif all(k in there and k in here for k in diff):
+        advice = (
+            "choose another run directory, or --set those keys to the run's values to resume it"
+        )
+    else:  # keys one softmaso version has and another has not
+        advice = "choose another run directory (the run there was made by another softmaso version)"
+    raise RunConflict("--out", f"{run_dir} holds a run with a different config ({shown}); {advice}")
+
+
+def _saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """(file the run's config was read from, its flattened keys): (None, None) for no run yet,
+    (file, None) for a file that is not a readable config."""
+    saved, checkpoint = run_dir / runs.CONFIG, run_dir / runs.CHECKPOINT
+    if saved.exists():
+        try:
+            tree = yaml.safe_load(saved.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            tree = None
+    elif checkpoint.exists():
+        saved = checkpoint
+        try:
+            tree = load_checkpoint(checkpoint).get("config")
+        except UserError:
+            tree = None
+    else:
+        return None, None
+    if not isinstance(tree, dict) or not isinstance(tree.get("data"), dict):
+        return saved, None
+    return saved, _flat(tree)
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, dict):
         return {prefix[:-1]: tree}
     return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-
-
-def _differences(saved: Path, cfg: RunConfig, most: int = 3) -> str:
-    """'key: X there, Y here' for the first keys where the saved config and cfg differ."""
-    try:
-        there = _flat(yaml.safe_load(saved.read_text()))
-    except (yaml.YAMLError, AttributeError, TypeError):
-        return f"{saved} is not a config softmaso can read"
-    here = _flat(cfg.to_dict())
-    diff = [
-        f"{k}: {there.get(k, '(absent)')} there, {here.get(k, '(absent)')} here"
-        for k in [*here, *(k for k in there if k not in here)]
-        if there.get(k, "(absent)") != here.get(k, "(absent)")
-    ]
-    if not diff:  # the same values written differently (another softmaso version's format)
-        return f"diff {saved} against `softmaso train ... --print-config`"
-    return "; ".join(diff[:most]) + (f"; and {len(diff) - most} more" if len(diff) > most else "")
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
@@ -518,8 +545,9 @@ def finish_run(
 def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
     """The skipped-run result if the run is finished; RunConflict if the directory is another's."""
     done = runs.read_json(run_dir / runs.RESULT)
-    _check_run_dir(cfg, run_dir)
-    if done and done.get("status") == "finished":
+    finished = bool(done and done.get("status") == "finished")
+    _check_run_dir(cfg, run_dir, finished)
+    if finished:
         return {**done, "skipped": True}
     return None
 

@@ -70,6 +70,10 @@ def test_bad_yaml_and_non_mapping(tmp_path):
         load_recipe(_write(tmp_path, "optim: [\n"))
     with pytest.raises(UserError, match="mapping"):
         load_recipe(_write(tmp_path, "- 1\n- 2\n"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    with pytest.raises(UserError, match="not a text file"):
+        load_recipe(binary)
 
 
 def test_config_is_frozen_and_round_trips(tmp_path):

@@ -93,7 +93,13 @@ def test_run_one_skips_finished_and_reports_conflicts(tmp_path):
     assert json.loads((run.dir / runs.RESULT).read_text())["smoke"] is True
     other = ex.Run(run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir)
     (run.dir / runs.RESULT).unlink()
-    assert ex.run_one(other, device="cpu") == "conflict"
+    said = []
+    assert ex.run_unit([other], pack=False, device="cpu", log=said.append) == {run.dir: "conflict"}
+    assert said == [
+        f"conflict: {run.dir} holds a run with a different config (optim.lr: "
+        f"{run.cfg.optim.lr} there, 0.5 here); choose another run directory, or --set those "
+        "keys to the run's values to resume it"
+    ]
 
 
 def test_submitit_debug_executor_runs_the_array(tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from softmaso import runs, training
 from softmaso.config import RunConfig
@@ -115,12 +116,35 @@ def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_pat
 
 
 def test_a_run_dir_holds_one_config(tmp_path):
-    training.fit(tiny(**{"train.epochs": 1}), tmp_path, device="cpu", live=False)
-    with pytest.raises(UserError, match=r"different config \(optim.lr: 0.003 there, 0.01 here\)"):
-        training.fit(tiny(**{"train.epochs": 1, "optim.lr": 0.01}), tmp_path, device="cpu")
-    (tmp_path / runs.CONFIG).write_text("[not: a config")
-    with pytest.raises(UserError, match="is not a config softmaso can read"):
-        training.fit(tiny(**{"train.epochs": 1}), tmp_path, device="cpu")
+    one = tiny(**{"train.epochs": 1})
+    training.fit(one, tmp_path, device="cpu", live=False)
+    other = one.with_overrides(**{"optim.lr": 0.01})
+    with pytest.raises(
+        UserError, match=r"config \(optim.lr: 0.003 there, 0.01 here\); it is a fin"
+    ):
+        training.fit(other, tmp_path, device="cpu")
+    (tmp_path / runs.RESULT).unlink()  # unfinished: resumable with the run's values
+    with pytest.raises(UserError, match=r"0.01 here\); choose another run directory, or --set"):
+        training.fit(other, tmp_path, device="cpu")
+    config = tmp_path / runs.CONFIG
+    text = config.read_text()
+    config.write_text(text.replace("  method: cholesky\n", ""))  # a version without the key
+    with pytest.raises(
+        UserError, match=r"\(ortho.method: not set there, cholesky here\); .*version"
+    ):
+        training.fit(one, tmp_path, device="cpu")
+    config.write_text(yaml.safe_dump(yaml.safe_load(text), sort_keys=True))  # another layout
+    training.check_unfinished(one, tmp_path)
+    for garbled in (b"[not: a config", b"\xff\xfe\x00binary", b"just a string"):
+        config.write_bytes(garbled)
+        with pytest.raises(UserError, match="cannot be read as a softmaso config"):
+            training.fit(one, tmp_path, device="cpu")
+    config.unlink()  # gone: the checkpoint's config decides, before anything is written
+    with pytest.raises(UserError, match=r"config \(optim.lr: 0.003 there, 0.01 here\)"):
+        training.fit(other, tmp_path, device="cpu")
+    assert not config.exists()
+    training.fit(one, tmp_path, device="cpu", live=False)
+    assert config.read_text() == text
 
 
 def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
