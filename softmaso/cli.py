@@ -8,6 +8,7 @@ code 2; failed claims or failed runs exit with code 1.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -496,6 +497,17 @@ def bench(
     if json_path is not None:
         atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(res, indent=2) + "\n"))
         typer.echo(f"wrote {json_path}")
+
+
+def _reflowed(doc: str) -> str:
+    """A docstring's paragraphs as single lines: rich help keeps line breaks, so the wrapping
+    of the source would show at every terminal width."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _info in [*app.registered_commands, *data_app.registered_commands]:
+    if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+        _info.help = _reflowed(_info.callback.__doc__)
 
 
 def main() -> None:

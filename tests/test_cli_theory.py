@@ -20,6 +20,17 @@ def test_help_is_lazy_and_every_command_has_an_example(cli):
         assert r.exit_code == 0 and "Example: softmaso " + cmd in r.stdout
 
 
+def test_help_text_is_reflowed_and_shows_descriptive_defaults():
+    from typer.testing import CliRunner
+
+    from softmaso.cli import app
+
+    wide = CliRunner().invoke(app, ["train", "--help"], terminal_width=200, env={"COLUMNS": "200"})
+    assert wide.exit_code == 0
+    assert "result.json and model.safetensors to the run directory" in wide.stdout  # one line
+    assert "[default: (results/runs/RECIPE/NAME from the settings)]" in wide.stdout
+
+
 def test_version(cli):
     from softmaso import __version__
 
