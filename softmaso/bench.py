@@ -22,7 +22,6 @@ variant alike. Figures:
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import sys
@@ -327,7 +326,7 @@ def measure(
         "date": runs.now(),
     }
     out["device"].pop("argv", None)
-    out["load_before"] = _busy(log)
+    out["busy_before"] = _busy(log)
 
     log("(a) training step vs a plain loop, batch 50, full width ...")
     base = _setup(device, width=width)
@@ -400,16 +399,27 @@ except (OSError, IndexError):
 """
 
 
-def _busy(log) -> float | None:
-    """The 1-minute load average per CPU before measuring; says so when another job is running
-    (the figures then measure a shared machine: packing and overheads move most)."""
+def _busy(log, seconds: float = 1.0) -> float | None:
+    """The fraction of the machine's CPU time that other processes used during `seconds`
+    before measuring (this one sleeps meanwhile), from /proc/stat; None where there is none.
+    Warns above a quarter: the figures then measure a shared machine (packing and the
+    overheads move most)."""
+
+    def busy_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # minus idle and iowait
+
     try:
-        load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    except OSError:  # not available on this platform
+        b0, t0 = busy_total()
+        time.sleep(seconds)
+        b1, t1 = busy_total()
+    except (OSError, ValueError, IndexError):
         return None
-    if load > 0.5:
-        log(f"warning: load average {load:.1f} per CPU before starting: the figures will be noisy")
-    return load
+    busy = (b1 - b0) / max(t1 - t0, 1)
+    if busy > 0.25:
+        log(f"warning: other processes used {busy:.0%} of the CPUs: the figures will be noisy")
+    return busy
 
 
 def _orthonormality(convs, steps: int) -> dict[str, float]:
@@ -449,8 +459,8 @@ def render(res: dict[str, Any]):
     from rich.table import Table
 
     t = Table(title=f"softmaso bench on {res['device']['device']['name']} ({res['date']})")
-    if (load := res.get("load_before")) is not None and load > 0.5:
-        t.caption = f"load average {load:.1f} per CPU before starting: a busy machine, noisy"
+    if (busy := res.get("busy_before")) is not None and busy > 0.25:
+        t.caption = f"other processes used {busy:.0%} of the CPUs before it started: noisy"
     t.add_column("figure")
     t.add_column("value", justify="right")
     a = res["a_step"]

@@ -121,3 +121,20 @@ def _rows(res, compiled):
         "date": "today",
     }
     return list(render(full).columns[0].cells)
+
+
+def test_bench_notices_another_process_using_the_cpu():
+    import os
+    import subprocess
+    import sys
+
+    from softmaso.bench import _busy
+
+    said = []
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = _busy(said.append, seconds=0.5)
+    finally:
+        spinner.kill()
+    assert busy is not None and busy >= 0.8 / os.cpu_count()  # one of the CPUs, at least
+    assert (busy > 0.25) == bool(said) and all("noisy" in s for s in said)
