@@ -407,7 +407,10 @@ def launch_slurm(
     wait: bool = True,
 ) -> dict[Path, str]:
     """Submit one job array through submitit, a job per unit (cluster 'debug' or 'local' runs
-    it here)."""
+    it here; None lets submitit choose). UserError, before anything is submitted, where the
+    cluster cannot be used (:func:`check_slurm`)."""
+    if cluster is not None:
+        check_slurm(cluster)
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)

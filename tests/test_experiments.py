@@ -185,6 +185,10 @@ def test_slurm_without_slurm_is_one_line_and_writes_nothing(cli, tmp_path, monke
     r = cli("reproduce", "table2", "--launcher", "slurm", "--results", tmp_path / "grid")
     assert r.exit_code == 2 and "srun is not on PATH" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "grid").exists()
+    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
+    with pytest.raises(UserError, match="srun is not on PATH"):  # the library says so too
+        ex.launch_slurm(todo[:1], folder=tmp_path / "jobs")
+    assert not (tmp_path / "jobs").exists()
 
 
 def test_one_worker_per_device_pool(tmp_path):
