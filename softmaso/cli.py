@@ -435,7 +435,7 @@ def table(
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Tabulate finished runs: mean +- std over seeds (ddof 1) with n, rows and columns from the
-    keys that vary; missing, running and diverged runs are shown, never averaged in."""
+    keys that vary; missing, started (unfinished) and diverged runs are shown, never averaged in."""
     from softmaso.reporting import tables
 
     if fmt not in ("markdown", "latex", "csv", "json"):

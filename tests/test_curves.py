@@ -27,7 +27,7 @@ def write_run(root, rel, *, status="finished", epochs=EPOCHS, smoke=False, **set
         row.update(test_loss=1.0, ortho_error=errors, lr=cfg.optim.lr, seconds=1.0)
         lines.append(json.dumps({**row, "images_per_s": 100.0}) + "\n")
     (run / "metrics.jsonl").write_text("".join(lines))
-    if status != "running":
+    if status != "started":
         result = {"status": status, "final_test_acc": 0.3 + 0.1 * epochs, "smoke": smoke}
         (run / "result.json").write_text(json.dumps(result))
     return run
@@ -35,7 +35,7 @@ def write_run(root, rel, *, status="finished", epochs=EPOCHS, smoke=False, **set
 
 @pytest.fixture
 def experiment(tmp_path):
-    """2 datasets x 2 modes x 2 learning rates x 2 seeds; one more run diverged, one running."""
+    """2 datasets x 2 modes x 2 learning rates x 2 seeds; one more run diverged, one started."""
     for name in ("svhn", "cifar10"):
         for mode in ("none", "penalty"):
             for lr in (0.001, 0.0001):
@@ -44,7 +44,7 @@ def experiment(tmp_path):
                     write_run(tmp_path, f"{name}/{mode}-{lr}-{seed}", **point)
     point = {"data.name": "cifar10", "ortho.mode": "none", "optim.lr": 0.001}
     write_run(tmp_path, "cifar10/diverged", status="diverged", epochs=1, **point, seed=2)
-    write_run(tmp_path, "cifar10/running", status="running", epochs=2, **point, seed=3)
+    write_run(tmp_path, "cifar10/started", status="started", epochs=2, **point, seed=3)
     return tmp_path
 
 

@@ -30,7 +30,7 @@ def write_run(root, rel, *, recipe, status="finished", acc=None, smoke=False, **
     if status in ("finished", "diverged"):
         result = {"status": status, "final_test_acc": acc, "seed": cfg.seed, "recipe": recipe}
         (run / "result.json").write_text(json.dumps({**result, "smoke": smoke}))
-    elif status == "running":
+    elif status == "started":
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.1}) + "\n")
     return run
 
@@ -70,7 +70,7 @@ def write_grid(root, entries, *, smoke=False):
 @pytest.fixture
 def table2(tmp_path):
     """Table 2 with 3 finished seeds per cell (paper mean + OFFSETS), plus one diverged run
-    (CIFAR-10 ortho, lr 5e-4), one running (CIFAR-10 baseline, lr 1e-4) and one missing
+    (CIFAR-10 ortho, lr 5e-4), one started (CIFAR-10 baseline, lr 1e-4) and one missing
     (SVHN ortho, lr 1e-3) run."""
     entries = []
     for name in DATASETS:
@@ -98,7 +98,7 @@ def table2(tmp_path):
         tmp_path,
         point("cifar10", "none", 0.0001, 3),
         recipe="cifar10",
-        status="running",
+        status="started",
         **settings("cifar10", "none", 0.0001, 3),
     )
     entries += [
@@ -120,7 +120,7 @@ def test_collect_states_and_columns(table2):
     assert list(df.columns[:4]) == ["dir", "status", "acc", "smoke"]
     assert {"data.name", "optim.lr", "ortho.mode", "seed", "model.width"} <= set(df.columns)
     counts = df["status"].value_counts().to_dict()
-    assert counts == {"finished": 54, "diverged": 1, "running": 1, "missing": 1}
+    assert counts == {"finished": 54, "diverged": 1, "started": 1, "missing": 1}
     missing = df[df.status == "missing"].iloc[0]
     assert missing["dir"] == point("svhn", "penalty", 0.001, 3)
     assert (missing["data.name"], missing["ortho.mode"], missing["optim.lr"]) == (
@@ -146,7 +146,7 @@ def test_summarize_table2_layout_and_statistics(table2):
                 assert cell.mean == pytest.approx(statistics.fmean(ours(name, mode, lr)))
                 assert cell.std == pytest.approx(statistics.stdev(ours(name, mode, lr)))
     assert s.cell(("cifar10", "penalty"), 0.0005).counts["diverged"] == 1
-    assert s.cell(("cifar10", "none"), 0.0001).counts["running"] == 1
+    assert s.cell(("cifar10", "none"), 0.0001).counts["started"] == 1
     assert s.cell(("svhn", "penalty"), 0.001).counts["missing"] == 1
     assert not s.smoke and not s.warnings
 
@@ -158,7 +158,7 @@ def test_markdown_cells_footnote_and_counts(table2):
     header = next(line for line in lines if line.startswith("| data.name"))
     assert header == "| data.name | ortho.mode | lr 0.001 | lr 0.0005 | lr 0.0001 |"
     row = next(line for line in lines if line.startswith("| CIFAR-10 | baseline"))
-    cells = "80.4 ± 0.4 (n=3) | 80.3 ± 0.4 (n=3) | 76.3 ± 0.4 (n=3; 1 running)"
+    cells = "80.4 ± 0.4 (n=3) | 80.3 ± 0.4 (n=3) | 76.3 ± 0.4 (n=3; 1 started)"
     assert row == f"| CIFAR-10 | baseline | {cells} |"
     assert "84.1 ± 0.4 (n=3)" in text and "82.4 ± 0.4 (n=3; 1 diverged)" in text
     assert "94.7 ± 0.4 (n=3; 1 missing)" in text
@@ -213,7 +213,7 @@ def test_csv_and_json_round_trip(table2):
         "std",
         "n",
         "diverged",
-        "running",
+        "started",
         "pending",
     ]
     row = next(
@@ -262,7 +262,7 @@ def test_unfinished_cell_and_duplicate_seed(tmp_path):
             tmp_path,
             point("cifar10", "penalty", 0.001, seed),
             recipe="cifar10",
-            status="running",
+            status="started",
             **settings("cifar10", "penalty", 0.001, seed),
         )
     write_run(
@@ -284,7 +284,7 @@ def test_unfinished_cell_and_duplicate_seed(tmp_path):
     s = tables.summarize(tables.collect(tmp_path))
     assert s.row_keys == ("ortho.mode",) and s.col_key is None  # one dataset, one lr
     text = tables.render(s, "markdown", paper=True)
-    assert "| ortho (penalty) | — (2 running, 1 pending, 2 missing) |" in text
+    assert "| ortho (penalty) | — (2 started, 1 pending, 2 missing) |" in text
     assert "| baseline | 80.7 ± 1.2 (n=3) |" in text
     assert len(s.warnings) == 1 and "seed 0 appears 2 times" in s.warnings[0]
     assert "Warning: " in text and "| CIFAR-10 | test accuracy (%) |" in text  # paper block
@@ -356,6 +356,11 @@ def test_bad_directories_are_user_errors(tmp_path):
         tables.collect(tmp_path)
     with pytest.raises(UserError, match="--format"):
         tables.render(None, "html")
+    (tmp_path / "grid.json").unlink()
+    run = write_run(tmp_path, "run", recipe="table2")
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00 binary")
+    with pytest.raises(UserError, match="cannot read this run's config"):
+        tables.collect(tmp_path)
 
 
 def test_write_table_is_atomic_file_or_stdout(tmp_path, capsys):

@@ -8,8 +8,9 @@ keys that vary across runs, ortho.mode and seed aside (for Table 2: dataset x le
                            (ddof=1), baseline (ortho.mode none) against each ortho mode
     ortho_error.png/.pdf   mean over layers of the orthogonality error per epoch (log scale)
 
-Diverged runs are left out of the bands (their count is in the title); running runs are
-drawn up to their last finished epoch, so the band of a late epoch may rest on fewer seeds.
+Diverged runs are left out of the bands (their count is in the title); started runs (no result
+yet) are drawn up to their last finished epoch, so the band of a late epoch may rest on fewer
+seeds.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ COLUMNS = ("dir", "status", "seed", "epoch", "test_acc", "train_loss", "ortho_er
 def _read_metrics(path: Path) -> list[dict]:
     """The epochs of a metrics.jsonl (unreadable lines skipped); [] if there is none."""
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace")  # a garbled line is skipped below
     except OSError:
         return []
     rows = []

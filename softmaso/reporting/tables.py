@@ -2,13 +2,13 @@
 
 ``collect(dir)`` finds every run directory under an experiment directory (any folder with a
 config.yaml) and, from ``grid.json``, the runs that were expected but never started. Each run
-gets a state: finished, diverged, running (started, no result yet), pending (config only) or
-missing. ``summarize`` picks the table's rows and columns from the config keys that vary
-across runs (``optim.lr`` becomes the columns, as in the paper's Table 2), and ``render``
-writes markdown, LaTeX, CSV or JSON, optionally beside the paper's Table 2.
+gets a state: finished, diverged, started (no result yet: training, or interrupted), pending
+(config only) or missing. ``summarize`` picks the table's rows and columns from the config
+keys that vary across runs (``optim.lr`` becomes the columns, as in the paper's Table 2), and
+``render`` writes markdown, LaTeX, CSV or JSON, optionally beside the paper's Table 2.
 
 Every cell shows mean ± std over seeds (std with ddof=1) and n, the number of finished runs;
-diverged, running, pending and missing runs are counted in the cell, never averaged in.
+diverged, started, pending and missing runs are counted in the cell, never averaged in.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from softmaso import runs as rundir
 from softmaso.errors import UserError
 
 GRID = rundir.GRID
-UNFINISHED = ("diverged", "running", "pending", "missing")
+UNFINISHED = ("diverged", "started", "pending", "missing")
 BOOKKEEPING = ("dir", "status", "acc", "smoke")
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
 # how often checkpoints are written and how evaluation is chunked [ours].
@@ -46,7 +46,7 @@ DISPLAY = {
 SMOKE_TITLE = "SMOKE RUN — synthetic stand-in data, not the paper's numbers"
 FOOTNOTE = (
     "Final test accuracy (%) after the last epoch; mean ± std over seeds, std with ddof=1 "
-    "(none for n=1); n = finished runs. Diverged, running, pending and missing runs are "
+    "(none for n=1); n = finished runs. Diverged, started, pending and missing runs are "
     "counted in their cell, never averaged in."
 )
 
@@ -130,7 +130,7 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
     path = run_dir / rundir.CONFIG
     try:
         tree = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         tree = None
     if not isinstance(tree, dict):
         raise UserError(str(path), "cannot read this run's config (not a YAML mapping)")
@@ -138,7 +138,7 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
     status = result.get("status")
     if status not in ("finished", "diverged"):
         started = (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()
-        status = "running" if started else "pending"
+        status = "started" if started else "pending"
     acc = result.get("final_test_acc") if status == "finished" else None
     return {
         "dir": run_dir.relative_to(root).as_posix(),
@@ -202,7 +202,7 @@ class Cell:
     col: Any
     accs: tuple[float, ...]  # final test accuracy (%) of each finished run, by seed
     seeds: tuple[int, ...]  # their seeds
-    counts: dict[str, int]  # diverged, running, pending, missing -> number of runs
+    counts: dict[str, int]  # diverged, started, pending, missing -> number of runs
     settings: dict[str, Any]  # every config key with one value over the cell's runs
     dirs: tuple[str, ...]
 
@@ -496,7 +496,7 @@ def _notes(cell: Cell) -> str:
 
 
 def cell_text(cell: Cell | None, *, pm: str = "±", dash: str = "—", with_n: bool = True) -> str:
-    """'80.3 ± 0.4 (n=5)', '79.9 ± 0.5 (n=4; 1 diverged)', '— (3 missing, 2 running)'."""
+    """'80.3 ± 0.4 (n=5)', '79.9 ± 0.5 (n=4; 1 diverged)', '— (3 missing, 2 started)'."""
     if cell is None:
         return ""
     notes = _notes(cell)
