@@ -196,11 +196,15 @@ def plan_units(
     return units
 
 
-def decide_pack(runs_: list[Run], device: str, data_dir: Path | None = None) -> tuple[bool, str]:
+def decide_pack(
+    runs_: list[Run], device: str, data_dir: Path | None = None
+) -> tuple[bool, str, Any]:
     """Measure whether packing these runs is faster on `device` (once per shape, size, device).
 
     The probe is the pack itself: its runs packed against the same runs stepped apart, two
-    steps each after a warm-up, so the size that decides is the size that trains.
+    steps each after a warm-up, so the size that decides is the size that trains. Returns
+    (pack?, why, the dataset the probe loaded, on the device; None for a decision made before),
+    so that the pack need not load it again.
     """
     from softmaso.bench import pack_speedup
     from softmaso.data import load_data
@@ -209,6 +213,7 @@ def decide_pack(runs_: list[Run], device: str, data_dir: Path | None = None) -> 
 
     dev = resolve_device(device)
     key = (pack_key(runs_[0].cfg), str(dev), len(runs_))
+    data = None
     if key not in _decisions:
         data = load_data(runs_[0].cfg.data, data_dir=data_dir).to(dev)
         got = pack_speedup([r.cfg for r in runs_], dev, data=data)
@@ -220,7 +225,7 @@ def decide_pack(runs_: list[Run], device: str, data_dir: Path | None = None) -> 
             f"({got['packed_images_per_s']:.0f} vs {got['separate_images_per_s']:.0f} images/s; "
             f"threshold {PACK_MIN_SPEEDUP}x)",
         )
-    return _decisions[key]
+    return (*_decisions[key], data)
 
 
 def _outcome_before(run: Run, log=None) -> str | None:
@@ -266,15 +271,15 @@ def run_unit(
                 out[run.dir] = why
             else:
                 mine.append(run)
+        data = None
         if len(mine) > 1 and pack is None:
-            pack, why = decide_pack(mine, device, data_dir)
+            pack, why, data = decide_pack(mine, device, data_dir)
             if log is not None:
                 log(why)
         kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
         if len(mine) > 1 and pack:
-            results = fit_packed(
-                [r.cfg for r in mine], [r.dir for r in mine], **kw, extra={"smoke": smoke}
-            )
+            cfgs, dirs = [r.cfg for r in mine], [r.dir for r in mine]
+            results = fit_packed(cfgs, dirs, **kw, extra={"smoke": smoke}, data=data)
             out.update({r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)})
         else:
             for run in mine:

@@ -273,11 +273,13 @@ def fit_packed(
     live: bool | None = None,
     extra: dict[str, Any] | None = None,
     progress=None,
+    data=None,
 ) -> list[dict[str, Any]]:
     """Train (or resume, or skip if finished) P runs as packs; one result.json content each.
 
     The runs must share :func:`pack_key`. `extra` is merged into every result.json. Results
-    come back in the order of `cfgs`.
+    come back in the order of `cfgs`. `data`: their dataset, already loaded (on any device),
+    else it is loaded here.
     """
     cfgs, run_dirs = list(cfgs), [Path(d) for d in run_dirs]
     if len(cfgs) != len(run_dirs) or not cfgs:
@@ -296,7 +298,9 @@ def fit_packed(
     if not todo:
         return [results[i] for i in range(len(cfgs))]
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    data = load_data(cfgs[0].data, data_dir=data_dir).to(device)
+    if data is None:
+        data = load_data(cfgs[0].data, data_dir=data_dir)
+    data = data.to(device)
     if len(data.y_train) < cfgs[0].optim.batch_size:
         raise UserError(
             "optim.batch_size",

@@ -157,10 +157,17 @@ def test_plan_units_groups_table2_by_dataset(tmp_path):
 @pytest.mark.parametrize(("speedup", "packs"), [(3.0, True), (0.6, False)])
 def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, packs):
     import softmaso.bench
+    import softmaso.data
+    import softmaso.packed_training
+    import softmaso.training
 
     fake = {"speedup": speedup, "packed_images_per_s": 1.0, "separate_images_per_s": 1.0}
     monkeypatch.setattr(softmaso.bench, "pack_speedup", lambda *a, **k: fake)
     monkeypatch.setattr(ex, "_decisions", {})
+    loads = []
+    real = softmaso.data.load_data
+    for module in (softmaso.data, softmaso.packed_training, softmaso.training):
+        monkeypatch.setattr(module, "load_data", lambda *a, **k: loads.append(1) or real(*a, **k))
     unit = [
         ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
         for i in range(2)
@@ -169,6 +176,7 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, pa
     out = ex.run_unit(unit, pack=None, device="cpu", log=said.append)
     assert set(out.values()) == {"finished"}
     assert said and said[0].startswith("packing" if packs else "not packing")
+    assert len(loads) == (1 if packs else 3)  # the probe's data trains the pack
     packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == ({2} if packs else {None})
     assert set(ex.run_unit(unit, pack=None, device="cpu").values()) == {"skipped-finished"}
