@@ -282,6 +282,7 @@ def run_unit(
             results = fit_packed(cfgs, dirs, **kw, extra={"smoke": smoke}, data=data)
             out.update({r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)})
         else:
+            del data  # each run loads its own: do not hold a second copy meanwhile
             for run in mine:
                 out[run.dir] = str(fit(run.cfg, run.dir, **kw, extra={"smoke": smoke})["status"])
     return {run.dir: out[run.dir] for run in unit}
