@@ -426,12 +426,10 @@ def _orthonormality(convs, steps: int) -> dict[str, float]:
     """How orthonormal exact's weights are (after the timed steps): max |Q Q^T - I| in float64
     over the layers, and for the first square layer on its own (largeCNN's 1x1, which starts
     with a condition number near 1000), rows or, for C_out > n, columns."""
-    errors = []
-    for conv in convs:
-        q = conv.weight.detach().flatten(1).double()  # (C_out, n)
-        q = q.T if q.shape[0] > q.shape[1] else q
-        eye = torch.eye(q.shape[0], dtype=q.dtype, device=q.device)
-        errors.append(((q @ q.T - eye).abs().max().item(), q.shape[0] == q.shape[1]))
+    from softmaso.orthogonality import orthonormality_error
+
+    weights = [conv.weight for conv in convs]  # each parametrisation computed once
+    errors = [(orthonormality_error(w), w[0].numel() == len(w)) for w in weights]
     square = [e for e, sq in errors if sq]
     return {
         "max_error": max(e for e, _ in errors),

@@ -170,6 +170,15 @@ def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
     return orthogonality_errors(w)[0]
 
 
+def orthonormality_error(w: torch.Tensor) -> float:
+    """max |Q Q^T - I| in float64 over w's flattened filters Q (C_out, n), or its columns when
+    C_out > n: how far from orthonormal ``exact``'s weight is (0 up to rounding)."""
+    q = w.detach().reshape(w.shape[0], -1).double()
+    q = q.T if q.shape[0] > q.shape[1] else q
+    eye = torch.eye(q.shape[0], dtype=q.dtype, device=q.device)
+    return (q @ q.T - eye).abs().max().item()
+
+
 # -------------------------------------------------------------- exact reparametrisation
 def filter_rows(w: torch.Tensor, runs: int = 1) -> tuple[torch.Tensor, Callable]:
     """w's filters as (P, C_out, n) rows, P = `runs` (packed weights, run-major), and the map

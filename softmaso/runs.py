@@ -125,6 +125,28 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run directory's config.yaml as a mapping; None if absent or not a YAML mapping."""
+    import yaml
+
+    try:
+        tree = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return tree if isinstance(tree, dict) else None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config mapping -> {"optim.lr": ..., ...}, the dotted keys of ``--set``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     from softmaso.io import atomic_write
 

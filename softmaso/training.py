@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.nn.utils import parametrize
 
 from softmaso import runs
@@ -415,7 +414,7 @@ def _check_run_dir(cfg: RunConfig, run_dir: Path, finished: bool = False) -> Non
             f"{saved} cannot be read as a softmaso config, so the run there cannot be checked "
             "against this one; choose another run directory (or restore that file)",
         )
-    here = _flat(cfg.to_dict())
+    here = runs.flatten(cfg.to_dict())
     diff = [k for k in [*here, *(k for k in there if k not in here)] if there.get(k) != here.get(k)]
     if not diff:
         return
@@ -438,10 +437,7 @@ def _saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
     (file, None) for a file that is not a readable config."""
     saved, checkpoint = run_dir / runs.CONFIG, run_dir / runs.CHECKPOINT
     if saved.exists():
-        try:
-            tree = yaml.safe_load(saved.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            tree = None
+        tree = runs.read_config(run_dir)
     elif checkpoint.exists():
         saved = checkpoint
         try:
@@ -452,13 +448,7 @@ def _saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
         return None, None
     if not isinstance(tree, dict) or not isinstance(tree.get("data"), dict):
         return saved, None
-    return saved, _flat(tree)
-
-
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return saved, runs.flatten(tree)
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:

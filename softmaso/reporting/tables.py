@@ -114,25 +114,10 @@ def _read_grid(root: Path) -> dict[str, Any] | None:
     return grid
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
-    import yaml
-
-    path = run_dir / rundir.CONFIG
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        tree = None
-    if not isinstance(tree, dict):
+    tree = rundir.read_config(run_dir)
+    if tree is None:
+        path = run_dir / rundir.CONFIG
         raise UserError(str(path), "cannot read this run's config (not a YAML mapping)")
     result = rundir.read_json(run_dir / rundir.RESULT) or {}
     status = result.get("status")
@@ -145,7 +130,7 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
         "status": status,
         "acc": math.nan if acc is None else float(acc),
         "smoke": bool(result.get("smoke", grid_smoke)),
-        **_flatten(tree),
+        **rundir.flatten(tree),
     }
 
 
@@ -189,7 +174,7 @@ def _recipe_values(
                 cfg = read_recipe(RECIPES / rel).config(smoke=smoke, settings=point)
             except UserError:
                 return {}
-            return _flatten(cfg.to_dict())
+            return rundir.flatten(cfg.to_dict())
     return {}
 
 
