@@ -51,8 +51,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
     help="softmaso: hard, soft and beta vector quantization in deep networks "
     "(Balestriero & Baraniuk, ICLR 2019), runnable.",
-    epilog="Examples: softmaso theory | softmaso train recipes/smoke.yaml | "
-    "softmaso reproduce all --smoke",
+    epilog="Examples: softmaso theory | softmaso train smoke | softmaso reproduce all --smoke | "
+    "softmaso recipes",
 )
 
 
@@ -145,6 +145,15 @@ def plot_activations(
         typer.echo(f"wrote {path}")
 
 
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads per training process (torch.set_num_threads); recorded in env.json.",
+        show_default="torch's: every core (reproduce: the cores divided among the workers)",
+    ),
+]
+
 DataDir = Annotated[
     Path | None,
     typer.Option(
@@ -157,15 +166,23 @@ DataDir = Annotated[
 
 
 @app.command(
-    epilog="Examples: softmaso train recipes/smoke.yaml | "
-    "softmaso train recipes/table2/cifar10.yaml --set optim.lr=0.001 --seed 0"
+    epilog="Examples: softmaso train smoke | "
+    "softmaso train table2/cifar10 --set optim.lr=0.001 --seed 0 | softmaso train my.yaml"
 )
 def train(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/smoke.yaml.")],
+    recipe: Annotated[
+        str,
+        typer.Argument(
+            help="A recipe file (my.yaml) or a packaged recipe's name (smoke, table2/cifar10, "
+            "fashion; `softmaso recipes` lists them)."
+        ),
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option(
-            "--set", help="Override a recipe key, KEY=VALUE (repeatable), e.g. optim.lr=0.0005."
+            "--set",
+            help="Override a recipe key, KEY=VALUE (repeatable), e.g. optim.lr=0.0005; the keys: "
+            "softmaso train RECIPE --print-config.",
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (same as --set seed=N).")] = None,
@@ -179,6 +196,7 @@ def train(
         ),
     ] = None,
     data_dir: DataDir = None,
+    threads: Threads = None,
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Print the resolved config and exit.")
     ] = False,
@@ -189,8 +207,10 @@ def train(
     model.safetensors to the run directory. A finished run is not redone. Exit code 1 if the
     loss diverges (NaN or infinite), 130 if interrupted (the run stays resumable).
     """
+    from softmaso import recipes
     from softmaso.config import dump_yaml, read_recipe
 
+    recipe = recipes.resolve(recipe)
     overrides = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
     parsed = read_recipe(recipe)
     cfg = parsed.config(overrides)
@@ -198,8 +218,9 @@ def train(
         typer.echo(dump_yaml(cfg), nl=False)
         return
     from softmaso import runs
-    from softmaso.training import fit
+    from softmaso.training import fit, set_threads
 
+    set_threads(threads)
     if parsed.sweep:
         swept = ", ".join(parsed.sweep)
         typer.echo(
@@ -251,20 +272,41 @@ def eval_(
 
 data_app = typer.Typer(
     no_args_is_help=True,
-    help="Datasets: fetch CIFAR-10/100 and SVHN once.",
+    help="Datasets: fetch CIFAR-10/100, SVHN and the MNIST family once, or import local IDX files.",
     epilog="Example: softmaso data fetch cifar10 cifar100 svhn",
 )
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("fetch", epilog="Example: softmaso data fetch cifar10 cifar100 svhn")
+@data_app.command(
+    "fetch",
+    epilog="Examples: softmaso data fetch cifar10 svhn | softmaso data fetch fashion-mnist "
+    "--from /usr/share/datasets/fashion-mnist",
+)
 def data_fetch(
-    names: Annotated[list[str], typer.Argument(help="cifar10, cifar100 and/or svhn.")],
+    names: Annotated[
+        list[str],
+        typer.Argument(help="cifar10, cifar100, svhn, fashion-mnist, mnist and/or kmnist."),
+    ],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Import one MNIST-family dataset's four IDX files (gz or not) from this "
+            "folder instead of downloading; each is checked by md5.",
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Download and verify datasets into the data directory (needs internet, once)."""
-    from softmaso.data import default_data_dir, fetch
+    """Download and verify datasets into the data directory (needs internet, once), or with
+    --from take an MNIST-family release from a local folder (no internet)."""
+    from softmaso.data import default_data_dir, fetch, import_idx
 
+    if source is not None:
+        if len(names) != 1:
+            raise UserError("--from", f"imports one dataset at a time; got {', '.join(names)}")
+        typer.echo(import_idx(names[0], source, data_dir or default_data_dir()))
+        return
     for line in fetch(list(names), data_dir or default_data_dir()):
         typer.echo(line)
 
@@ -279,7 +321,13 @@ def _csv(text: str | None) -> list[str] | None:
     "softmaso reproduce table2 --launcher slurm --slurm-partition gpu"
 )
 def reproduce(
-    experiment: Annotated[str, typer.Argument(help="table2, gs-cifar100, figure1, theory or all.")],
+    experiment: Annotated[
+        str,
+        typer.Argument(
+            help="table2, gs-cifar100, fashion, figure1, theory or all; or a recipe file with "
+            "a sweep: (my.yaml)."
+        ),
+    ],
     runs_: Annotated[
         int | None,
         typer.Option("--runs", help="Seeds per cell (0..N-1).", show_default="the recipe's, 5"),
@@ -306,13 +354,14 @@ def reproduce(
         list[str] | None, typer.Option("--set", help="Override a key in every run, KEY=VALUE.")
     ] = None,
     data_dir: DataDir = None,
+    threads: Threads = None,
     pack: Annotated[
         bool | None,
         typer.Option(
             "--pack/--no-pack",
             help="Train runs that differ only in seed, lr, weight decay or penalty as one packed "
             "network.",
-            show_default="where a quick measurement on the device shows it faster",
+            show_default="never on a CPU; on a GPU where a quick measurement shows it faster",
         ),
     ] = None,
     pack_size: Annotated[
@@ -331,7 +380,10 @@ def reproduce(
 
     table2: 3 datasets x {baseline, ortho penalty} x 3 learning rates x 5 seeds = 90 runs, then
     the table beside the paper's numbers and the learning curves. gs-cifar100: exact
-    orthogonality + swish on CIFAR-100, 5 seeds. figure1, theory: the theory half. all: everything.
+    orthogonality + swish on CIFAR-100, 5 seeds. fashion: baseline, penalty and exact on
+    Fashion-MNIST, 5 seeds, sized for a 2-core CPU. A recipe file with a sweep: runs as a grid
+    the same way (results/STEM/). figure1, theory: the theory half. all: theory, figure1,
+    table2 and gs-cifar100.
     """
     import shlex
 
@@ -339,10 +391,11 @@ def reproduce(
 
     names = ["theory", "figure1", "table2", "gs-cifar100"] if experiment == "all" else [experiment]
     for name in names:
-        if name not in ("theory", "figure1", *ex.EXPERIMENTS):
+        if name not in ("theory", "figure1", *ex.EXPERIMENTS) and not ex.is_recipe_file(name):
             raise UserError(
                 "EXPERIMENT",
-                f"unknown experiment {name!r}; use table2, gs-cifar100, figure1, theory or all",
+                f"unknown experiment {name!r}; use {', '.join(ex.EXPERIMENTS)}, figure1, theory, "
+                "all, or a recipe file with a sweep: (PATH.yaml)",
             )
     if launcher not in ("local", "slurm"):
         raise UserError("--launcher", f"{launcher!r}; use local or slurm")
@@ -363,6 +416,9 @@ def reproduce(
             for path in write_figure1(figure1_spec(), base / "figures"):
                 typer.echo(f"wrote {path}")
             continue
+        label = ex.experiment_name(name)
+        if root == base / name:
+            root = base / label
         todo = ex.expand(
             name,
             root,
@@ -371,9 +427,10 @@ def reproduce(
             seeds=runs_,
             overrides=list(set_ or []),
         )
-        ex.write_grid(root, name, todo, smoke=smoke)
+        files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
+        ex.write_grid(root, label, todo, smoke=smoke, recipe_files=files)
         typer.echo(
-            f"{name}: {len(todo)} runs in {root}"
+            f"{label}: {len(todo)} runs in {root}"
             + (" (SMOKE: synthetic stand-in data)" if smoke else "")
         )
         slurm = {
@@ -394,8 +451,9 @@ def reproduce(
             slurm=slurm,
             pack=pack,
             pack_size=pack_size,
+            threads=threads,
         )
-        typer.echo(f"{name}: {ex.summary_line(outcomes)}")
+        typer.echo(f"{label}: {ex.summary_line(outcomes)}")
         failed |= any(o in ("diverged", "conflict") for o in outcomes.values())
         for path in ex.report(root, paper=name == "table2", command=command):
             typer.echo(f"wrote {path}")
@@ -416,6 +474,38 @@ def _reproduce_theory(base: Path) -> bool:
     write_json(results, path, seed=0, trials=200)
     typer.echo(f"wrote {path}")
     return not all(r.passed for r in results)
+
+
+@app.command(
+    "recipes",
+    epilog="Examples: softmaso recipes | softmaso recipes --copy fashion my-recipes/",
+)
+def recipes_(
+    copy: Annotated[
+        tuple[str, Path] | None,
+        typer.Option(
+            "--copy",
+            metavar="NAME DIR",
+            help="Copy the packaged recipe NAME into DIR, to start your own from it.",
+        ),
+    ] = None,
+) -> None:
+    """List the packaged recipes (train or reproduce take a name or a file) and the named
+    experiments made of them."""
+    from softmaso import recipes
+    from softmaso.config import read_recipe
+
+    if copy is not None:
+        typer.echo(f"wrote {recipes.copy(copy[0], copy[1])}")
+        return
+    for name in recipes.names():
+        parsed = read_recipe(recipes.path_of(name))
+        sweep = " x ".join(f"{k} ({len(v)})" for k, v in parsed.sweep.items())
+        typer.echo(f"{name:<18} {'sweep: ' + sweep if sweep else 'one run'}")
+    typer.echo("")
+    for name, members in recipes.EXPERIMENTS.items():
+        typer.echo(f"experiment {name}: {', '.join(members)}")
+    typer.echo(f"(packaged in {recipes.root()})")
 
 
 @app.command(

@@ -30,8 +30,12 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: Literal["cifar10", "cifar100", "svhn", "synthetic", "npz"] = Field(
-        "cifar10", description="dataset; synthetic is generated offline, npz is your own file"
+    name: Literal[
+        "cifar10", "cifar100", "svhn", "fashion-mnist", "mnist", "kmnist", "synthetic", "npz"
+    ] = Field(
+        "cifar10",
+        description="dataset; the MNIST family is 28x28 grey (one channel, as it is); "
+        "synthetic is generated offline, npz is your own file",
     )
     path: str | None = Field(None, description="the .npz file (data.name: npz) [ours]")
     subset: int | None = Field(

@@ -13,6 +13,11 @@ Datasets (``data.name``):
   (:func:`default_data_dir`). They are never downloaded while loading: ``softmaso data fetch
   NAME`` (:func:`fetch`) does that once. SVHN uses its ``train`` and ``test`` splits, not
   ``extra`` [authors].
+- ``fashion-mnist``, ``mnist``, ``kmnist``: 28 x 28 grey images (one channel, fed to the
+  network as they are), torchvision's IDX files under ``DATA/<FashionMNIST|MNIST|KMNIST>/raw``.
+  ``softmaso data fetch NAME`` downloads them; ``softmaso data fetch NAME --from DIR``
+  (:func:`import_idx`) takes the four IDX files from a local folder, e.g. Debian's
+  ``/usr/share/datasets/fashion-mnist``.
 - ``synthetic``: generated offline, CIFAR-shaped, the same for every run (:func:`make_synthetic`).
 - ``npz``: your own file with arrays ``x_train, y_train, x_test, y_test``. Images are N x H x
   W x C or N x C x H x W with C in {1, 3} (NHWC is assumed when the last axis is 1 or 3).
@@ -41,10 +46,36 @@ import torch.nn.functional as F
 
 from softmaso.config import DataConfig
 from softmaso.errors import UserError, first_line
-from softmaso.io import ensure_writable_dir
+from softmaso.io import atomic_group, ensure_writable_dir
 
-FETCHABLE = ("cifar10", "cifar100", "svhn")
+FETCHABLE = ("cifar10", "cifar100", "svhn", "fashion-mnist", "mnist", "kmnist")
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
+IDX_DATASETS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
+IDX_FILES = (  # the four files of an MNIST-family release, uncompressed names
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+# md5 of the uncompressed IDX files of the original releases. torchvision publishes md5s of
+# the .gz files only, and repackaged copies (Debian's dataset-fashion-mnist) are recompressed,
+# so their .gz differs while the content is the same. These are the published content
+# checksums of Fashion-MNIST and MNIST (the values other dataset libraries check); none is
+# known to us for KMNIST, whose files must be the original .gz.
+IDX_CONTENT_MD5 = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+}
 SUBSET_SEED = 0  # the subset is the same for every run seed [ours]
 SYNTHETIC_SEED = 0  # the synthetic set is the same for every run seed [ours]
 _WAVES = 2  # plane waves per synthetic class [ours]
@@ -151,10 +182,23 @@ def _fetch_command(name: str, data_dir: Path) -> str:
     return f"softmaso data fetch {name} --data-dir {data_dir}"
 
 
+def num_classes(name: str) -> int | None:
+    """Classes of a named dataset (None for synthetic and npz, which say so themselves)."""
+    return 10 if name in IDX_DATASETS else _NUM_CLASSES.get(name)
+
+
+def _idx_class(name: str):
+    from torchvision import datasets
+
+    return getattr(datasets, IDX_DATASETS[name])
+
+
 def _expected_files(name: str, data_dir: Path) -> tuple[Path, list[str]]:
     """(folder, file names) that torchvision reads for dataset `name` (both splits)."""
     from torchvision import datasets
 
+    if name in IDX_DATASETS:
+        return data_dir / IDX_DATASETS[name] / "raw", list(IDX_FILES)
     if name == "svhn":
         return data_dir, [datasets.SVHN.split_list[s][1] for s in ("train", "test")]
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -183,6 +227,8 @@ def _torchvision_splits(name: str, data_dir: Path, *, download: bool) -> list:
     """torchvision's [train, test] dataset objects (reading every file, md5 included)."""
     from torchvision import datasets
 
+    if name in IDX_DATASETS:
+        return [_idx_class(name)(data_dir, train=t, download=download) for t in (True, False)]
     if name == "svhn":
         return [datasets.SVHN(data_dir, split=s, download=download) for s in ("train", "test")]
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -190,8 +236,11 @@ def _torchvision_splits(name: str, data_dir: Path, *, download: bool) -> list:
 
 
 def _as_tensors(name: str, split) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one torchvision split."""
-    if name == "svhn":
+    """(images (N, C, H, W) uint8, labels (N,) int64) of one torchvision split."""
+    if name in IDX_DATASETS:
+        x = split.data.numpy()[:, None]  # (N, 28, 28) -> (N, 1, 28, 28): one grey channel
+        y = split.targets.numpy()
+    elif name == "svhn":
         x = split.data  # (N, C, H, W) already
         y = split.labels
     else:
@@ -215,7 +264,7 @@ def _load_torchvision(name: str, data_dir: Path) -> ImageData:
             f"({type(e).__name__}: {first_line(e)}); delete them and run "
             f"`{_fetch_command(name, data_dir)}`",
         ) from None
-    return ImageData(name, _NUM_CLASSES[name], x_tr, y_tr, x_te, y_te)
+    return ImageData(name, num_classes(name), x_tr, y_tr, x_te, y_te)
 
 
 # ----------------------------------------------------------------------------------- fetch
@@ -250,6 +299,71 @@ def _fetch_one(name: str, data_dir: Path) -> str:
         ) from None
     how = "already present, checksums verified" if had_all else "downloaded and verified"
     return f"{name}: {how} in {folder}"
+
+
+def import_idx(name: str, source: Path, data_dir: Path) -> str:
+    """Take an MNIST-family release's four IDX files (gz or not) from the folder `source`,
+    check each, and place them where the loader reads them; one message.
+
+    A file passes if its bytes are torchvision's published .gz (md5), or if its uncompressed
+    content has the release's published md5 (:data:`IDX_CONTENT_MD5`; a recompressed copy
+    such as Debian's passes this way). Every file is read and checked before any is written;
+    then all four appear at once (atomic renames), so a failure leaves nothing half-copied.
+    """
+    import gzip
+    import hashlib
+
+    if name not in IDX_DATASETS:
+        raise UserError(
+            "--from", f"imports IDX files of {', '.join(IDX_DATASETS)}; {name!r} is not one"
+        )
+    source = Path(source)
+    if not source.is_dir():
+        raise UserError("--from", f"{str(source)!r} is not a folder")
+    published = {f.removesuffix(".gz"): md5 for f, md5 in _idx_class(name).resources}
+    contents: dict[str, bytes] = {}
+    for fname in IDX_FILES:
+        candidates = [source / f"{fname}.gz", source / fname]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise UserError(
+                "--from",
+                f"{fname}.gz (or {fname}) is missing in {source}; {name} needs "
+                f"{', '.join(f + '.gz' for f in IDX_FILES)}",
+            )
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise UserError("--from", f"cannot read {path} ({e.strerror or e})") from None
+        if hashlib.md5(raw).hexdigest() == published[fname]:  # the original .gz
+            contents[fname] = gzip.decompress(raw)
+            continue
+        if raw[:2] == b"\x1f\x8b":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError) as e:
+                raise UserError("--from", f"{path} is a damaged gzip file ({e})") from None
+        want = IDX_CONTENT_MD5.get(name, {}).get(fname)
+        got = hashlib.md5(raw).hexdigest()
+        if want is None:
+            raise UserError(
+                "--from",
+                f"{path} has md5 {hashlib.md5(path.read_bytes()).hexdigest()}, "
+                f"expected torchvision's {published[fname]} for {fname}.gz (no checksum of the "
+                f"uncompressed {name} files is published: give the original .gz files)",
+            )
+        if got != want:
+            raise UserError(
+                "--from",
+                f"{path} is not {name}'s {fname}: its uncompressed md5 is {got}, expected {want}",
+            )
+        contents[fname] = raw
+    folder, _ = _expected_files(name, Path(data_dir).absolute())
+    ensure_writable_dir(folder, where="--data-dir")
+    with atomic_group() as stage:
+        for fname, data in contents.items():
+            stage(folder / fname, lambda tmp, data=data: tmp.write_bytes(data))
+    return f"{name}: {len(contents)} files from {source} verified (md5) and placed in {folder}"
 
 
 # ------------------------------------------------------------------------------------- npz

@@ -1,7 +1,9 @@
 """Experiments: recipes with sweeps -> run directories -> launched once each, then reported.
 
-``softmaso reproduce table2`` expands the sweeps of recipes/table2/*.yaml into 90 runs, one
-directory each, named by its settings (``results/table2/cifar10/lr-0.001_mode-none_seed-0``).
+``softmaso reproduce table2`` expands the sweeps of the packaged recipes table2/*.yaml into 90
+runs, one directory each, named by its settings
+(``results/table2/cifar10/lr-0.001_mode-none_seed-0``); ``softmaso reproduce my.yaml`` does the
+same for any recipe with a ``sweep:`` (``results/my/my/...``).
 A run is claimed with an exclusive lock (``fcntl.flock`` on ``.lock`` in its directory) before
 it trains, so two ``reproduce`` processes on one results directory never train the same run;
 the kernel drops the lock when its process dies, so a killed grid leaves no stale lock. A
@@ -25,15 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softmaso import runs
+from softmaso import recipes, runs
 from softmaso.config import RunConfig, read_recipe
 from softmaso.errors import RunConflict, UserError
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-EXPERIMENTS: dict[str, list[str]] = {
-    "table2": ["table2/svhn.yaml", "table2/cifar10.yaml", "table2/cifar100.yaml"],
-    "gs-cifar100": ["gs-cifar100.yaml"],
-}
+EXPERIMENTS = recipes.EXPERIMENTS
 GRID = runs.GRID
 LOCK = ".lock"
 
@@ -54,6 +52,37 @@ def point_name(settings: dict[str, Any]) -> str:
     return "_".join(parts) or "base"
 
 
+def is_recipe_file(experiment: str) -> bool:
+    """Whether `experiment` names a recipe file (``my.yaml``) rather than a named experiment."""
+    return experiment.endswith((".yaml", ".yml"))
+
+
+def experiment_name(experiment: str) -> str:
+    """The results name of an experiment: its own name, or a recipe file's stem."""
+    return Path(experiment).stem if is_recipe_file(experiment) else experiment
+
+
+def recipe_paths(experiment: str) -> list[Path]:
+    """The recipe files of a named experiment, or [the file] for a recipe file with a sweep."""
+    if is_recipe_file(experiment):
+        path = Path(experiment)
+        if not path.is_file():
+            raise UserError("EXPERIMENT", f"no such recipe file: {path}")
+        if not read_recipe(path).sweep:
+            raise UserError(
+                "EXPERIMENT",
+                f"{path} has no sweep: section, so it is one run: use `softmaso train {path}`",
+            )
+        return [path]
+    if experiment not in EXPERIMENTS:
+        raise UserError(
+            "EXPERIMENT",
+            f"unknown experiment {experiment!r}; one of {', '.join(EXPERIMENTS)}, "
+            "or a recipe file with a sweep: (PATH.yaml)",
+        )
+    return [recipes.path_of(name) for name in EXPERIMENTS[experiment]]
+
+
 def expand(
     experiment: str,
     root: Path,
@@ -63,16 +92,13 @@ def expand(
     seeds: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> list[Run]:
-    """The runs of a named experiment (one per sweep point of each of its recipes).
+    """The runs of an experiment (one per sweep point of each of its recipes): a named one
+    (:data:`EXPERIMENTS`) or a recipe file with a sweep.
 
     `datasets` keeps only recipes whose file stem is listed; `seeds` replaces the sweep's seed
     list by 0..seeds-1; `overrides` (--set) apply to every run.
     """
-    if experiment not in EXPERIMENTS:
-        raise UserError(
-            "EXPERIMENT", f"unknown experiment {experiment!r}; one of {', '.join(EXPERIMENTS)}"
-        )
-    paths = [RECIPES / p for p in EXPERIMENTS[experiment]]
+    paths = recipe_paths(experiment)
     if datasets:
         known = {p.stem for p in paths}
         for d in datasets:
@@ -103,8 +129,14 @@ def _with_seeds(recipe, n: int):
     return replace(recipe, sweep={**recipe.sweep, "seed": list(range(n))})
 
 
-def write_grid(root: Path, experiment: str, todo: list[Run], *, smoke: bool) -> None:
-    """grid.json: what the experiment expects, so `softmaso table` can show missing runs."""
+def write_grid(
+    root: Path, experiment: str, todo: list[Run], *, smoke: bool, recipe_files=None
+) -> None:
+    """grid.json: what the experiment expects, so `softmaso table` can show missing runs.
+
+    One results folder holds one experiment: a folder holding another's grid is refused.
+    `recipe_files` ({recipe name: file}) is recorded for experiments made from a recipe file.
+    """
     root.mkdir(parents=True, exist_ok=True)
     doc = {
         "experiment": experiment,
@@ -115,7 +147,15 @@ def write_grid(root: Path, experiment: str, todo: list[Run], *, smoke: bool) -> 
             for r in todo
         ],
     }
+    if recipe_files:
+        doc["recipe_files"] = {k: str(Path(v).absolute()) for k, v in recipe_files.items()}
     old = runs.read_json(root / GRID)
+    if old and old.get("experiment") != experiment:
+        raise UserError(
+            "--results",
+            f"{root} holds the grid of experiment {old.get('experiment')!r}, not {experiment!r}; "
+            "give each experiment its own results folder",
+        )
     if old and old.get("smoke") != smoke:
         kind = "smoke" if old.get("smoke") else "real"
         raise UserError("--results", f"{root} holds {kind} runs; keep smoke and real results apart")
@@ -273,9 +313,14 @@ def run_unit(
                 mine.append(run)
         data = None
         if len(mine) > 1 and pack is None:
-            pack, why, data = decide_pack(mine, device, data_dir)
-            if log is not None:
-                log(why)
+            from softmaso.training import resolve_device
+
+            if resolve_device(device).type == "cpu":
+                pack = False  # packing has never been faster on a CPU (softmaso bench)
+            else:
+                pack, why, data = decide_pack(mine, device, data_dir)
+                if log is not None:
+                    log(why)
         kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
         if len(mine) > 1 and pack:
             cfgs, dirs = [r.cfg for r in mine], [r.dir for r in mine]
@@ -289,11 +334,14 @@ def run_unit(
 
 
 # -------------------------------------------------------------------------------- launchers
-def _pool_init(devices, counter) -> None:
+def _pool_init(devices, counter, threads) -> None:
+    from softmaso.training import set_threads
+
     with counter.get_lock():
         i = counter.value
         counter.value += 1
     os.environ["SOFTMASO_WORKER_DEVICE"] = devices[i % len(devices)]
+    set_threads(threads)
 
 
 def _pool_task(unit: list[Run], pack, data_dir, smoke) -> dict[Path, str]:
@@ -317,8 +365,10 @@ def launch_local(
     smoke=False,
     progress=None,
     on_done=None,
+    threads: int | None = None,
 ) -> dict[Path, str]:
-    """In this process, in order; or one worker process per device (one unit per GPU).
+    """In this process, in order; or one worker process per device (one unit per GPU, or per
+    listed cpu), each with `threads` CPU threads (None: the cores divided among the workers).
 
     Units are single runs or packs (:func:`plan_units`); `pack` None decides per pack by
     measuring (:func:`decide_pack`), False never packs.
@@ -333,6 +383,9 @@ def launch_local(
                 on_done(run, got[run.dir])
 
     if not devices or len(devices) == 1:
+        from softmaso.training import set_threads
+
+        set_threads(threads)
         device = devices[0] if devices else "auto"
         log = _stderr if progress is None else progress.console.print
         for unit in units:
@@ -350,10 +403,14 @@ def launch_local(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from softmaso.training import cpu_cores
+
+    if threads is None:
+        threads = max(1, cpu_cores() // len(devices))
     ctx = mp.get_context("spawn")
     counter = ctx.Value("i", 0)
     with ProcessPoolExecutor(
-        len(devices), mp_context=ctx, initializer=_pool_init, initargs=(devices, counter)
+        len(devices), mp_context=ctx, initializer=_pool_init, initargs=(devices, counter, threads)
     ) as pool:
         futures = {pool.submit(_pool_task, u, pack, data_dir, smoke): u for u in units}
         for fut in as_completed(futures):
@@ -480,6 +537,7 @@ def run_grid(
     live: bool | None = None,
     pack: bool | None = None,
     pack_size: int = 30,
+    threads: int | None = None,
 ) -> dict[Path, str]:
     """Launch every run (finished ones are skipped inside); show the grid's progress.
 
@@ -522,6 +580,7 @@ def run_grid(
             smoke=smoke,
             progress=progress,
             on_done=on_done,
+            threads=threads,
         )
     finally:
         if progress is not None:

@@ -421,3 +421,44 @@ def layer_errors(convs: Sequence[nn.Module]) -> list[float]:
     if not convs:
         return []
     return torch.stack([orthogonality_error(m.weight) for m in convs]).tolist()
+
+
+# What each orthogonality mode acts on, logged per layer beside the common ``ortho_error``:
+# the penalty shrinks the off-diagonal energy of the ROWS (filters), even where rows cannot be
+# orthogonal (conv1: more filters than values per filter), and may do so by shrinking the
+# filters (batch norm then undoes the scale); exact makes rows, or there columns, orthonormal.
+DIAGNOSTICS = ("ortho_error", "row_energy", "filter_norm", "orthonormality")
+
+
+@torch.no_grad()
+def layer_diagnostics(
+    weights: Sequence[torch.Tensor], names: Sequence[str], runs: int = 1
+) -> list[dict[str, dict[str, float]]]:
+    """Per run (P = `runs` of packed weights, run-major), {statistic: {layer name: value}}:
+
+    - ``ortho_error``: :func:`orthogonality_errors` (rows, or columns where C_out > n),
+      scale-free, comparable across modes;
+    - ``row_energy``: sum_{k != k'} <W_k, W_k'>^2 of the rows, the penalty's term (eq. 11);
+    - ``filter_norm``: mean ||W_k|| of the filters (the penalty can lower eq. 11 this way);
+    - ``orthonormality``: max |Q Q^T - I| of the rows, or the columns where C_out > n (what
+      ``exact`` enforces: ~1e-7 there, large for the other modes).
+    One host sync for all of them.
+    """
+    per_layer = []
+    for w in weights:
+        with _no_autocast(w):
+            flat = _float(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
+            q = (flat.mT if flat.shape[1] > flat.shape[2] else flat).double()  # (P, m, n)
+            eye = torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
+            stats = [
+                orthogonality_errors(w, runs).double(),
+                gram_penalties(w, runs).double(),
+                flat.norm(dim=2).mean(dim=1).double(),
+                (q @ q.mT - eye).abs().amax(dim=(1, 2)),
+            ]  # 4 x (P,)
+        per_layer.append(torch.stack(stats, dim=1))  # (P, 4)
+    table = torch.stack(per_layer, dim=1).tolist()  # (P, L, 4)
+    return [
+        {stat: {n: run[i][j] for i, n in enumerate(names)} for j, stat in enumerate(DIAGNOSTICS)}
+        for run in table
+    ]

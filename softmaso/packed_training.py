@@ -33,13 +33,13 @@ from softmaso import runs
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import UserError
+from softmaso.orthogonality import layer_diagnostics
 from softmaso.packing import (
     PackedAdam,
     PackedLargeCNN,
     apply_packed_orthogonality,
     pack_inputs,
     pack_state,
-    packed_layer_errors,
     packed_loss,
     packed_ortho_loss,
     penalty_weights,
@@ -57,6 +57,7 @@ from softmaso.training import (
     make_forward,
     make_model,
     open_run,
+    peak_memory,
     place,
     resolve_device,
     resume_state,
@@ -376,10 +377,12 @@ def _fit_pack(
                 pack = _without(pack, bad, data, device)
                 if pack is None:
                     return ended
+            t1 = time.perf_counter()
             tests = _evaluate(pack, data, prep, device)
-            errors = packed_layer_errors(pack.model)
-            names = pack.model.ortho_names()
-            seconds = time.perf_counter() - t0
+            weights = [c.weight for c in pack.model.ortho_convs()]
+            diagnostics = layer_diagnostics(weights, pack.model.ortho_names(), pack.runs)
+            t2 = time.perf_counter()
+            memory = peak_memory(device)
             for p in range(pack.runs):
                 row = epoch_row(
                     epoch + 1,
@@ -388,9 +391,11 @@ def _fit_pack(
                     correct=correct[p],
                     images=st["steps"] * cfg.optim.batch_size,
                     test=tests[p],
-                    ortho_error=dict(zip(names, errors[p], strict=True)),
+                    diagnostics=diagnostics[p],
                     lr=pack.optimizer.param_groups[0]["lr"][p],
-                    seconds=seconds,
+                    train_seconds=t1 - t0,
+                    eval_seconds=t2 - t1,
+                    memory=memory,
                 )
                 pack.histories[p].append(row)
                 rep.epoch(row, name=pack.dirs[p].name)

@@ -18,6 +18,7 @@ import ctypes
 import functools
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import RunConflict, UserError
 from softmaso.io import atomic_write
 from softmaso.models import build_model
-from softmaso.orthogonality import apply_orthogonality, layer_errors, ortho_loss
+from softmaso.orthogonality import apply_orthogonality, layer_diagnostics, ortho_loss
 
 
 # ------------------------------------------------------------------------------------ device
@@ -60,6 +61,23 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if device.index is not None and device.index >= n:
         raise UserError("--device", f"{spec!r} does not exist; this machine has cuda:0..{n - 1}")
     return device
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads for torch's operators in this process (None: leave torch's
+    default, every core). Two processes that each use every core slow each other down many
+    times over (measured: a 2-core epoch took 1,033 s instead of 153 s), so a grid of CPU
+    workers gives each a share."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -485,22 +503,54 @@ def epoch_row(
     correct: int,
     images: int,
     test: dict[str, float],
-    ortho_error: dict[str, float],
+    diagnostics: dict[str, dict[str, float]],
     lr: float,
-    seconds: float,
+    train_seconds: float,
+    eval_seconds: float,
+    memory: dict[str, float],
 ) -> dict[str, Any]:
-    """One line of metrics.jsonl (`epoch` counts from 1)."""
+    """One line of metrics.jsonl (`epoch` counts from 1).
+
+    ``images_per_s`` is training throughput (the training pass only); ``seconds`` is the whole
+    epoch: training, evaluation and the per-layer diagnostics
+    (:func:`~softmaso.orthogonality.layer_diagnostics`: ``ortho_error``, ``row_energy``,
+    ``filter_norm``, ``orthonormality``, each {layer: value}); ``memory``: peak MiB in the epoch.
+    """
     return {
         "epoch": epoch,
         "train_loss": loss_sum / steps,
         "train_acc": correct / images,
         "test_acc": test["acc"],
         "test_loss": test["loss"],
-        "ortho_error": ortho_error,
+        **diagnostics,
         "lr": lr,
-        "seconds": seconds,
-        "images_per_s": images / seconds,
+        "seconds": train_seconds + eval_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "images_per_s": images / train_seconds,
+        **memory,
     }
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory since the previous call, in MiB, and the peaks reset for the next one.
+
+    ``peak_rss_mib``: the process's peak resident set (Linux VmHWM; reset by writing 5 to
+    /proc/self/clear_refs, so a reading covers one epoch; where that is refused it is the peak
+    since the process started). ``peak_cuda_mib``: torch's peak CUDA allocation, on CUDA.
+    """
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, ValueError, IndexError):
+        pass
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 def finish_run(
@@ -584,6 +634,7 @@ def fit(
         rep.message(f"resuming after epoch {start} from {run_dir / runs.CHECKPOINT}")
     status = "finished"
     try:
+        peak_memory(device)  # the first epoch's peak starts here
         for epoch in range(start, cfg.train.epochs):
             t0 = time.perf_counter()
             st = train_one_epoch(s, epoch, on_step=rep.step)
@@ -592,7 +643,9 @@ def fit(
                 status = "diverged"
                 rep.message(f"epoch {epoch + 1}: loss is {loss_sum}; stopping (diverged)")
                 break
+            t1 = time.perf_counter()
             test = evaluate(s, "test")
+            weights = [m.weight for m in s.convs]
             row = epoch_row(
                 epoch + 1,
                 loss_sum=loss_sum,
@@ -600,9 +653,11 @@ def fit(
                 correct=st["correct"].item(),
                 images=st["images"],
                 test=test,
-                ortho_error=dict(zip(s.names, layer_errors(s.convs), strict=True)),
+                diagnostics=layer_diagnostics(weights, s.names)[0],
                 lr=s.optimizer.param_groups[0]["lr"],
-                seconds=time.perf_counter() - t0,
+                train_seconds=t1 - t0,
+                eval_seconds=time.perf_counter() - t1,
+                memory=peak_memory(device),
             )
             history.append(row)
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:

@@ -144,7 +144,9 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
         if rel in have or (root / rel / rundir.CONFIG).exists():
             continue
         settings = {"recipe": entry.get("recipe"), **(entry.get("settings") or {})}
-        base = _recipe_values(settings, found, grid.get("experiment"), smoke)
+        base = _recipe_values(
+            settings, found, grid.get("experiment"), smoke, grid.get("recipe_files")
+        )
         out.append(
             {"dir": rel, "status": "missing", "acc": math.nan, "smoke": smoke, **base, **settings}
         )
@@ -152,7 +154,11 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
 
 
 def _recipe_values(
-    settings: dict[str, Any], found: list[dict], experiment: str | None, smoke: bool
+    settings: dict[str, Any],
+    found: list[dict],
+    experiment: str | None,
+    smoke: bool,
+    recipe_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The other config values of a missing run: those its recipe's started runs agree on,
     or else the recipe file's (with the grid's smoke variant)."""
@@ -164,14 +170,17 @@ def _recipe_values(
             for k in keys
             if all(k in row and row[k] == siblings[0][k] for row in siblings)
         }
+    from softmaso import recipes
     from softmaso.config import read_recipe
-    from softmaso.experiments import EXPERIMENTS, RECIPES
 
-    for rel in EXPERIMENTS.get(experiment or "", []):
-        if Path(rel).stem == settings["recipe"]:
+    files = [Path(f) for f in (recipe_files or {}).values()]
+    if not files:
+        files = [recipes.path_of(n) for n in recipes.EXPERIMENTS.get(experiment or "", [])]
+    for path in files:
+        if path.stem == settings["recipe"]:
             point = {k: v for k, v in settings.items() if k != "recipe"}
             try:
-                cfg = read_recipe(RECIPES / rel).config(smoke=smoke, settings=point)
+                cfg = read_recipe(path).config(smoke=smoke, settings=point)
             except UserError:
                 return {}
             return rundir.flatten(cfg.to_dict())
