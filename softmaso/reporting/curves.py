@@ -97,7 +97,7 @@ def _panels(df, panel_keys: list[str], col_key: str | None):
     combos = sorted(
         {tuple(tables.clean(v) for v in r) for r in df[panel_keys].itertuples(index=False)},
         key=lambda c: [rank(k, v) for k, v in zip(panel_keys, c, strict=True)],
-    )
+    ) or [()]  # no key varies between panels (pandas yields no rows for no columns): one panel
     cols = sorted(set(df[col_key]), key=lambda c: rank(col_key, c)) if col_key else [None]
     cells = [(combo, col) for combo in combos for col in cols]
     ncols = len(cols) if col_key else min(3, len(cells))
@@ -162,7 +162,11 @@ def _figure(df, panel_keys, col_key, column, ylabel, suptitle, *, scale=1.0, log
             ax.set_ylabel(ylabel)
         if log and (frame[column] > 0).any():  # a log axis needs a positive value
             ax.set_yscale("log")
-    fig.suptitle(suptitle, fontsize=11)
+    import textwrap
+
+    width = max(40, int(11 * ncols))  # characters a line of the title can hold
+    title = "\n".join(textwrap.fill(line, width) for line in suptitle.split("\n"))
+    fig.suptitle(title, fontsize=11 if ncols > 1 else 10)
     return fig
 
 

@@ -37,7 +37,8 @@ PROTECTED = ("data.name", "ortho.mode")
 ROW_PRIORITY = ("data.name", "recipe", "ortho.mode")
 COLUMN_KEY = "optim.lr"
 DATASETS = ("svhn", "cifar10", "cifar100")  # the paper's row order
-ORDER = {"data.name": DATASETS, "recipe": DATASETS, "ortho.mode": ("none", "penalty", "exact")}
+ORTHO_MODES = ("penalty", "exact")
+ORDER = {"data.name": DATASETS, "recipe": DATASETS, "ortho.mode": ("none", *ORTHO_MODES)}
 DESCENDING = ("optim.lr",)
 DISPLAY = {
     "data.name": {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"},
@@ -567,6 +568,59 @@ PAPER_NOTE = (
 )
 
 
+GAIN_NOTE = (
+    "Gain over the baseline at the same settings, in accuracy points: mean of the orthogonal "
+    "mode − mean of the baseline; p = Welch's t-test (two-sided, unequal variances) on the "
+    "runs' accuracies, n/a when a side has fewer than 2 runs."
+)
+
+
+def gain_lines(summary: Summary) -> list[list[str]]:
+    """Per orthogonal row (not the baseline): its label, then '+0.3 (p=0.41)' per column."""
+    if "ortho.mode" not in summary.row_keys:
+        return []
+    i = summary.row_keys.index("ortho.mode")
+    lines = []
+    for row in summary.rows:
+        if row[i] in (None, "none"):
+            continue
+        cells = [summary.cell(row, c) for c in summary.cols]
+        vs = [versus(summary, c) if c else None for c in cells]
+        if any(v and v.gain is not None for v in vs):
+            lines.append([*_row_labels(summary, row), *(_gain_text(v) for v in vs)])
+    return lines
+
+
+def _gain_header(summary: Summary) -> list[str]:
+    if summary.col_key is None:
+        return [*summary.row_keys, "gain over the baseline (points)"]
+    return [*summary.row_keys, *(column_label(summary.col_key, c) for c in summary.cols)]
+
+
+def conv1_note(summary: Summary) -> str | None:
+    """What orthogonality does to largeCNN's first layer where its rows cannot be orthogonal
+    (more filters than values per filter), for tables with penalty or exact runs."""
+    cells = [c for c in summary.cells.values() if c.settings.get("ortho.mode") in ORTHO_MODES]
+    shapes = set()
+    for c in cells:
+        width, name = c.settings.get("model.width"), c.settings.get("data.name")
+        if not isinstance(width, (int, float)) or name in (None, "npz"):
+            continue
+        c_in = 1 if name in ("fashion-mnist", "mnist", "kmnist") else 3
+        c_out = max(1, round(96 * width))
+        if c_out > 9 * c_in:
+            shapes.add(f"{c_out} x {9 * c_in}")
+    if not shapes:
+        return None
+    return (
+        f"conv1 has more filters than values per filter ({', '.join(sorted(shapes))}), so its "
+        "filters cannot be orthogonal: exact makes its columns orthonormal instead (and "
+        "ortho_error measures columns there); the penalty (eq. 11) acts on its rows and can "
+        "lower itself by shrinking them, which batch norm undoes: compare filter_norm and "
+        "row_energy per layer in each run's metrics.jsonl."
+    )
+
+
 # ------------------------------------------------------------------------------ renderers
 def render(
     summary: Summary, fmt: Literal["markdown", "latex", "csv", "json"], *, paper: bool = False
@@ -608,6 +662,10 @@ def _markdown(summary: Summary, paper: bool) -> str:
     lines = [f"### {title(summary)}", "", *_pipe_table(header, body, left), "", FOOTNOTE]
     if summary.folded_keys:
         lines.append(f"Also varying, fixed by the rows: {', '.join(summary.folded_keys)}.")
+    if gains := gain_lines(summary):
+        lines += ["", GAIN_NOTE, "", *_pipe_table(_gain_header(summary), gains, left)]
+    if note := conv1_note(summary):
+        lines += ["", note]
     lines += [f"> Warning: {w}" for w in summary.warnings]
     if paper:
         lines += ["", *_markdown_paper(summary)]
@@ -675,6 +733,21 @@ def _latex(summary: Summary, paper: bool) -> str:
         lines += _tex_rows([[*label, *(cell_text(summary.cell(row, c)) for c in summary.cols)]])
         previous = row
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if gains := gain_lines(summary):
+        lines += [
+            r"\par\medskip",
+            tex_escape(GAIN_NOTE),
+            r"\par\medskip",
+            r"\begin{tabular}{" + "l" * left + "r" * len(summary.cols) + "}",
+            r"\toprule",
+            *_tex_rows([_gain_header(summary)]),
+            r"\midrule",
+            *_tex_rows(gains),
+            r"\bottomrule",
+            r"\end{tabular}",
+        ]
+    if note := conv1_note(summary):
+        lines += [r"\par\medskip", tex_escape(note)]
     if paper:
         lines += _latex_paper(summary)
     lines.append(r"\end{table}")
@@ -715,15 +788,14 @@ def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]
                 rec[summary.col_key] = col
             rec.update(mean=_num(cell.mean, 6), std=_num(cell.std, 6), n=cell.n, **cell.counts)
             rec["smoke"] = summary.smoke
+            v = versus(summary, cell)
+            rec.update(gain=_num(v.gain, 6), gain_p=v.gain_p)  # vs the baseline, Welch
             if paper:
-                v = versus(summary, cell)
                 rec.update(
                     paper_mean=v.paper_mean,
                     paper_std=v.paper_std,
                     diff=_num(v.diff, 6),
-                    gain=_num(v.gain, 6),
                     gain_paper=_num(v.gain_paper, 6),
-                    gain_p=v.gain_p,
                 )
             out.append((rec, cell))
     return out
