@@ -373,6 +373,10 @@ def launch_local(
     Units are single runs or packs (:func:`plan_units`); `pack` None decides per pack by
     measuring (:func:`decide_pack`), False never packs.
     """
+    from softmaso.training import resolve_device
+
+    if pack is None and all(resolve_device(d).type == "cpu" for d in devices or ["auto"]):
+        pack = False  # packing has never been faster on a CPU: one unit per run
     units = plan_units(todo, pack=pack, size=pack_size, devices=len(devices or [None]))
     outcomes: dict[Path, str] = {}
 

@@ -7,7 +7,9 @@ import pytest
 from softmaso.config import RunConfig, describe_keys, dump_yaml, load_recipe, parse_override
 from softmaso.errors import UserError
 
-RECIPES = sorted(Path(__file__).resolve().parent.parent.joinpath("softmaso", "recipes").rglob("*.yaml"))
+RECIPES = sorted(
+    Path(__file__).resolve().parent.parent.joinpath("softmaso", "recipes").rglob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

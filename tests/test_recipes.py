@@ -1,0 +1,163 @@
+"""Packaged recipes, `softmaso recipes`, any recipe file as a grid, --threads, and an installed
+wheel running a named experiment outside the checkout."""
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from softmaso import recipes, runs
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = """\
+data:
+  name: synthetic
+  synthetic_train: 200
+model:
+  width: 0.0625
+train:
+  epochs: 1
+sweep:
+  ortho.mode: [none, exact]
+  seed: [0, 1]
+"""
+
+
+def test_every_named_experiment_is_packaged():
+    for members in recipes.EXPERIMENTS.values():
+        for name in members:
+            assert recipes.path_of(name).is_file()
+    assert {"smoke", "fashion", "table2/cifar10"} <= set(recipes.names())
+
+
+def test_train_takes_a_packaged_name_or_a_file(cli, tmp_path):
+    r = cli("train", "table2/cifar10", "--print-config")
+    assert r.exit_code == 0 and "name: cifar10" in r.stdout
+    r = cli("train", "fashion", "--print-config")
+    assert r.exit_code == 0 and "name: fashion-mnist" in r.stdout
+    r = cli("train", "no-such-recipe", "--print-config")
+    assert r.exit_code == 2 and "softmaso recipes" in r.stderr
+    r = cli("train", str(tmp_path / "missing.yaml"))
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_recipes_lists_and_copies(cli, tmp_path):
+    r = cli("recipes")
+    assert r.exit_code == 0
+    assert "fashion" in r.stdout and "experiment table2" in r.stdout
+    r = cli("recipes", "--copy", "fashion", tmp_path / "mine")
+    assert r.exit_code == 0
+    copied = tmp_path / "mine" / "fashion.yaml"
+    assert copied.read_text() == recipes.path_of("fashion").read_text()
+    r = cli("recipes", "--copy", "fashion", tmp_path / "mine")  # never overwrites
+    assert r.exit_code == 2 and "exists" in r.stderr
+    assert cli("recipes", "--copy", "nope", tmp_path).exit_code == 2
+
+
+def test_a_recipe_file_with_a_sweep_runs_as_a_grid(cli, tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(TINY)
+    res = tmp_path / "res"
+    r = cli("reproduce", recipe, "--results", res, "--threads", "1")
+    assert r.exit_code == 0, r.output
+    torch.set_num_threads(2)
+    assert "mine: 4 finished" in r.stdout
+    grid = json.loads((res / runs.GRID).read_text())
+    assert grid["experiment"] == "mine" and len(grid["runs"]) == 4
+    assert grid["recipe_files"] == {"mine": str(recipe.absolute())}
+    run = res / "mine" / "mode-exact_seed-1"
+    assert json.loads((run / runs.ENV).read_text())["device"]["threads"] == 1
+    table = (res / "table.md").read_text()
+    assert "ortho (exact)" in table and "(n=2)" in table and "p=" in table
+    # rerun: everything skipped; an interrupted run resumes (its result removed)
+    (run / runs.RESULT).unlink()
+    r = cli("reproduce", recipe, "--results", res)
+    assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.stdout
+    # a missing run shows in the table, its values from the recipe file
+    (res / "mine" / "mode-none_seed-0" / runs.CONFIG).unlink()
+    r = cli("table", res)
+    assert r.exit_code == 0 and "1 missing" in r.stdout
+
+
+def test_a_recipe_without_a_sweep_is_refused(cli, tmp_path):
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text("data:\n  name: synthetic\n")
+    r = cli("reproduce", recipe, "--results", tmp_path / "r")
+    assert r.exit_code == 2 and "softmaso train" in r.stderr
+    r = cli("reproduce", tmp_path / "none.yaml")
+    assert r.exit_code == 2 and "no such recipe file" in r.stderr
+
+
+def test_one_results_folder_holds_one_experiment(cli, tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(TINY.replace("[none, exact]", "[none]").replace("[0, 1]", "[0]"))
+    b.write_text(TINY.replace("[none, exact]", "[none]").replace("[0, 1]", "[0]"))
+    assert cli("reproduce", a, "--results", tmp_path / "r").exit_code == 0
+    r = cli("reproduce", b, "--results", tmp_path / "r")
+    assert r.exit_code == 2 and "experiment 'a'" in r.stderr
+
+
+def test_train_threads_are_recorded(cli, tmp_path):
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text("\n".join(TINY.splitlines()[:7]) + "\n")
+    r = cli("train", recipe, "--out", tmp_path / "run", "--device", "cpu", "--threads", "1")
+    torch.set_num_threads(2)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / runs.ENV).read_text())["device"]["threads"] == 1
+    assert cli("train", recipe, "--threads", "0").exit_code == 2
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="venv layout")
+def test_an_installed_wheel_runs_a_named_smoke_experiment_outside_the_checkout(tmp_path):
+    """Build the wheel from a copy of the sources, install it (no deps) into a fresh venv that
+    borrows this environment's dependencies, and run `reproduce fashion --smoke` elsewhere."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).write_bytes((REPO / name).read_bytes())
+    subprocess.run(["cp", "-r", str(REPO / "softmaso"), str(src)], check=True)
+    for cache in src.rglob("__pycache__"):
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+    dist = tmp_path / "dist"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
+        check=True,
+    )
+    (wheel,) = dist.glob("softmaso-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    site = next((env_dir / "lib").glob("python*/site-packages"))
+    borrowed = [p for p in sys.path if p.endswith("site-packages")]
+    (site / "borrowed.pth").write_text("\n".join(borrowed) + "\n")  # deps, not the editable hook
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SOFTMASO_DATA")}
+    py = env_dir / "bin" / "python"
+    where = subprocess.run(
+        [py, "-c", "import softmaso; print(softmaso.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.startswith(str(site))  # the wheel's copy, not the checkout
+    args = ["reproduce", "fashion", "--smoke", "--runs", "1", "--threads", "2"]
+    got = subprocess.run(
+        [py, "-m", "softmaso", *args], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    table = work / "results" / "smoke" / "fashion" / "table.md"
+    assert "SMOKE" in table.read_text() and "ortho (exact)" in table.read_text()
+    cfg = yaml.safe_load(
+        (work / "results/smoke/fashion/fashion/mode-exact_seed-0" / runs.CONFIG).read_text()
+    )
+    assert cfg["data"]["name"] == "synthetic"
