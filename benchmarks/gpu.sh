@@ -28,8 +28,8 @@ runs="$(mktemp -d)"
 train() {  # NAME, then overrides
   local name="$1"
   shift
-  echo "== softmaso train recipes/smoke.yaml --device cuda $*"
-  python3 -m softmaso train recipes/smoke.yaml --device cuda --out "$runs/$name" "$@"
+  echo "== softmaso train smoke --device cuda $*"
+  python3 -m softmaso train smoke --device cuda --out "$runs/$name" "$@"
   echo "== exit $? ($name)"
 }
 {

@@ -382,14 +382,14 @@ def reproduce(
     the table beside the paper's numbers and the learning curves. gs-cifar100: exact
     orthogonality + swish on CIFAR-100, 5 seeds. fashion: baseline, penalty and exact on
     Fashion-MNIST, 5 seeds, sized for a 2-core CPU. A recipe file with a sweep: runs as a grid
-    the same way (results/STEM/). figure1, theory: the theory half. all: theory, figure1,
-    table2 and gs-cifar100.
+    the same way (results/STEM/). figure1, theory: the theory half. all: every one of them.
     """
     import shlex
 
     from softmaso import experiments as ex
 
-    names = ["theory", "figure1", "table2", "gs-cifar100"] if experiment == "all" else [experiment]
+    everything = ["theory", "figure1", "table2", "gs-cifar100", "fashion"]
+    names = everything if experiment == "all" else [experiment]
     for name in names:
         if name not in ("theory", "figure1", *ex.EXPERIMENTS) and not ex.is_recipe_file(name):
             raise UserError(

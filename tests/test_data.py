@@ -123,7 +123,7 @@ def test_svhn_loads_train_and_test_with_digit_zero_as_label_zero(tmp_path, no_md
     assert d.y_train[9] == 0
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "fashion-mnist", "mnist"])
 def test_missing_dataset_is_one_line_error_naming_the_fetch_command(tmp_path, name):
     with pytest.raises(UserError) as e:
         load_data(DataConfig(name=name), data_dir=tmp_path)
@@ -166,8 +166,8 @@ def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_fetch_rejects_unknown_names_before_downloading(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(data, "_torchvision_splits", lambda *a, **k: calls.append(a))
-    with pytest.raises(UserError, match="unknown dataset 'mnist'"):
-        fetch(["cifar10", "mnist"], tmp_path)
+    with pytest.raises(UserError, match="unknown dataset 'emnist'"):
+        fetch(["cifar10", "emnist"], tmp_path)
     assert calls == []
 
 

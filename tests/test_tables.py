@@ -163,12 +163,16 @@ def test_markdown_cells_footnote_and_counts(table2):
     assert "84.1 ± 0.4 (n=3)" in text and "82.4 ± 0.4 (n=3; 1 diverged)" in text
     assert "94.7 ± 0.4 (n=3; 1 missing)" in text
     assert "ddof=1" in text and "n = finished runs" in text
+    main = text.split("\n\n")[1].splitlines()  # the accuracy table; the gains follow it
     order = [
         line.split(" | ")[0][2:]
-        for line in lines
+        for line in main
         if line.startswith("| ") and "ortho" not in line.split(" | ")[0]
     ]
     assert order[-6:] == ["SVHN", "SVHN", "CIFAR-10", "CIFAR-10", "CIFAR-100", "CIFAR-100"]
+    gains = text.split("\n\n")[4].splitlines()  # after the footnote and the gain note
+    assert gains[0] == "| data.name | ortho.mode | lr 0.001 | lr 0.0005 | lr 0.0001 |"
+    assert all("(p=" in line for line in gains[2:]) and len(gains) == 2 + 3
 
 
 def test_paper_columns_and_welch_test(table2):
@@ -205,7 +209,7 @@ def test_csv_and_json_round_trip(table2):
     s = tables.summarize(tables.collect(table2))
     rows = list(csv.DictReader(io.StringIO(tables.render(s, "csv", paper=True))))
     assert len(rows) == 18
-    assert list(rows[0])[:9] == [
+    assert list(rows[0])[:10] == [
         "data.name",
         "ortho.mode",
         "optim.lr",
@@ -213,6 +217,7 @@ def test_csv_and_json_round_trip(table2):
         "std",
         "n",
         "diverged",
+        "damaged",
         "started",
         "pending",
     ]
@@ -359,7 +364,7 @@ def test_bad_directories_are_user_errors(tmp_path):
     (tmp_path / "grid.json").unlink()
     run = write_run(tmp_path, "run", recipe="table2")
     (run / "config.yaml").write_bytes(b"\xff\xfe\x00 binary")
-    with pytest.raises(UserError, match="cannot read this run's config"):
+    with pytest.raises(UserError, match="no readable run .*config.yaml cannot be read"):
         tables.collect(tmp_path)
 
 
@@ -369,3 +374,38 @@ def test_write_table_is_atomic_file_or_stdout(tmp_path, capsys):
     out = tmp_path / "deep" / "table.md"
     tables.write_table("x\n", out)
     assert out.read_text() == "x\n" and [p.name for p in out.parent.iterdir()] == ["table.md"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[1, 2]", "holds a list"),
+        ('"finished"', "holds a str"),
+        ('{"status": "finished", "final_test_acc": "abc"}', "final_test_acc 'abc'"),
+        ('{"status": "finished", "final_test_acc": 85.0}', "final_test_acc 85.0"),
+        ('{"status": "done"}', "status 'done'"),
+        ("{not json", "not readable JSON"),
+    ],
+)
+def test_a_damaged_run_is_named_and_the_rest_is_still_tabulated(cli, tmp_path, content, problem):
+    for seed in range(3):
+        write_run(tmp_path, f"s{seed}", recipe="r", acc=0.8 + seed / 100, seed=seed)
+    (tmp_path / "s2" / "result.json").write_text(content)
+    (tmp_path / "s1" / "metrics.jsonl").write_text(
+        '{"epoch": "x", "test_acc": 0.5}\n{"epoch": 1, "test_acc": "abc"}\n'
+    )
+    r = cli("table", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "80.5 ± 0.7 (n=2; 1 damaged)" in r.stdout
+    assert "damaged run s2: result.json" in r.stdout and problem in r.stdout
+    assert "8500" not in r.stdout
+    r = cli("plot-curves", tmp_path)
+    assert r.exit_code == 0, r.output
+
+
+def test_non_object_grid_entries_are_skipped(cli, tmp_path):
+    write_run(tmp_path, "r/a", recipe="r", acc=0.5)
+    entries = [{"dir": "r/a", "recipe": "r", "settings": {}}, 7, "x", {"dir": 3}]
+    (tmp_path / "grid.json").write_text(json.dumps({"experiment": "r", "runs": entries}))
+    r = cli("table", tmp_path)
+    assert r.exit_code == 0 and "50.0 (n=1)" in r.stdout

@@ -39,14 +39,23 @@ def _read_metrics(path: Path) -> list[dict]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1:
+            rows.append(row)  # a line without a whole epoch number is damaged: skipped
     return rows
+
+
+def _number(value) -> float:
+    """A metric as a float; NaN for anything that is not a real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
 
 
 def _mean_error(errors) -> float:
     values = list(errors.values()) if isinstance(errors, dict) else []
-    values = [float(v) for v in values if v is not None]
+    values = [_number(v) for v in values]
+    values = [v for v in values if not math.isnan(v)]
     return math.fsum(values) / len(values) if values else math.nan
 
 
@@ -62,7 +71,7 @@ def _curves(results_dir: Path):
         keys.append("ortho.mode")
     records = []
     for run in found.to_dict("records"):
-        if run["status"] in ("pending", "missing"):
+        if run["status"] in ("pending", "missing", "damaged"):
             continue
         for m in _read_metrics(root / run["dir"] / rundir.METRICS):
             records.append(
@@ -72,8 +81,8 @@ def _curves(results_dir: Path):
                     "status": run["status"],
                     "seed": run.get("seed"),
                     "epoch": int(m["epoch"]),
-                    "test_acc": m.get("test_acc", math.nan),
-                    "train_loss": m.get("train_loss", math.nan),
+                    "test_acc": _number(m.get("test_acc")),
+                    "train_loss": _number(m.get("train_loss")),
                     "ortho_error_mean": _mean_error(m.get("ortho_error")),
                     "smoke": bool(run["smoke"]),
                 }

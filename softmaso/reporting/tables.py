@@ -27,8 +27,8 @@ from softmaso import runs as rundir
 from softmaso.errors import UserError
 
 GRID = rundir.GRID
-UNFINISHED = ("diverged", "started", "pending", "missing")
-BOOKKEEPING = ("dir", "status", "acc", "smoke")
+UNFINISHED = ("diverged", "damaged", "started", "pending", "missing")
+BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem")
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
 # how often checkpoints are written and how evaluation is chunked [ours].
 NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size")
@@ -89,9 +89,17 @@ def collect(results_dir: Path):
         raise UserError("RESULTS_DIR", f"{str(root)!r} does not exist or is not a directory")
     grid = _read_grid(root)
     smoke = bool(grid.get("smoke", False)) if grid else False
-    found = [_read_run(root, p.parent, smoke) for p in sorted(root.rglob(rundir.CONFIG))]
-    expected = _missing_runs(root, grid, found) if grid else []
+    found, unplaced = [], []  # unplaced: damaged runs whose config cannot be read
+    for path in sorted(root.rglob(rundir.CONFIG)):
+        row = _read_run(root, path.parent, smoke)
+        (found if row.get("config") is not False else unplaced).append(row)
+    for row in found:
+        row.pop("config", None)
+    expected = _missing_runs(root, grid, found + unplaced) if grid else []
     if not found and not expected:
+        if unplaced:
+            shown = "; ".join(f"{r['dir']}: {r['problem']}" for r in unplaced[:3])
+            raise UserError("RESULTS_DIR", f"no readable run in {str(root)!r} ({shown})")
         raise UserError(
             "RESULTS_DIR",
             f"{str(root)!r} is empty or not a softmaso results directory "
@@ -102,6 +110,7 @@ def collect(results_dir: Path):
     df = df[[*BOOKKEEPING, *(k for k in keys if k not in BOOKKEEPING)]]
     df["acc"] = df["acc"].astype(float)
     df.attrs["name"] = (grid or {}).get("experiment") or root.resolve().name
+    df.attrs["unplaced"] = [f"{r['dir']}: {r['problem']}" for r in unplaced]
     return df
 
 
@@ -112,27 +121,59 @@ def _read_grid(root: Path) -> dict[str, Any] | None:
     grid = rundir.read_json(path)
     if not isinstance(grid, dict) or not isinstance(grid.get("runs", []), list):
         raise UserError(str(path), "not a softmaso grid (JSON object with a 'runs' list)")
+    entries = grid.get("runs", [])
+    grid["runs"] = [e for e in entries if isinstance(e, dict) and isinstance(e.get("dir"), str)]
+    grid["skipped_entries"] = len(entries) - len(grid["runs"])
     return grid
 
 
-def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
-    tree = rundir.read_config(run_dir)
-    if tree is None:
-        path = run_dir / rundir.CONFIG
-        raise UserError(str(path), "cannot read this run's config (not a YAML mapping)")
-    result = rundir.read_json(run_dir / rundir.RESULT) or {}
+def _result_problem(result: Any) -> str | None:
+    """Why a result.json's content cannot be believed, or None if it can."""
+    if not isinstance(result, dict):
+        return f"result.json holds a {type(result).__name__}, not a JSON object"
     status = result.get("status")
     if status not in ("finished", "diverged"):
+        return f"result.json has status {status!r} (finished or diverged expected)"
+    if status == "finished":
+        acc = result.get("final_test_acc")
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
+            return f"result.json has final_test_acc {acc!r} (a fraction in [0, 1] expected)"
+    return None
+
+
+def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
+    """A run's row: bookkeeping and config keys. A damaged run (unreadable result.json, an
+    accuracy outside [0, 1], ...) has status 'damaged' and its reason in 'problem'; one whose
+    config cannot be read has config False (it cannot be placed in the table)."""
+    rel = run_dir.relative_to(root).as_posix()
+    tree = rundir.read_config(run_dir)
+    if tree is None:
+        problem = f"{rundir.CONFIG} cannot be read (not a YAML mapping)"
+        return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
+    row = {"dir": rel, "acc": math.nan, "smoke": grid_smoke, "problem": None}
+    path = run_dir / rundir.RESULT
+    if path.exists():
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            result = "unreadable"
+        problem = (
+            "result.json is not readable JSON"
+            if result == "unreadable"
+            else _result_problem(result)
+        )
+        if problem:
+            row.update(status="damaged", problem=problem)
+        else:
+            row["status"] = result["status"]
+            if isinstance(result.get("smoke"), bool):
+                row["smoke"] = result["smoke"]
+            if result["status"] == "finished":
+                row["acc"] = float(result["final_test_acc"])
+    else:
         started = (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()
-        status = "started" if started else "pending"
-    acc = result.get("final_test_acc") if status == "finished" else None
-    return {
-        "dir": run_dir.relative_to(root).as_posix(),
-        "status": status,
-        "acc": math.nan if acc is None else float(acc),
-        "smoke": bool(result.get("smoke", grid_smoke)),
-        **rundir.flatten(tree),
-    }
+        row["status"] = "started" if started else "pending"
+    return {**row, **rundir.flatten(tree)}
 
 
 def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
@@ -149,7 +190,15 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
             settings, found, grid.get("experiment"), smoke, grid.get("recipe_files")
         )
         out.append(
-            {"dir": rel, "status": "missing", "acc": math.nan, "smoke": smoke, **base, **settings}
+            {
+                "dir": rel,
+                "status": "missing",
+                "acc": math.nan,
+                "smoke": smoke,
+                "problem": None,
+                **base,
+                **settings,
+            }
         )
     return out
 
@@ -342,6 +391,10 @@ def summarize(runs) -> Summary:
         warnings += _duplicate_seeds(
             cells[(row, col)], members, _where(row_keys, row, col_key, col)
         )
+    for r in runs.to_dict("records"):
+        if r["status"] == "damaged":
+            warnings.append(f"damaged run {r['dir']}: {r['problem']}; not counted")
+    warnings += [f"damaged run {u}; not counted" for u in runs.attrs.get("unplaced", [])]
     return Summary(
         name=str(runs.attrs.get("name", "runs")),
         row_keys=row_keys,
