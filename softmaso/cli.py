@@ -33,6 +33,10 @@ class _Group(TyperGroup):
             msg = str(e) if isinstance(e, UserError) else e.format_message()
             typer.echo(f"softmaso: error: {msg}", err=True)
             code = e.exit_code
+        except OSError as e:  # a file that cannot be written or read: one line, not a traceback
+            where = f"{e.filename}: " if e.filename else ""
+            typer.echo(f"softmaso: error: {where}{e.strerror or e}", err=True)
+            code = 2
         except typer.Abort:
             typer.echo("softmaso: aborted", err=True)
             code = 130
@@ -90,12 +94,12 @@ def theory(
     """
     from rich.console import Console
 
-    from softmaso.io import ensure_writable_dir
+    from softmaso.io import check_output_file
     from softmaso.reporting.theory import render, write_json
     from softmaso.theory.checks import run_checks
 
     if json_path is not None:
-        ensure_writable_dir(json_path.parent, where="--json")
+        check_output_file(json_path, where="--json")
     results = run_checks(seed=seed, trials=trials)
     render(results, Console())
     if json_path is not None:
@@ -138,9 +142,11 @@ def plot_activations(
     Writes figure1.png, figure1.pdf and figure1.csv (columns panel,beta,x,y) to --out;
     with --value, figure1-value.*.
     """
+    from softmaso.io import check_output_dir
     from softmaso.reporting.figure1 import figure1_spec, write_figure1
 
     spec = figure1_spec(beta, pieces, x_min, x_max, points, value)
+    check_output_dir(out, where="--out")
     for path in write_figure1(spec, out):
         typer.echo(f"wrote {path}")
 
@@ -227,7 +233,9 @@ def train(
             f"note: {recipe} sweeps {swept}; train runs one point (use --set or `reproduce`)",
             err=True,
         )
-    run_dir = out or runs.default_run_dir(cfg)
+    from softmaso.io import check_output_dir
+
+    run_dir = check_output_dir(out or runs.default_run_dir(cfg), where="--out")
     try:
         result = fit(cfg, run_dir, device=device, data_dir=data_dir)
     except KeyboardInterrupt:
@@ -401,7 +409,11 @@ def reproduce(
         raise UserError("--launcher", f"{launcher!r}; use local or slurm")
     if launcher == "slurm":
         ex.check_slurm(slurm_cluster)
-    base = results or Path("results/smoke" if smoke else "results")
+    from softmaso.io import check_output_dir
+
+    base = check_output_dir(
+        results or Path("results/smoke" if smoke else "results"), where="--results"
+    )
     dev = ex.parse_devices(devices)
     command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     failed = False
@@ -428,6 +440,7 @@ def reproduce(
             overrides=list(set_ or []),
         )
         files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
+        ex.check_grid(todo)
         ex.write_grid(root, label, todo, smoke=smoke, recipe_files=files)
         typer.echo(
             f"{label}: {len(todo)} runs in {root}"
@@ -454,7 +467,7 @@ def reproduce(
             threads=threads,
         )
         typer.echo(f"{label}: {ex.summary_line(outcomes)}")
-        failed |= any(o in ("diverged", "conflict") for o in outcomes.values())
+        failed |= any(o in ("diverged", "conflict", "damaged") for o in outcomes.values())
         for path in ex.report(root, paper=name == "table2", command=command):
             typer.echo(f"wrote {path}")
     if failed:
@@ -470,7 +483,6 @@ def _reproduce_theory(base: Path) -> bool:
     results = run_checks()
     render(results, Console())
     path = base / "theory.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(results, path, seed=0, trials=200)
     typer.echo(f"wrote {path}")
     return not all(r.passed for r in results)
@@ -531,9 +543,9 @@ def table(
     if fmt not in ("markdown", "latex", "csv", "json"):
         raise UserError("--format", f"{fmt!r}; use markdown, latex, csv or json")
     if out is not None:
-        from softmaso.io import ensure_writable_dir
+        from softmaso.io import check_output_file
 
-        ensure_writable_dir(out.parent, where="--out")
+        check_output_file(out, where="--out")
     text = tables.render(tables.summarize(tables.collect(results_dir)), fmt, paper=paper)
     tables.write_table(text, out)
 
@@ -551,10 +563,10 @@ def plot_curves_(
 ) -> None:
     """Test accuracy per epoch (mean +- std band over seeds), baseline against ortho, one panel per
     dataset and learning rate; and the orthogonality error per epoch."""
-    from softmaso.io import ensure_writable_dir
+    from softmaso.io import check_output_dir
     from softmaso.reporting.curves import plot_curves
 
-    out = ensure_writable_dir(out or results_dir / "figures", where="--out")
+    out = check_output_dir(out or results_dir / "figures", where="--out")
     for path in plot_curves(results_dir, out):
         typer.echo(f"wrote {path}")
 
@@ -577,11 +589,11 @@ def bench(
     from rich.console import Console
 
     from softmaso.bench import measure, render
-    from softmaso.io import atomic_write, ensure_writable_dir
+    from softmaso.io import atomic_write, check_output_file
     from softmaso.training import resolve_device
 
     if json_path is not None:
-        ensure_writable_dir(json_path.parent, where="--json")
+        check_output_file(json_path, where="--json")
     res = measure(resolve_device(device), quick=quick, log=lambda m: typer.echo(m, err=True))
     Console().print(render(res))
     if json_path is not None:

@@ -268,20 +268,37 @@ def decide_pack(
     return (*_decisions[key], data)
 
 
+def check_grid(todo: list[Run]) -> None:
+    """RunConflict, before anything trains or is written, if any run directory holds a run
+    with another config, finished or not: a grid never skips, nor relabels, a run it would
+    not have made. Names the first conflicts and how many there are."""
+    from softmaso.training import check_unfinished
+
+    conflicts = []
+    for run in todo:
+        try:
+            check_unfinished(run.cfg, run.dir)
+        except RunConflict as e:
+            conflicts.append(e.message)
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more runs like it)" if len(conflicts) > 1 else ""
+        raise RunConflict("--results", f"{conflicts[0]}{more}")
+
+
 def _outcome_before(run: Run, log=None) -> str | None:
     """Why a claimed run will not train now (skipped or conflict, whose reason goes to `log`),
     or None if it will."""
     from softmaso.training import check_unfinished
 
-    before = state(run.dir)
-    if before in ("finished", "diverged"):
-        return f"skipped-{before}"
     try:
-        check_unfinished(run.cfg, run.dir)
+        check_unfinished(run.cfg, run.dir)  # finished runs too: same config, or a conflict
     except RunConflict as e:
         if log is not None:
             log(f"conflict: {e.message}")
         return "conflict"
+    before = state(run.dir)
+    if before in ("finished", "diverged"):
+        return f"skipped-{before}"
     return None
 
 
@@ -324,13 +341,33 @@ def run_unit(
         kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
         if len(mine) > 1 and pack:
             cfgs, dirs = [r.cfg for r in mine], [r.dir for r in mine]
-            results = fit_packed(cfgs, dirs, **kw, extra={"smoke": smoke}, data=data)
-            out.update({r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)})
+            try:
+                results = fit_packed(cfgs, dirs, **kw, extra={"smoke": smoke}, data=data)
+            except UserError as e:  # a damaged checkpoint of one run: the pack cannot start
+                _damaged(log, f"pack of {len(mine)} runs", e)
+                out.update({r.dir: "damaged" for r in mine})
+            else:
+                out.update(
+                    {r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)}
+                )
         else:
             del data  # each run loads its own: do not hold a second copy meanwhile
             for run in mine:
-                out[run.dir] = str(fit(run.cfg, run.dir, **kw, extra={"smoke": smoke})["status"])
+                try:
+                    res = fit(run.cfg, run.dir, **kw, extra={"smoke": smoke})
+                except RunConflict:
+                    raise
+                except UserError as e:  # damaged run files: this run fails, the grid goes on
+                    _damaged(log, run.dir.name, e)
+                    out[run.dir] = "damaged"
+                else:
+                    out[run.dir] = str(res["status"])
     return {run.dir: out[run.dir] for run in unit}
+
+
+def _damaged(log, what: str, e: UserError) -> None:
+    if log is not None:
+        log(f"damaged: {what}: {e}")
 
 
 # -------------------------------------------------------------------------------- launchers
@@ -566,7 +603,7 @@ def run_grid(
 
     def on_done(run: Run, outcome: str) -> None:
         done[0] += 1
-        failed[0] += outcome in ("diverged", "conflict")
+        failed[0] += outcome in ("diverged", "conflict", "damaged")
         eta = (time.perf_counter() - t0) / done[0] * (len(todo) - done[0])
         line = f"{done[0]}/{len(todo)} done, {failed[0]} failed, ETA {eta / 60:.1f} min"
         if progress is not None:

@@ -33,6 +33,37 @@ def ensure_writable_dir(path: Path, *, where: str) -> Path:
     return path
 
 
+def check_output_dir(path: Path, *, where: str) -> Path:
+    """UserError (naming `where`) unless `path` is, or could be made as, a writable directory.
+
+    Creates nothing: the check runs before any work, and a bad path leaves no trace.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink() or probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is a file" if probe == path else f"is under {str(probe)!r}, a file"
+        raise UserError(where, f"{str(path)!r} {what}; give a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(where, f"cannot write to directory {str(probe)!r} (permission denied)")
+    return path
+
+
+def check_output_file(path: Path, *, where: str) -> Path:
+    """UserError unless `path` can be written as a file (its folder made if needed); creates
+    nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(where, f"{str(path)!r} is a directory; give a file name")
+    check_output_dir(path.parent, where=where)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(where, f"cannot write {str(path)!r} (permission denied)")
+    return path
+
+
 def atomic_write(path: Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then rename the temp file onto `path`."""
     with atomic_group() as stage:
@@ -60,9 +91,11 @@ def atomic_group() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]:
 
     try:
         yield stage
+        for i, (tmp, final) in enumerate(staged):
+            os.replace(tmp, final)
+            staged[i] = (final, final)  # renamed: nothing left to clean
     except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+        for tmp, final in staged:
+            if tmp != final:
+                tmp.unlink(missing_ok=True)
         raise
-    for tmp, final in staged:
-        os.replace(tmp, final)

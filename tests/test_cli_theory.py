@@ -159,3 +159,22 @@ def test_existing_outputs_survive_a_failed_run(cli, tmp_path):
     assert cli("plot-activations", "--beta", "2", "--out", tmp_path).exit_code == 2
     assert (tmp_path / "figure1.csv").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_output_paths_are_checked_before_any_work(cli, tmp_path):
+    """A file where a folder is wanted, or a folder where a file is: one line, exit 2,
+    nothing written (no temp file left), before anything is computed."""
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    cases = [
+        (["train", "smoke", "--out", a_file], "--out"),
+        (["train", "smoke", "--out", a_file / "run"], "--out"),
+        (["reproduce", "theory", "--results", a_file], "--results"),
+        (["theory", "--json", tmp_path], "--json"),
+        (["plot-activations", "--out", a_file / "x"], "--out"),
+    ]
+    for args, where in cases:
+        r = cli(*args)
+        assert r.exit_code == 2, args
+        assert r.stderr.startswith(f"softmaso: error: {where}") and r.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from softmaso import recipes, runs
+from softmaso.config import dump_yaml, read_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = """\
@@ -161,3 +162,32 @@ def test_an_installed_wheel_runs_a_named_smoke_experiment_outside_the_checkout(t
         (work / "results/smoke/fashion/fashion/mode-exact_seed-0" / runs.CONFIG).read_text()
     )
     assert cfg["data"]["name"] == "synthetic"
+
+
+def test_a_finished_run_with_another_config_is_a_conflict_not_a_skip(cli, tmp_path):
+    recipe = tmp_path / "g.yaml"
+    recipe.write_text(TINY.replace("[none, exact]", "[none]"))
+    res = tmp_path / "res"
+    assert cli("reproduce", recipe, "--results", res).exit_code == 0
+    before = {p: p.read_bytes() for p in res.rglob("*") if p.is_file()}
+    r = cli("reproduce", recipe, "--results", res, "--set", "train.epochs=2")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "train.epochs: 1 there, 2 here" in r.stderr and "finished run" in r.stderr
+    after = {p: p.read_bytes() for p in res.rglob("*") if p.is_file()}
+    assert after == before  # nothing relabelled, nothing written
+
+
+def test_a_truncated_checkpoint_fails_its_run_and_the_grid_goes_on(cli, tmp_path):
+    recipe = tmp_path / "g.yaml"
+    recipe.write_text(TINY.replace("epochs: 1", "epochs: 2"))
+    res = tmp_path / "res"
+    bad = res / "g" / "mode-none_seed-1"
+    bad.mkdir(parents=True)
+    cfg = read_recipe(recipe).config(settings={"ortho.mode": "none", "seed": 1})
+    (bad / runs.CONFIG).write_text(dump_yaml(cfg))
+    (bad / runs.CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
+    r = cli("reproduce", recipe, "--results", res)
+    assert r.exit_code == 1
+    assert "1 damaged, 3 finished" in r.stdout
+    assert "damaged: mode-none_seed-1" in r.output and "corrupt or truncated" in r.output
+    assert (res / "table.md").exists() and "1 started" in (res / "table.md").read_text()

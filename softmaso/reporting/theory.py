@@ -97,4 +97,5 @@ def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int
             for row in TABLE1
         ],
     }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
