@@ -71,7 +71,11 @@ def _root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+            "--version",
+            metavar="",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and exit.",
         ),
     ] = False,
 ) -> None:
@@ -132,7 +136,9 @@ def plot_activations(
     points: Annotated[int, typer.Option(help="Points per curve (at least 2).")] = 401,
     value: Annotated[
         bool,
-        typer.Option("--value", help="Plot the optimal value of (8) (softplus family) instead."),
+        typer.Option(
+            "--value", metavar="", help="Plot the optimal value of (8) (softplus family) instead."
+        ),
     ] = False,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/figures"),
 ) -> None:
@@ -204,7 +210,7 @@ def train(
     data_dir: DataDir = None,
     threads: Threads = None,
     print_config: Annotated[
-        bool, typer.Option("--print-config", help="Print the resolved config and exit.")
+        bool, typer.Option("--print-config", metavar="", help="Print the resolved config and exit.")
     ] = False,
 ) -> None:
     """Train the paper's largeCNN from a YAML recipe; rerun the same command to resume.
@@ -257,7 +263,9 @@ def eval_(
     as_json: Annotated[
         bool,
         typer.Option(
-            "--json", help='Print {"test_acc": ..., "loss": ...} ("train_acc" with --split train).'
+            "--json",
+            metavar="",
+            help='Print {"test_acc": ..., "loss": ...} ("train_acc" with --split train).',
         ),
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -356,7 +364,11 @@ def reproduce(
     ] = None,
     smoke: Annotated[
         bool,
-        typer.Option("--smoke", help="Tiny offline stand-in of the same pipeline, labelled smoke."),
+        typer.Option(
+            "--smoke",
+            metavar="",
+            help="Tiny offline stand-in of the same pipeline, labelled smoke.",
+        ),
     ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key in every run, KEY=VALUE.")
@@ -367,6 +379,7 @@ def reproduce(
         bool | None,
         typer.Option(
             "--pack/--no-pack",
+            metavar="",
             help="Train runs that differ only in seed, lr, weight decay or penalty as one packed "
             "network.",
             show_default="never on a CPU; on a GPU where a quick measurement shows it faster",
@@ -532,7 +545,9 @@ def table(
     ] = "markdown",
     paper: Annotated[
         bool,
-        typer.Option("--paper", help="Add the paper's Table 2, our difference and Welch tests."),
+        typer.Option(
+            "--paper", metavar="", help="Add the paper's Table 2, our difference and Welch tests."
+        ),
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
@@ -578,7 +593,10 @@ def bench(
         Path | None, typer.Option("--json", help="Also write the figures as JSON.")
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Fewer repeats, no compile on a CPU (about a minute).")
+        bool,
+        typer.Option(
+            "--quick", metavar="", help="Fewer repeats, no compile on a CPU (about a minute)."
+        ),
     ] = False,
 ) -> None:
     """Measure the training step against a plain loop and compiled, the cost of

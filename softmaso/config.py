@@ -20,13 +20,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from softmaso.errors import UserError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors; numbers are finite; a boolean is never taken for a number
+    # (YAML's `true` would otherwise be the integer 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        ann = cls.model_fields[info.field_name].annotation
+        numeric = {int, float, int | None, float | None}
+        if isinstance(value, bool) and ann in numeric:
+            raise ValueError("a number is needed, not a boolean")
+        return value
 
 
 class DataConfig(_Strict):
@@ -279,6 +297,27 @@ def _section(tree: dict, name: str, path: Path) -> dict[str, Any]:
     return section
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML would
+    silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(
+                    f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe(path: str | Path) -> Recipe:
     """Parse a recipe file (YAML mapping) without validating the values yet."""
     path = Path(path)
@@ -289,11 +328,19 @@ def read_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError:
         raise UserError(str(path), "not a text file (a recipe is UTF-8 YAML)") from None
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise UserError(str(path), str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
         raise UserError(str(path), f"invalid YAML{line}") from None
+    if tree is None:
+        raise UserError(
+            str(path),
+            "the recipe is empty; a recipe sets at least data.name (softmaso recipes --copy "
+            "smoke DIR gives a starting point)",
+        )
     if not isinstance(tree, dict):
         raise UserError(str(path), "a recipe is a mapping of keys (data:, model:, ...)")
     tree.setdefault("recipe", path.stem)

@@ -178,3 +178,29 @@ def test_output_paths_are_checked_before_any_work(cli, tmp_path):
         assert r.exit_code == 2, args
         assert r.stderr.startswith(f"softmaso: error: {where}") and r.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["--x-min", "-inf"], "--x-min"),
+        (["--x-max", "nan"], "--x-max"),
+        (["--x-min", "-1e300"], "--x-min"),
+        (["--points", "100000000"], "--points"),
+        (["--pieces", ""], "--pieces"),
+    ],
+)
+def test_plot_activations_bounds_what_can_be_drawn(cli, tmp_path, args, where):
+    r = cli("plot-activations", *args, "--out", tmp_path / "fig")
+    assert r.exit_code == 2 and r.stderr.startswith(f"softmaso: error: {where}")
+    assert not (tmp_path / "fig").exists()
+
+
+def test_flags_show_no_value_placeholder_in_help():
+    from typer.testing import CliRunner
+
+    from softmaso.cli import app
+
+    r = CliRunner().invoke(app, ["reproduce", "--help"], terminal_width=200, env={"COLUMNS": "200"})
+    line = next(x for x in r.stdout.splitlines() if "--smoke" in x and "stand-in" in x)
+    assert "<bool>" not in line

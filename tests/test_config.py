@@ -48,7 +48,7 @@ def test_wrong_value_names_key_and_what_is_allowed(tmp_path):
     with pytest.raises(UserError, match=r"ortho.mode.*'none', 'penalty' or 'exact'"):
         load_recipe(_write(tmp_path, "ortho:\n  mode: sometimes\n"))
     with pytest.raises(UserError, match=r"--set optim.batch_size.*greater than 0"):
-        load_recipe(_write(tmp_path, ""), ["optim.batch_size=0"])
+        load_recipe(_write(tmp_path, "seed: 0\n"), ["optim.batch_size=0"])
 
 
 def test_set_overrides_parse_yaml_values(tmp_path):
@@ -119,3 +119,31 @@ def test_readme_documents_every_recipe_key_as_config_does():
         if rows.get(f"`{key}`") != f"| `{key}` | `{default}` | {text} |"
     ]
     assert not stale, f"README's recipe key table differs from config.py for {stale}"
+
+
+def test_duplicate_keys_and_empty_recipes_are_errors(tmp_path):
+    p = _write(tmp_path, "optim:\n  lr: 0.1\ntrain:\n  epochs: 3\noptim:\n  lr: 0.2\n")
+    with pytest.raises(UserError, match=r"key 'optim' appears twice .*lines 1 and 5"):
+        load_recipe(p)
+    p = _write(tmp_path, "optim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(UserError, match="'lr' appears twice"):
+        load_recipe(p)
+    for text in ("", "\n# only a comment\n"):
+        with pytest.raises(UserError, match="the recipe is empty"):
+            load_recipe(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=true", "not a boolean"),
+        ("optim.lr=false", "not a boolean"),
+        ("optim.lr=.inf", "finite number"),
+        ("optim.lr=.nan", "finite number"),
+        ("ortho.weight=.inf", "finite number"),
+    ],
+)
+def test_booleans_are_not_numbers_and_numbers_are_finite(override, message):
+    with pytest.raises(UserError, match=message) as e:
+        RunConfig().with_overrides(**dict([parse_override(override)]))
+    assert e.value.where.startswith("--set")

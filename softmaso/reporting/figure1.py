@@ -7,6 +7,7 @@ black, SVQ (beta = 1/2) dashed black, the requested betas in red.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ class Figure1Spec:
         return "figure1-value" if self.value else "figure1"
 
 
+MIN_POINTS, MAX_POINTS = 2, 100_000  # per curve: a figure is ~1000 pixels wide [ours]
+MAX_ABS_X = 1e6  # beyond it the curves are flat lines and float64 scores lose their digits
+
+
 def figure1_spec(
     betas: Sequence[float] | None = None,
     pieces: str | None = None,
@@ -52,12 +57,21 @@ def figure1_spec(
     for b in betas:
         if not 0 <= b <= 1:
             raise UserError("--beta", f"{b:g} is outside [0, 1]; beta must lie in [0, 1]")
-    if points < 2:
-        raise UserError("--points", f"{points} is too few; at least 2 points are needed")
+    if not MIN_POINTS <= points <= MAX_POINTS:
+        raise UserError(
+            "--points", f"{points} points per curve; {MIN_POINTS} to {MAX_POINTS:,} can be drawn"
+        )
+    for where, x in (("--x-min", x_min), ("--x-max", x_max)):
+        if not math.isfinite(x) or abs(x) > MAX_ABS_X:
+            raise UserError(
+                where, f"{x:g} cannot be drawn; give a finite value within ±{MAX_ABS_X:g}"
+            )
     if not x_min < x_max:
         raise UserError(
             "--x-min/--x-max", f"empty x range [{x_min:g}, {x_max:g}]; need x-min < x-max"
         )
+    if pieces is not None and not pieces.strip():
+        raise UserError("--pieces", "is empty; give slope:offset pieces, e.g. '-1:0,1:0'")
     convex = parse_pieces(pieces or DEFAULT_PIECES)
     return Figure1Spec(betas, convex, float(x_min), float(x_max), int(points), value)
 
