@@ -115,7 +115,7 @@ def theory(
 
 @app.command(
     "plot-activations",
-    epilog="Example: softmaso plot-activations --beta 0.3 --out results/figures",
+    epilog="Example: softmaso plot-activations --beta 0.3 --out my-figures",
 )
 def plot_activations(
     beta: Annotated[
@@ -140,7 +140,13 @@ def plot_activations(
             "--value", metavar="", help="Plot the optimal value of (8) (softplus family) instead."
         ),
     ] = False,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/figures"),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output directory (the committed results/figures/ is made by `softmaso "
+            "reproduce figure1`)."
+        ),
+    ] = Path("figures"),
 ) -> None:
     """Draw the paper's Figure 1: ReLU, absolute value and a convex unit under beta-VQ.
 

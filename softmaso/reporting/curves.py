@@ -22,6 +22,7 @@ from pathlib import Path
 from softmaso import runs as rundir
 from softmaso.errors import UserError
 from softmaso.reporting import tables
+from softmaso.reporting.figure1 import save_figure
 
 COLORS = {"none": "tab:blue", "penalty": "tab:red", "exact": "tab:green"}
 COLUMNS = ("dir", "status", "seed", "epoch", "test_acc", "train_loss", "ortho_error_mean", "smoke")
@@ -226,7 +227,7 @@ def plot_curves(results_dir: Path, out_dir: Path) -> list[Path]:
         with atomic_group() as stage:
             for path, fig in zip(paths, (acc, acc, err, err), strict=True):
                 fmt = path.suffix[1:]
-                stage(path, lambda tmp, fig=fig, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150))
+                stage(path, lambda tmp, fig=fig, fmt=fmt: save_figure(fig, tmp, fmt))
     finally:
         plt.close(acc)
         plt.close(err)

@@ -44,6 +44,16 @@ MIN_POINTS, MAX_POINTS = 2, 100_000  # per curve: a figure is ~1000 pixels wide 
 MAX_ABS_X = 1e6  # beyond it the curves are flat lines and float64 scores lose their digits
 
 
+def save_figure(fig, path, fmt: str) -> None:
+    """Save without a date or a version in the file (PDF CreationDate, producer; PNG
+    software), so the same figure is the same bytes whenever it is drawn again."""
+    metadata = {
+        "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
+        "png": {"Software": None},
+    }[fmt]
+    fig.savefig(path, format=fmt, dpi=150 if fmt == "png" else "figure", metadata=metadata)
+
+
 def figure1_spec(
     betas: Sequence[float] | None = None,
     pieces: str | None = None,
@@ -145,8 +155,8 @@ def write_figure1(spec: Figure1Spec, out: Path) -> list[Path]:
     paths = [out / f"{spec.stem}.{ext}" for ext in ("png", "pdf", "csv")]
     try:
         with atomic_group() as stage:
-            stage(paths[0], lambda tmp: fig.savefig(tmp, format="png", dpi=150))
-            stage(paths[1], lambda tmp: fig.savefig(tmp, format="pdf"))
+            stage(paths[0], lambda tmp: save_figure(fig, tmp, "png"))
+            stage(paths[1], lambda tmp: save_figure(fig, tmp, "pdf"))
             stage(paths[2], lambda tmp: df.to_csv(tmp, index=False))
     finally:
         plt.close(fig)
