@@ -387,8 +387,8 @@ def reproduce(
             "--pack/--no-pack",
             metavar="",
             help="Train runs that differ only in seed, lr, weight decay or penalty as one packed "
-            "network.",
-            show_default="never on a CPU; on a GPU where a quick measurement shows it faster",
+            "network. Recorded in grid.json at the first launch and kept on restarts.",
+            show_default="no packing, or what the results folder's grid.json recorded",
         ),
     ] = None,
     pack_size: Annotated[
@@ -461,6 +461,7 @@ def reproduce(
         files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
         ex.check_grid(todo)
         ex.write_grid(root, label, todo, smoke=smoke, recipe_files=files)
+        packing = ex.settle_pack(root, pack)
         typer.echo(
             f"{label}: {len(todo)} runs in {root}"
             + (" (SMOKE: synthetic stand-in data)" if smoke else "")
@@ -481,7 +482,7 @@ def reproduce(
             data_dir=data_dir,
             smoke=smoke,
             slurm=slurm,
-            pack=pack,
+            pack=packing,
             pack_size=pack_size,
             threads=threads,
         )

@@ -167,6 +167,19 @@ def write_grid(
     runs.write_json(root / GRID, doc)
 
 
+def settle_pack(root: Path, pack: bool | None) -> bool:
+    """Whether the grid in `root` packs: `pack` when given, else what its grid.json recorded
+    at an earlier launch, else no. The answer is recorded, so a restart (on a loaded machine
+    or another device) trains the rest the same way; which runs were packed is in their
+    result.json (``packed_with``) and the table counts them."""
+    doc = runs.read_json(root / GRID) or {}
+    recorded = doc.get("pack")
+    settled = bool(pack) if pack is not None else recorded is True
+    if recorded != settled:
+        runs.write_json(root / GRID, {**doc, "pack": settled})
+    return settled
+
+
 # ------------------------------------------------------------------------------------ locks
 @contextlib.contextmanager
 def claim(run_dir: Path) -> Iterator[bool]:
@@ -209,6 +222,7 @@ def run_one(run: Run, **kw) -> str:
 
 # -------------------------------------------------------------------------------- packing
 PACK_MIN_SPEEDUP = 1.1  # pack only when the measured step is this much faster [ours: noise]
+AUTO_PACK_DEVICES = ("cuda",)  # where `pack=None` measures; elsewhere (CPUs) it never packs
 _decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
 
 
@@ -332,7 +346,7 @@ def run_unit(
         if len(mine) > 1 and pack is None:
             from softmaso.training import resolve_device
 
-            if resolve_device(device).type == "cpu":
+            if resolve_device(device).type not in AUTO_PACK_DEVICES:
                 pack = False  # packing has never been faster on a CPU (softmaso bench)
             else:
                 pack, why, data = decide_pack(mine, device, data_dir)
@@ -412,7 +426,9 @@ def launch_local(
     """
     from softmaso.training import resolve_device
 
-    if pack is None and all(resolve_device(d).type == "cpu" for d in devices or ["auto"]):
+    if pack is None and all(
+        resolve_device(d).type not in AUTO_PACK_DEVICES for d in devices or ["auto"]
+    ):
         pack = False  # packing has never been faster on a CPU: one unit per run
     units = plan_units(todo, pack=pack, size=pack_size, devices=len(devices or [None]))
     outcomes: dict[Path, str] = {}

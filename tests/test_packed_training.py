@@ -164,6 +164,7 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, pa
     fake = {"speedup": speedup, "packed_images_per_s": 1.0, "separate_images_per_s": 1.0}
     monkeypatch.setattr(softmaso.bench, "pack_speedup", lambda *a, **k: fake)
     monkeypatch.setattr(ex, "_decisions", {})
+    monkeypatch.setattr(ex, "AUTO_PACK_DEVICES", ("cuda", "cpu"))  # measure here, as on a GPU
     loads = []
     real = softmaso.data.load_data
     for module in (softmaso.data, softmaso.packed_training, softmaso.training):
@@ -180,3 +181,28 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, pa
     packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == ({2} if packs else {None})
     assert set(ex.run_unit(unit, pack=None, device="cpu").values()) == {"skipped-finished"}
+
+
+def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch):
+    import softmaso.bench
+
+    monkeypatch.setattr(softmaso.bench, "pack_speedup", lambda *a, **k: pytest.fail("probed"))
+    unit = [
+        ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
+        for i in range(2)
+    ]
+    said = []
+    assert set(ex.run_unit(unit, pack=None, device="cpu", log=said.append).values()) == {"finished"}
+    assert said == []
+    assert ex.plan_units(unit, pack=None) == [[unit[0], unit[1]]]  # library default: grouped
+    packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
+    assert packed_with == {None}
+
+
+def test_the_packing_decision_is_recorded_and_kept(tmp_path):
+    (tmp_path / runs.GRID).write_text(json.dumps({"experiment": "x", "runs": []}))
+    assert ex.settle_pack(tmp_path, None) is False  # default: no packing
+    assert ex.settle_pack(tmp_path, True) is True
+    assert json.loads((tmp_path / runs.GRID).read_text())["pack"] is True
+    assert ex.settle_pack(tmp_path, None) is True  # a restart keeps the first decision
+    assert ex.settle_pack(tmp_path, False) is False  # unless told otherwise

@@ -409,3 +409,13 @@ def test_non_object_grid_entries_are_skipped(cli, tmp_path):
     (tmp_path / "grid.json").write_text(json.dumps({"experiment": "r", "runs": entries}))
     r = cli("table", tmp_path)
     assert r.exit_code == 0 and "50.0 (n=1)" in r.stdout
+
+
+def test_the_table_says_which_runs_were_packed(cli, tmp_path):
+    for seed in range(3):
+        run = write_run(tmp_path, f"s{seed}", recipe="r", acc=0.5, seed=seed)
+        if seed < 2:
+            result = json.loads((run / "result.json").read_text())
+            (run / "result.json").write_text(json.dumps({**result, "packed_with": 2}))
+    r = cli("table", tmp_path)
+    assert "50.0 ± 0.0 (n=3; 2 packed)" in r.stdout

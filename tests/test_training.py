@@ -27,8 +27,9 @@ def tiny(**over) -> RunConfig:
 
 def _rows(run_dir):
     rows = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
-    for r in rows:  # timings differ between runs; everything else must not
-        r.pop("seconds"), r.pop("images_per_s")
+    for r in rows:  # timings and memory differ between runs; everything else must not
+        for key in ("seconds", "train_seconds", "eval_seconds", "images_per_s", "peak_rss_mib"):
+            r.pop(key)
     return rows
 
 

@@ -28,7 +28,7 @@ from softmaso.errors import UserError
 
 GRID = rundir.GRID
 UNFINISHED = ("diverged", "damaged", "started", "pending", "missing")
-BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem")
+BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed")
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
 # how often checkpoints are written and how evaluation is chunked [ours].
 NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size")
@@ -150,7 +150,7 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
     if tree is None:
         problem = f"{rundir.CONFIG} cannot be read (not a YAML mapping)"
         return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
-    row = {"dir": rel, "acc": math.nan, "smoke": grid_smoke, "problem": None}
+    row = {"dir": rel, "acc": math.nan, "smoke": grid_smoke, "problem": None, "packed": False}
     path = run_dir / rundir.RESULT
     if path.exists():
         try:
@@ -166,6 +166,7 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
             row.update(status="damaged", problem=problem)
         else:
             row["status"] = result["status"]
+            row["packed"] = isinstance(result.get("packed_with"), int)
             if isinstance(result.get("smoke"), bool):
                 row["smoke"] = result["smoke"]
             if result["status"] == "finished":
@@ -196,6 +197,7 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
                 "acc": math.nan,
                 "smoke": smoke,
                 "problem": None,
+                "packed": False,
                 **base,
                 **settings,
             }
@@ -249,6 +251,7 @@ class Cell:
     counts: dict[str, int]  # diverged, started, pending, missing -> number of runs
     settings: dict[str, Any]  # every config key with one value over the cell's runs
     dirs: tuple[str, ...]
+    packed: int = 0  # finished runs that trained in a pack
 
     @property
     def n(self) -> int:
@@ -358,6 +361,7 @@ def _cell(row: tuple, col: Any, members: list[dict]) -> Cell:
         counts,
         settings,
         tuple(r["dir"] for r in members),
+        sum(bool(r.get("packed")) for r in done),
     )
 
 
@@ -540,7 +544,8 @@ def title(summary: Summary) -> str:
 
 
 def _notes(cell: Cell) -> str:
-    return ", ".join(f"{cell.counts[s]} {s}" for s in UNFINISHED if cell.counts[s])
+    notes = [f"{cell.counts[s]} {s}" for s in UNFINISHED if cell.counts[s]]
+    return ", ".join(notes + ([f"{cell.packed} packed"] if cell.packed else []))
 
 
 def cell_text(cell: Cell | None, *, pm: str = "±", dash: str = "—", with_n: bool = True) -> str:
