@@ -202,7 +202,6 @@ def run_one(run: Run, **kw) -> str:
 
 
 # -------------------------------------------------------------------------------- packing
-PACK_MIN_SPEEDUP = 1.1  # pack only when the measured step is this much faster [ours: noise]
 AUTO_PACK_DEVICES = ("cuda",)  # where `pack=None` measures; elsewhere (CPUs) it never packs
 _decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
 
@@ -244,6 +243,7 @@ def decide_pack(
     from softmaso.bench import pack_speedup
     from softmaso.data import load_data
     from softmaso.packed_training import pack_key
+    from softmaso.packing import PACK_MIN_SPEEDUP
     from softmaso.training import resolve_device
 
     dev = resolve_device(device)
