@@ -25,7 +25,9 @@ Datasets (``data.name``):
   uint8; float images are kept, as float32, exactly as given: ``preprocess: scale`` divides
   uint8 by 255 but leaves floats alone (so give floats already in [0, 1]), while
   ``per_image`` and ``per_channel`` do not care about the units. Labels are integers 0..K-1;
-  K is the largest label of both splits + 1.
+  K is the largest training label + 1; every class 0..K-1 must be in the training split, at
+  least two classes, and no test label outside them. Pixels must be finite, and images at
+  least 9 x 9 (the smallest largeCNN takes).
 
 ``data.subset: N`` keeps a stratified N images of each split, chosen with a fixed generator
 (seed 0), so every seed of a sweep trains and tests on the same images.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -61,8 +62,13 @@ def default_run_dir(cfg: RunConfig, root: Path = DEFAULT_ROOT) -> Path:
     return Path(root) / cfg.recipe / run_name(cfg)
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """HEAD of the repository softmaso is imported from, with '-dirty' if it has changes."""
+    """HEAD of the repository softmaso is imported from, with '-dirty' if it has changes.
+
+    Read once per process, at the first call: a long-lived process (a grid's worker) runs the
+    code it imported, so its runs record the commit of its start, not the checkout's later
+    state."""
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
