@@ -279,7 +279,7 @@ def _projection(res: dict[str, Any]) -> dict[str, Any]:
     The other variants (captured, bf16, compiled) are listed beside it, with their own
     projections.
     """
-    from softmaso.experiments import PACK_MIN_SPEEDUP
+    from softmaso.packing import PACK_MIN_SPEEDUP
 
     single = res["a_step"]["softmaso_images_per_s"]
     packed = res.get("d_packed", {})

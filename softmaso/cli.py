@@ -249,7 +249,7 @@ def train(
 
     run_dir = check_output_dir(out or runs.default_run_dir(cfg), where="--out")
     try:
-        result = fit(cfg, run_dir, device=device, data_dir=data_dir)
+        result = fit(cfg, run_dir, device=device, data_dir=data_dir, lock=True)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: rerun the same command to resume {run_dir}", err=True)
         raise typer.Exit(130) from None

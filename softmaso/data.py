@@ -25,7 +25,9 @@ Datasets (``data.name``):
   uint8; float images are kept, as float32, exactly as given: ``preprocess: scale`` divides
   uint8 by 255 but leaves floats alone (so give floats already in [0, 1]), while
   ``per_image`` and ``per_channel`` do not care about the units. Labels are integers 0..K-1;
-  K is the largest label of both splits + 1.
+  K is the largest training label + 1; every class 0..K-1 must be in the training split, at
+  least two classes, and no test label outside them. Pixels must be finite, and images at
+  least 9 x 9 (the smallest largeCNN takes).
 
 ``data.subset: N`` keeps a stratified N images of each split, chosen with a fixed generator
 (seed 0), so every seed of a sweep trains and tests on the same images.
@@ -378,8 +380,36 @@ def _load_npz(path: str | None) -> ImageData:
     x_tr, x_te = _npz_images(arrays, where)
     y_tr = _npz_labels(arrays, "y_train", len(x_tr), where)
     y_te = _npz_labels(arrays, "y_test", len(x_te), where)
-    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    num_classes = _npz_classes(y_tr, y_te, where)
     return ImageData("npz", num_classes, x_tr, y_tr, x_te, y_te)
+
+
+def _npz_classes(y_tr: torch.Tensor, y_te: torch.Tensor, where: str) -> int:
+    """K, the number of classes: labels are 0..K-1, each present in the training split, at
+    least 2 of them, and the test split holds no class the training split lacks."""
+    present = torch.unique(y_tr)
+    k = int(present.max()) + 1
+    if len(present) < 2:
+        raise UserError(
+            where,
+            f"array y_train holds a single class ({int(present[0])}); "
+            "a classifier needs at least 2",
+        )
+    if len(present) < k:
+        raise UserError(
+            where,
+            f"array y_train has labels up to {k - 1} but only {len(present)} distinct classes; "
+            f"labels must be 0..K-1 with every class in the training split ({k - len(present)} "
+            "missing)",
+        )
+    unseen = torch.unique(y_te[y_te >= k]) if bool((y_te >= k).any()) else y_te[:0]
+    if len(unseen):
+        raise UserError(
+            where,
+            f"array y_test has {len(unseen)} label(s) absent from y_train (first: "
+            f"{int(unseen[0])}); y_train's labels are 0..{k - 1}",
+        )
+    return k
 
 
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
@@ -438,6 +468,14 @@ def _npz_images(arrays: dict[str, np.ndarray], where: str) -> tuple[torch.Tensor
             "as integers in [0, 255] or both as floats",
         )
     dtype = np.float32 if kinds == {"float"} else np.uint8
+    if kinds == {"float"}:
+        for key, x in (("x_train", x_tr), ("x_test", x_te)):
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            if bad:
+                raise UserError(
+                    where,
+                    f"array {key} has {bad} NaN or infinite pixel value(s); pixels must be finite",
+                )
     return tuple(
         torch.from_numpy(np.ascontiguousarray(x.transpose(perm), dtype=dtype)) for x in (x_tr, x_te)
     )

@@ -18,11 +18,9 @@ and resumes from its checkpoint). No scheduler of our own: a process pool or SLU
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from softmaso.errors import RunConflict, UserError
 
 EXPERIMENTS = recipes.EXPERIMENTS
 GRID = runs.GRID
-LOCK = ".lock"
+LOCK = runs.LOCK
 
 
 @dataclass(frozen=True)
@@ -181,32 +179,15 @@ def settle_pack(root: Path, pack: bool | None) -> bool:
 
 
 # ------------------------------------------------------------------------------------ locks
-@contextlib.contextmanager
-def claim(run_dir: Path) -> Iterator[bool]:
-    """Hold the run's lock for the block; yields False (without waiting) if another has it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+claim = runs.claim  # the run directory's lock lives with the run directory
 
 
 def state(run_dir: Path) -> str:
-    """finished | diverged | started | new, from the files in the run directory."""
+    """finished | diverged | damaged | started | new, from the files in the run directory."""
     result = runs.read_json(run_dir / runs.RESULT)
-    if result:
-        return str(result.get("status"))
+    if result is not None or (run_dir / runs.RESULT).exists():
+        status = result.get("status") if isinstance(result, dict) else None
+        return status if status in ("finished", "diverged") else "damaged"
     if (run_dir / runs.CHECKPOINT).exists():
         return "started"
     return "new"
@@ -221,7 +202,6 @@ def run_one(run: Run, **kw) -> str:
 
 
 # -------------------------------------------------------------------------------- packing
-PACK_MIN_SPEEDUP = 1.1  # pack only when the measured step is this much faster [ours: noise]
 AUTO_PACK_DEVICES = ("cuda",)  # where `pack=None` measures; elsewhere (CPUs) it never packs
 _decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
 
@@ -263,6 +243,7 @@ def decide_pack(
     from softmaso.bench import pack_speedup
     from softmaso.data import load_data
     from softmaso.packed_training import pack_key
+    from softmaso.packing import PACK_MIN_SPEEDUP
     from softmaso.training import resolve_device
 
     dev = resolve_device(device)
@@ -294,6 +275,8 @@ def check_grid(todo: list[Run]) -> None:
             check_unfinished(run.cfg, run.dir)
         except RunConflict as e:
             conflicts.append(e.message)
+        except UserError:  # damaged run files: that run fails when its turn comes
+            pass
     if conflicts:
         more = f" (and {len(conflicts) - 1} more runs like it)" if len(conflicts) > 1 else ""
         raise RunConflict("--results", f"{conflicts[0]}{more}")
@@ -310,6 +293,9 @@ def _outcome_before(run: Run, log=None) -> str | None:
         if log is not None:
             log(f"conflict: {e.message}")
         return "conflict"
+    except UserError as e:  # a damaged result.json
+        _damaged(log, run.dir.name, e)
+        return "damaged"
     before = state(run.dir)
     if before in ("finished", "diverged"):
         return f"skipped-{before}"
@@ -353,6 +339,7 @@ def run_unit(
                 if log is not None:
                     log(why)
         kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
+        kw["quiet"] = True  # the grid logs a line per run; epochs are in each metrics.jsonl
         if len(mine) > 1 and pack:
             cfgs, dirs = [r.cfg for r in mine], [r.dir for r in mine]
             try:
@@ -617,15 +604,24 @@ def run_grid(
         progress.start()
         grid_task = progress.add_task(f"grid ({len(todo)} runs)", total=len(todo), info="")
 
+    trained = [0]  # runs this launch trained: the ETA counts them, not the skipped ones
+
     def on_done(run: Run, outcome: str) -> None:
         done[0] += 1
         failed[0] += outcome in ("diverged", "conflict", "damaged")
-        eta = (time.perf_counter() - t0) / done[0] * (len(todo) - done[0])
-        line = f"{done[0]}/{len(todo)} done, {failed[0]} failed, ETA {eta / 60:.1f} min"
+        trained[0] += outcome in ("finished", "diverged")
+        line = f"{done[0]}/{len(todo)} {run.dir.name}: {outcome}"
+        result = runs.read_json(run.dir / runs.RESULT)
+        acc = result.get("final_test_acc") if isinstance(result, dict) else None
+        if outcome == "finished" and isinstance(acc, (int, float)):
+            line += f", test accuracy {acc:.4f}"
+        if trained[0] and done[0] < len(todo):
+            eta = (time.perf_counter() - t0) / trained[0] * (len(todo) - done[0])
+            line += f"; about {eta / 60:.0f} min left"
         if progress is not None:
             progress.update(grid_task, advance=1, info=f"{failed[0]} failed")
         else:
-            print(f"[grid] {line}: {run.dir.name} {outcome}", file=sys.stderr, flush=True)
+            print(f"[grid] {line}", file=sys.stderr, flush=True)
 
     try:
         return launch_local(

@@ -85,9 +85,11 @@ def atomic_group() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]:
         path = Path(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         staged.append((Path(tmp), path))
         writer(Path(tmp))
+        # mkstemp makes 0600, and some writers (safetensors) make the file anew: give the
+        # usual permissions once it is written
+        os.chmod(tmp, 0o666 & ~_UMASK)
 
     try:
         yield stage

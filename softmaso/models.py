@@ -95,6 +95,26 @@ class LargeCNN(nn.Module):
         return [f"conv{i + 1}" for i in range(len(self.features))]
 
 
+def output_size(size: int) -> int:
+    """The side of largeCNN's last feature map for input images of side `size` (0: too small)."""
+    for _, k, stride, pad in LAYERS:
+        size = (size + 2 * pad - k) // stride + 1 if size + 2 * pad >= k else 0
+    return max(size, 0)
+
+
+MIN_INPUT_SIZE = next(n for n in range(1, 64) if output_size(n) >= 1)  # 9 (9 -> 5 -> 3 -> 1)
+
+
+def check_input_size(height: int, width: int, *, where: str) -> None:
+    """UserError unless largeCNN can take (height, width) images: at least MIN_INPUT_SIZE."""
+    if min(height, width) < MIN_INPUT_SIZE:
+        raise UserError(
+            where,
+            f"images are {height}x{width}; largeCNN needs at least "
+            f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (two stride-2 layers and a 3x3 valid one)",
+        )
+
+
 def build_model(cfg: ModelConfig, *, num_classes: int, in_channels: int = 3) -> LargeCNN:
     return LargeCNN(cfg, num_classes=num_classes, in_channels=in_channels)
 

@@ -275,8 +275,10 @@ def fit_packed(
     extra: dict[str, Any] | None = None,
     progress=None,
     data=None,
+    quiet: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train (or resume, or skip if finished) P runs as packs; one result.json content each.
+    """Train (or resume, or skip if finished) P runs as packs; one result.json content each
+    (`quiet`: no line per run and epoch, as :func:`softmaso.training.fit`).
 
     The runs must share :func:`pack_key`. `extra` is merged into every result.json. Results
     come back in the order of `cfgs`. `data`: their dataset, already loaded (on any device),
@@ -324,7 +326,7 @@ def fit_packed(
             device,
         )
         for i, (status, history, wall) in _fit_pack(
-            pack, idx, start, data, prep, device, live, progress
+            pack, idx, start, data, prep, device, live, progress, quiet
         ).items():
             results[i] = finish_run(
                 cfgs[i],
@@ -339,7 +341,7 @@ def fit_packed(
 
 
 def _fit_pack(
-    pack: Pack, ids: list[int], start: int, data, prep, device, live, progress
+    pack: Pack, ids: list[int], start: int, data, prep, device, live, progress, quiet=False
 ) -> dict[int, tuple[str, list[dict], float]]:
     """Epochs `start`..end of one pack; {run index: (status, history, wall seconds)}."""
     cfg = pack.cfgs[0]
@@ -348,7 +350,7 @@ def _fit_pack(
     done = [sum(r["seconds"] for r in h) for h in pack.histories]
     wall0 = {i: now - d for i, d in zip(ids, done, strict=True)}
     ended: dict[int, tuple[str, list[dict], float]] = {}
-    title = f"pack of {pack.runs}: {runs.run_name(cfg)}"
+    title = f"pack of {pack.runs} runs from {pack.dirs[0].name}"
     rep = Reporter(
         title,
         cfg.train.epochs,
@@ -356,6 +358,7 @@ def _fit_pack(
         start_epoch=start,
         live=live,
         progress=progress,
+        quiet=quiet,
     )
     if start:
         rep.message(f"resuming {pack.runs} runs after epoch {start} from their checkpoints")

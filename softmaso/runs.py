@@ -12,12 +12,17 @@ A run directory explains itself::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import functools
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ CONFIG, ENV, METRICS, CHECKPOINT, RESULT, WEIGHTS = (
 )
 DEFAULT_ROOT = Path("results/runs")
 GRID = "grid.json"  # at an experiment's root: the runs `softmaso reproduce` expects
+LOCK = ".lock"  # held (flock) by the process training the run
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -56,8 +62,13 @@ def default_run_dir(cfg: RunConfig, root: Path = DEFAULT_ROOT) -> Path:
     return Path(root) / cfg.recipe / run_name(cfg)
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """HEAD of the repository softmaso is imported from, with '-dirty' if it has changes."""
+    """HEAD of the repository softmaso is imported from, with '-dirty' if it has changes.
+
+    Read once per process, at the first call: a long-lived process (a grid's worker) runs the
+    code it imported, so its runs record the commit of its start, not the checkout's later
+    state."""
     repo = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
@@ -151,3 +162,29 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     from softmaso.io import atomic_write
 
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+
+
+@contextlib.contextmanager
+def claim(run_dir: Path) -> Iterator[bool]:
+    """Hold the run's lock for the block; yields False (without waiting) if another has it.
+
+    An exclusive ``fcntl.flock`` on ``run_dir/.lock``: `softmaso train` and `softmaso
+    reproduce` both take it, so two processes never train one run; the kernel drops it when its
+    process dies, so a killed run leaves no stale lock.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

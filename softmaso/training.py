@@ -36,7 +36,7 @@ from softmaso.config import RunConfig, TrainConfig, dump_yaml
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import RunConflict, UserError
 from softmaso.io import atomic_write
-from softmaso.models import build_model
+from softmaso.models import build_model, check_input_size
 from softmaso.orthogonality import apply_orthogonality, layer_diagnostics, ortho_loss
 
 
@@ -147,6 +147,8 @@ def adam_options(device: torch.device) -> dict[str, bool]:
 
 def make_model(cfg: RunConfig, data) -> torch.nn.Module:
     """The run's largeCNN for the dataset, orthogonality applied (seeded by the caller)."""
+    where = cfg.data.path if cfg.data.name == "npz" and cfg.data.path else "data.name"
+    check_input_size(*data.x_train.shape[-2:], where=where)
     model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.x_train.shape[1])
     apply_orthogonality(model.ortho_convs(), cfg.ortho)
     return model
@@ -353,9 +355,18 @@ class Reporter:
     """A rich progress bar on a terminal, one plain line per epoch otherwise (SLURM logs)."""
 
     def __init__(
-        self, title: str, epochs: int, steps: int, *, start_epoch: int = 0, live=None, progress=None
+        self,
+        title: str,
+        epochs: int,
+        steps: int,
+        *,
+        start_epoch: int = 0,
+        live=None,
+        progress=None,
+        quiet: bool = False,
     ):
         self.live = progress is not None or (sys.stderr.isatty() if live is None else live)
+        self.quiet = quiet and not self.live  # no plain line per epoch (a grid's log)
         self.title, self.steps = title, steps
         self._own = progress is None
         self._progress = progress
@@ -380,7 +391,7 @@ class Reporter:
         )
         if self._progress is not None:
             self._progress.update(self._task, info=info)
-        else:
+        elif not self.quiet:
             print(f"[{self.title}] {info} ({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
@@ -583,8 +594,18 @@ def finish_run(
 
 
 def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The skipped-run result if the run is finished; RunConflict if the directory is another's."""
-    done = runs.read_json(run_dir / runs.RESULT)
+    """The skipped-run result if the run is finished; RunConflict if the directory is another's;
+    UserError if its result.json is damaged (not a JSON object with a known status)."""
+    path = run_dir / runs.RESULT
+    done = runs.read_json(path)
+    if path.exists() and not (
+        isinstance(done, dict) and done.get("status") in ("finished", "diverged")
+    ):
+        raise UserError(
+            str(path),
+            "damaged result.json (not a JSON object with status finished or diverged); delete "
+            "it to resume the run from its checkpoint",
+        )
     finished = bool(done and done.get("status") == "finished")
     _check_run_dir(cfg, run_dir, finished)
     if finished:
@@ -601,11 +622,16 @@ def fit(
     live: bool | None = None,
     extra: dict[str, Any] | None = None,
     progress=None,
+    lock: bool = False,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume, or skip if finished) the run; returns the result.json content.
 
     `extra` is merged into result.json (e.g. {"smoke": true}); `progress` is a shared rich
-    Progress (a grid's) to show this run's bar in, instead of a bar of its own.
+    Progress (a grid's) to show this run's bar in, instead of a bar of its own. `lock` takes
+    the run's lock (:func:`softmaso.runs.claim`; a grid holds it already) once the data are
+    loaded, and refuses a run another process is training. `quiet`: no line per epoch (a grid's
+    log has a line per run; the epochs are in metrics.jsonl).
     """
     run_dir = Path(run_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -613,6 +639,22 @@ def fit(
     if skipped:
         return skipped
     s = build(cfg, device, data_dir)  # data errors surface before anything is written
+    with runs.claim(run_dir) if lock else contextlib.nullcontext(True) as mine:
+        if not mine:
+            raise UserError(
+                "--out",
+                f"{run_dir} is being trained by another process (it holds {runs.LOCK}); wait "
+                "for it to finish, or choose another run directory",
+            )
+        skipped = check_unfinished(cfg, run_dir)  # it may have finished while we loaded
+        if skipped:
+            return skipped
+        return _fit(s, run_dir, live=live, extra=extra, progress=progress, quiet=quiet)
+
+
+def _fit(s: Setup, run_dir: Path, *, live, extra, progress, quiet) -> dict[str, Any]:
+    """fit's epoch loop, on a built setup, in a run directory it may write."""
+    cfg, device = s.cfg, s.device
     open_run(cfg, run_dir, device)
     history: list[dict] = []
     state = resume_state(run_dir, device)
@@ -629,6 +671,7 @@ def fit(
         start_epoch=start,
         live=live,
         progress=progress,
+        quiet=quiet,
     )
     if start:
         rep.message(f"resuming after epoch {start} from {run_dir / runs.CHECKPOINT}")

@@ -210,7 +210,7 @@ def _npz_arrays(layout="nhwc", dtype=np.uint8, n_train=6, n_test=4, channels=3):
     if layout == "nchw":
         x_train, x_test = x_train.transpose(0, 3, 1, 2), x_test.transpose(0, 3, 1, 2)
     y_train = np.arange(n_train) % 3
-    y_test = np.array([0, 1, 4, 2])[:n_test]
+    y_test = np.array([0, 1, 2, 1])[:n_test]
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
@@ -227,7 +227,7 @@ def test_npz_both_layouts_give_the_same_nchw_tensors(tmp_path):
     assert nhwc.x_train.shape == (6, 3, 8, 9) and nhwc.x_train.dtype == torch.uint8
     assert torch.equal(nhwc.x_train, expected) and torch.equal(nchw.x_train, expected)
     assert torch.equal(nhwc.x_test, nchw.x_test)
-    assert nhwc.num_classes == 5  # max label over both splits (4, in y_test) + 1
+    assert nhwc.num_classes == 3  # labels 0..K-1, every class in the training split
     assert nhwc.y_train.dtype == torch.int64
 
 

@@ -419,3 +419,23 @@ def test_the_table_says_which_runs_were_packed(cli, tmp_path):
             (run / "result.json").write_text(json.dumps({**result, "packed_with": 2}))
     r = cli("table", tmp_path)
     assert "50.0 ± 0.0 (n=3; 2 packed)" in r.stdout
+
+
+def test_smoke_and_real_runs_together_are_labelled_by_row(cli, tmp_path):
+    for seed in range(2):
+        write_run(
+            tmp_path, f"real{seed}", recipe="t", acc=0.8, seed=seed, **{"data.name": "cifar10"}
+        )
+        write_run(
+            tmp_path,
+            f"smoke{seed}",
+            recipe="t",
+            acc=0.5,
+            seed=seed,
+            smoke=True,
+            **{"data.name": "synthetic"},
+        )
+    r = cli("table", tmp_path)
+    assert r.exit_code == 0
+    assert "SMOKE RUN" not in r.stdout and "rows marked SMOKE" in r.stdout
+    assert "| synthetic (SMOKE) |" in r.stdout and "| CIFAR-10 |" in r.stdout

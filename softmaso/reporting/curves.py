@@ -164,7 +164,10 @@ def _figure(df, panel_keys, col_key, column, ylabel, suptitle, *, scale=1.0, log
     )
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
+    mixed = bool(df["smoke"].any()) and not bool(df["smoke"].all())
     for r, c, name, frame in panels:
+        if mixed and bool(frame["smoke"].any()):
+            name = f"{name} (SMOKE)"
         ax = axes[r][c]
         _draw(ax, frame, column, scale)
         ax.set_title(name, fontsize=10)
@@ -203,7 +206,7 @@ def plot_curves(results_dir: Path, out_dir: Path) -> list[Path]:
             "epoch outside diverged runs)",
         )
     out = ensure_writable_dir(Path(out_dir), where="--out")
-    smoke = bool(df["smoke"].any())
+    smoke = bool(df["smoke"].all())  # mixed: the smoke panels say so
     acc = _figure(
         df,
         panel_keys,

@@ -277,9 +277,10 @@ class Summary:
     rows: tuple[tuple, ...]
     cols: tuple
     cells: dict[tuple[tuple, Any], Cell]
-    smoke: bool
+    smoke: bool  # every run is a smoke run
     folded_keys: tuple[str, ...]  # varying keys that follow from the rows (e.g. batch size)
     warnings: tuple[str, ...]
+    smoke_rows: frozenset = frozenset()  # rows of smoke runs, when smoke and real runs mix
 
     def cell(self, row: tuple, col: Any) -> Cell | None:
         return self.cells.get((row, col))
@@ -406,9 +407,19 @@ def summarize(runs) -> Summary:
         rows=tuple(rows),
         cols=tuple(cols),
         cells=cells,
-        smoke=bool(runs["smoke"].any()),
+        smoke=bool(runs["smoke"].all()),
+        smoke_rows=_smoke_rows(runs, row_keys),
         folded_keys=folded,
         warnings=tuple(sorted(warnings)),
+    )
+
+
+def _smoke_rows(runs, row_keys: tuple[str, ...]) -> frozenset:
+    """The rows holding smoke runs, when a table mixes smoke and real runs (else empty)."""
+    if runs["smoke"].all() or not runs["smoke"].any():
+        return frozenset()
+    return frozenset(
+        tuple(clean(r.get(k)) for k in row_keys) for r in runs.to_dict("records") if r["smoke"]
     )
 
 
@@ -540,6 +551,8 @@ def column_label(key: str | None, value: Any) -> str:
 
 def title(summary: Summary) -> str:
     text = f"{summary.name}: final test accuracy (%)"
+    if summary.smoke_rows:
+        return f"{text}; rows marked SMOKE are synthetic stand-in data, not the paper's numbers"
     return f"{SMOKE_TITLE}. {text}" if summary.smoke else text
 
 
@@ -695,7 +708,10 @@ def _header(summary: Summary) -> list[str]:
 
 
 def _row_labels(summary: Summary, row: tuple) -> list[str]:
-    return [show(k, v) for k, v in zip(summary.row_keys, row, strict=True)]
+    labels = [show(k, v) for k, v in zip(summary.row_keys, row, strict=True)]
+    if row in summary.smoke_rows and labels:
+        labels[0] = f"{labels[0]} (SMOKE)"
+    return labels
 
 
 def _pipe(cells: list[str]) -> str:
@@ -845,7 +861,7 @@ def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]
             if summary.col_key:
                 rec[summary.col_key] = col
             rec.update(mean=_num(cell.mean, 6), std=_num(cell.std, 6), n=cell.n, **cell.counts)
-            rec["smoke"] = summary.smoke
+            rec["smoke"] = summary.smoke or row in summary.smoke_rows
             v = versus(summary, cell)
             rec.update(gain=_num(v.gain, 6), gain_p=v.gain_p)  # vs the baseline, Welch
             if paper:

@@ -1,0 +1,108 @@
+"""Hostile input found by a tester: npz data checked before any run directory is written, run
+files that are damaged, two `train` processes on one run, file permissions, the grid's log."""
+
+import json
+import stat
+
+import numpy as np
+import pytest
+
+from softmaso import runs, training
+from softmaso.config import RunConfig
+
+
+def _npz(tmp_path, *, size=12, y_train=None, y_test=None, x_fix=None, n=20):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (n, size, size, 1)).astype(np.uint8)
+    x_test = rng.integers(0, 256, (n // 2, size, size, 1)).astype(np.uint8)
+    if x_fix is not None:
+        x_train, x_test = x_fix(x_train.astype(np.float32)), x_test.astype(np.float32)
+    arrays = {
+        "x_train": x_train,
+        "y_train": np.arange(n) % 2 if y_train is None else y_train,
+        "x_test": x_test,
+        "y_test": np.arange(n // 2) % 2 if y_test is None else y_test,
+    }
+    path = tmp_path / "d.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _cfg(path):
+    tree = {"data": {"name": "npz", "path": str(path)}, "model": {"width": 0.0625}}
+    tree["optim"] = {"batch_size": 5}
+    tree["train"] = {"epochs": 1}
+    return RunConfig.model_validate(tree)
+
+
+def _nan(x):
+    x[0, 0, 0, 0] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    return x
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 8}, "images are 8x8; largeCNN needs at least 9x9"),
+        ({"y_train": np.r_[np.arange(19) % 2, 999999]}, "labels up to 999999 but only 3"),
+        ({"y_train": np.zeros(20, dtype=int)}, "single class"),
+        ({"y_test": np.r_[np.arange(9) % 2, 2]}, "absent from y_train (first: 2)"),
+        ({"x_fix": _nan}, "x_train has 2 NaN or infinite"),
+    ],
+)
+def test_bad_npz_data_is_one_line_before_any_run_directory(cli, tmp_path, kwargs, message):
+    path = _npz(tmp_path, **kwargs)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  name: npz\n  path: {path}\nmodel:\n  width: 0.0625\n")
+    r = cli("train", recipe, "--out", tmp_path / "run", "--device", "cpu")
+    assert r.exit_code == 2 and message in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_good_small_npz_trains(tmp_path):
+    res = training.fit(_cfg(_npz(tmp_path, size=9)), tmp_path / "run", device="cpu", live=False)
+    assert res["status"] == "finished"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"finished"', '{"status": 3}'])
+def test_train_on_a_damaged_result_json_is_one_line(cli, tmp_path, content):
+    path = _npz(tmp_path, size=9)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  name: npz\n  path: {path}\nmodel:\n  width: 0.0625\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / runs.RESULT).write_text(content)
+    r = cli("train", recipe, "--out", tmp_path / "run", "--device", "cpu")
+    assert r.exit_code == 2 and "damaged result.json" in r.stderr
+
+
+def test_train_refuses_a_run_another_process_is_training(cli, tmp_path):
+    cfg = _cfg(_npz(tmp_path, size=9))
+    with runs.claim(tmp_path / "run") as mine:
+        assert mine
+        with pytest.raises(Exception, match="being trained by another process"):
+            training.fit(cfg, tmp_path / "run", device="cpu", live=False, lock=True)
+    assert not (tmp_path / "run" / runs.CONFIG).exists()
+    assert training.fit(cfg, tmp_path / "run", device="cpu", live=False, lock=True)["status"]
+
+
+def test_every_run_file_has_the_usual_permissions(tmp_path):
+    training.fit(_cfg(_npz(tmp_path, size=9)), tmp_path / "run", device="cpu", live=False)
+    for name in (runs.CONFIG, runs.ENV, runs.METRICS, runs.RESULT, runs.WEIGHTS, runs.CHECKPOINT):
+        mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
+        assert mode & 0o044 == 0o044, (name, oct(mode))  # readable by group and others
+
+
+def test_a_grid_logs_a_line_per_run(cli, tmp_path):
+    recipe = tmp_path / "g.yaml"
+    path = _npz(tmp_path, size=9)
+    recipe.write_text(
+        f"data:\n  name: npz\n  path: {path}\nmodel:\n  width: 0.0625\noptim:\n  batch_size: 5\n"
+        "train:\n  epochs: 2\nsweep:\n  seed: [0, 1, 2]\n"
+    )
+    r = cli("reproduce", recipe, "--results", tmp_path / "res")
+    assert r.exit_code == 0, r.output
+    grid_lines = [x for x in r.stderr.splitlines() if x.startswith("[grid]")]
+    assert len(grid_lines) == 3 and "epoch" not in r.stderr
+    assert "1/3 seed-0: finished, test accuracy" in grid_lines[0]
+    assert json.loads((tmp_path / "res" / runs.GRID).read_text())["pack"] is False
