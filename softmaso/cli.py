@@ -47,6 +47,22 @@ class _Group(TyperGroup):
         return code
 
 
+def _plain_help_flag(get_help_option):
+    """--help is a flag: show no `<bool>` value placeholder for it in the help."""
+
+    def get(self, ctx):
+        option = get_help_option(self, ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return get
+
+
+for _cls in (typer.core.TyperCommand, typer.core.TyperGroup):
+    _cls.get_help_option = _plain_help_flag(_cls.get_help_option)
+
+
 app = typer.Typer(
     cls=_Group,
     no_args_is_help=True,

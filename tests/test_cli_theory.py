@@ -204,3 +204,4 @@ def test_flags_show_no_value_placeholder_in_help():
     r = CliRunner().invoke(app, ["reproduce", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     line = next(x for x in r.stdout.splitlines() if "--smoke" in x and "stand-in" in x)
     assert "<bool>" not in line
+    assert "<bool>" not in next(x for x in r.stdout.splitlines() if "--help" in x)
