@@ -18,7 +18,6 @@ and resumes from its checkpoint). No scheduler of our own: a process pool or SLU
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -183,14 +182,8 @@ claim = runs.claim  # the run directory's lock lives with the run directory
 
 
 def state(run_dir: Path) -> str:
-    """finished | diverged | damaged | started | new, from the files in the run directory."""
-    result = runs.read_json(run_dir / runs.RESULT)
-    if result is not None or (run_dir / runs.RESULT).exists():
-        status = result.get("status") if isinstance(result, dict) else None
-        return status if status in ("finished", "diverged") else "damaged"
-    if (run_dir / runs.CHECKPOINT).exists():
-        return "started"
-    return "new"
+    """The run's status (:func:`softmaso.runs.status`)."""
+    return runs.status(run_dir)[0]
 
 
 def run_one(run: Run, **kw) -> str:
@@ -546,10 +539,6 @@ def summary_line(outcomes: dict[Path, str]) -> str:
     for o in outcomes.values():
         counts[o] = counts.get(o, 0) + 1
     return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-
-
-def dump_outcomes(root: Path, outcomes: dict[Path, str]) -> str:
-    return json.dumps({str(k.relative_to(root)): v for k, v in outcomes.items()}, indent=1)
 
 
 # ------------------------------------------------------------------------------ the grid

@@ -188,3 +188,42 @@ def claim(run_dir: Path) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+STATUSES = ("new", "pending", "started", "finished", "diverged", "damaged")
+
+
+def result_problem(result: Any) -> str | None:
+    """Why a result.json's content cannot be believed, or None if it can."""
+    if not isinstance(result, dict):
+        return f"result.json holds a {type(result).__name__}, not a JSON object"
+    status = result.get("status")
+    if status not in ("finished", "diverged"):
+        return f"result.json has status {status!r} (finished or diverged expected)"
+    if status == "finished":
+        acc = result.get("final_test_acc")
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
+            return f"result.json has final_test_acc {acc!r} (a fraction in [0, 1] expected)"
+    return None
+
+
+def status(run_dir: Path) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(status, result, problem) of a run directory, the one vocabulary of resume, launcher and
+    tables: ``new`` (nothing there), ``pending`` (config only), ``started`` (a checkpoint or
+    metrics, no result: training, or interrupted), ``finished`` and ``diverged`` (result.json
+    says so; `result` is its content), ``damaged`` (a result.json that cannot be believed;
+    `problem` says why)."""
+    run_dir = Path(run_dir)
+    path = run_dir / RESULT
+    if path.exists():
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return "damaged", None, "result.json is not readable JSON"
+        problem = result_problem(result)
+        if problem:
+            return "damaged", None, problem
+        return result["status"], result, None
+    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists():
+        return "started", None, None
+    return ("pending" if (run_dir / CONFIG).exists() else "new"), None, None

@@ -596,17 +596,13 @@ def finish_run(
 def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
     """The skipped-run result if the run is finished; RunConflict if the directory is another's;
     UserError if its result.json is damaged (not a JSON object with a known status)."""
-    path = run_dir / runs.RESULT
-    done = runs.read_json(path)
-    if path.exists() and not (
-        isinstance(done, dict) and done.get("status") in ("finished", "diverged")
-    ):
+    status, done, problem = runs.status(run_dir)
+    if status == "damaged":
         raise UserError(
-            str(path),
-            "damaged result.json (not a JSON object with status finished or diverged); delete "
-            "it to resume the run from its checkpoint",
+            str(run_dir / runs.RESULT),
+            f"damaged result.json ({problem}); delete it to resume the run from its checkpoint",
         )
-    finished = bool(done and done.get("status") == "finished")
+    finished = status == "finished"
     _check_run_dir(cfg, run_dir, finished)
     if finished:
         return {**done, "skipped": True}

@@ -106,3 +106,21 @@ def test_a_grid_logs_a_line_per_run(cli, tmp_path):
     assert len(grid_lines) == 3 and "epoch" not in r.stderr
     assert "1/3 seed-0: finished, test accuracy" in grid_lines[0]
     assert json.loads((tmp_path / "res" / runs.GRID).read_text())["pack"] is False
+
+
+def test_one_status_vocabulary_for_a_run_directory(tmp_path):
+    run = tmp_path / "r"
+    assert runs.status(run)[0] == "new"
+    run.mkdir()
+    (run / runs.CONFIG).write_text("seed: 0\n")
+    assert runs.status(run)[0] == "pending"
+    (run / runs.METRICS).write_text("")
+    assert runs.status(run)[0] == "started"
+    (run / runs.RESULT).write_text('{"status": "finished", "final_test_acc": 0.5}')
+    status, result, problem = runs.status(run)
+    assert (status, result["final_test_acc"], problem) == ("finished", 0.5, None)
+    (run / runs.RESULT).write_text('{"status": "finished", "final_test_acc": 85.0}')
+    status, _, problem = runs.status(run)
+    assert status == "damaged" and "85.0" in problem
+    (run / runs.RESULT).write_text('{"status": "diverged", "final_test_acc": null}')
+    assert runs.status(run)[0] == "diverged"

@@ -127,20 +127,6 @@ def _read_grid(root: Path) -> dict[str, Any] | None:
     return grid
 
 
-def _result_problem(result: Any) -> str | None:
-    """Why a result.json's content cannot be believed, or None if it can."""
-    if not isinstance(result, dict):
-        return f"result.json holds a {type(result).__name__}, not a JSON object"
-    status = result.get("status")
-    if status not in ("finished", "diverged"):
-        return f"result.json has status {status!r} (finished or diverged expected)"
-    if status == "finished":
-        acc = result.get("final_test_acc")
-        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
-            return f"result.json has final_test_acc {acc!r} (a fraction in [0, 1] expected)"
-    return None
-
-
 def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
     """A run's row: bookkeeping and config keys. A damaged run (unreadable result.json, an
     accuracy outside [0, 1], ...) has status 'damaged' and its reason in 'problem'; one whose
@@ -150,30 +136,15 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
     if tree is None:
         problem = f"{rundir.CONFIG} cannot be read (not a YAML mapping)"
         return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
-    row = {"dir": rel, "acc": math.nan, "smoke": grid_smoke, "problem": None, "packed": False}
-    path = run_dir / rundir.RESULT
-    if path.exists():
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            result = "unreadable"
-        problem = (
-            "result.json is not readable JSON"
-            if result == "unreadable"
-            else _result_problem(result)
-        )
-        if problem:
-            row.update(status="damaged", problem=problem)
-        else:
-            row["status"] = result["status"]
-            row["packed"] = isinstance(result.get("packed_with"), int)
-            if isinstance(result.get("smoke"), bool):
-                row["smoke"] = result["smoke"]
-            if result["status"] == "finished":
-                row["acc"] = float(result["final_test_acc"])
-    else:
-        started = (run_dir / rundir.CHECKPOINT).exists() or (run_dir / rundir.METRICS).exists()
-        row["status"] = "started" if started else "pending"
+    status, result, problem = rundir.status(run_dir)
+    row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke}
+    row.update(problem=problem, packed=False)
+    if result is not None:
+        row["packed"] = isinstance(result.get("packed_with"), int)
+        if isinstance(result.get("smoke"), bool):
+            row["smoke"] = result["smoke"]
+        if status == "finished":
+            row["acc"] = float(result["final_test_acc"])
     return {**row, **rundir.flatten(tree)}
 
 
