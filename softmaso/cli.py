@@ -112,20 +112,12 @@ def theory(
     from Gaussian densities, numerical maximisation over the simplex, enumeration over R^K) and
     compared against a tolerance. Exit code 1 if any claim fails.
     """
-    from rich.console import Console
-
     from softmaso.io import check_output_file
-    from softmaso.reporting.theory import render, write_json
-    from softmaso.theory.checks import run_checks
+    from softmaso.reporting.theory import check_claims
 
     if json_path is not None:
         check_output_file(json_path, where="--json")
-    results = run_checks(seed=seed, trials=trials)
-    render(results, Console())
-    if json_path is not None:
-        write_json(results, json_path, seed=seed, trials=trials)
-        typer.echo(f"wrote {json_path}")
-    if not all(r.passed for r in results):
+    if not check_claims(seed=seed, trials=trials, json_path=json_path):
         raise typer.Exit(1)
 
 
@@ -455,7 +447,9 @@ def reproduce(
     for name in names:
         root = results if results and len(names) == 1 else base / name
         if name == "theory":
-            failed |= _reproduce_theory(base)
+            from softmaso.reporting.theory import check_claims
+
+            failed |= not check_claims(json_path=base / "theory.json")
             continue
         if name == "figure1":
             from softmaso.reporting.figure1 import figure1_spec, write_figure1
@@ -508,20 +502,6 @@ def reproduce(
             typer.echo(f"wrote {path}")
     if failed:
         raise typer.Exit(1)
-
-
-def _reproduce_theory(base: Path) -> bool:
-    from rich.console import Console
-
-    from softmaso.reporting.theory import render, write_json
-    from softmaso.theory.checks import run_checks
-
-    results = run_checks()
-    render(results, Console())
-    path = base / "theory.json"
-    write_json(results, path, seed=0, trials=200)
-    typer.echo(f"wrote {path}")
-    return not all(r.passed for r in results)
 
 
 @app.command(

@@ -99,3 +99,19 @@ def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+
+
+def check_claims(*, seed: int = 0, trials: int = 200, json_path: Path | None = None) -> bool:
+    """Check every claim (:func:`softmaso.theory.checks.run_checks`), print the table and
+    Table 1, write `json_path` if given; True if every claim passes. What `softmaso theory`
+    and `softmaso reproduce theory` run."""
+    from rich.console import Console
+
+    from softmaso.theory.checks import run_checks
+
+    results = run_checks(seed=seed, trials=trials)
+    render(results, Console())
+    if json_path is not None:
+        write_json(results, json_path, seed=seed, trials=trials)
+        print(f"wrote {json_path}")
+    return all(r.passed for r in results)
