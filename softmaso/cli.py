@@ -374,7 +374,11 @@ def reproduce(
     ] = None,
     launcher: Annotated[str, typer.Option(help="local or slurm.")] = "local",
     devices: Annotated[
-        str | None, typer.Option(help="GPUs for local runs, one run per GPU: e.g. 0,1 (or cpu).")
+        str | None,
+        typer.Option(
+            help="Local worker processes, one per entry, each training one run at a time: "
+            "0,1 (a GPU each), 0,0 (two on GPU 0), cpu,cpu (two CPU workers)."
+        ),
     ] = None,
     smoke: Annotated[
         bool,

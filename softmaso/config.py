@@ -83,7 +83,7 @@ class ModelConfig(_Strict):
     activation: Literal["relu", "swish", "beta"] = Field(
         "relu",
         description="relu [paper]; swish: u*sigmoid(eta u), learnable per-channel "
-        "eta = softplus(p), p0 = 0.5 [authors]; beta: activation.spec under beta-VQ",
+        "eta = softplus(p), p0 = 0.5 [authors]; beta: model.spec under beta-VQ",
     )
     spec: Literal["relu", "abs", "leaky_relu", "pieces"] = Field(
         "relu", description="max-affine spec under beta-VQ when model.activation is beta [ours]"
