@@ -192,7 +192,7 @@ def _captured_step(s) -> Callable[[], None]:
     )
     batches = s.sampler.epoch(0)
     idx = batches[0].clone()  # the graph's static input
-    side = torch.cuda.Stream()
+    side = torch.cuda.Stream(device=s.device)  # on the run's GPU, not the current one
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
@@ -376,7 +376,8 @@ def measure(
     out["e_memory"] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
     if cifar_sized:
         log("(e) peak memory of a CIFAR-sized run (50,000 + 10,000 images), fresh process ...")
-        out["e_memory"]["cifar_sized_run_peak_rss_gib"] = _cifar_sized_rss(device, width)
+        rss = _guarded(lambda: {"gib": _cifar_sized_rss(device, width)})
+        out["e_memory"]["cifar_sized_run_peak_rss_gib"] = rss.get("gib", rss.get("error"))
     if device.type == "cuda":
         out["e_memory"]["cuda_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
@@ -523,8 +524,8 @@ def render(res: dict[str, Any]):
         "cifar_sized_run_peak_rss_gib": "(e) CIFAR-sized run's peak RSS, GiB (target <= 2)",
         "cuda_peak_gib": "(e) CUDA peak allocated, GiB",
     }
-    for k, v in res["e_memory"].items():
-        t.add_row(memory.get(k, f"(e) {k}"), f"{v:.2f}")
+    for k, v in res["e_memory"].items():  # a failed measurement is its error text
+        t.add_row(memory.get(k, f"(e) {k}"), f"{v:.2f}" if isinstance(v, float) else str(v))
     return t
 
 

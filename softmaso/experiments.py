@@ -371,8 +371,13 @@ def _pool_init(devices, counter, threads) -> None:
     with counter.get_lock():
         i = counter.value
         counter.value += 1
-    os.environ["SOFTMASO_WORKER_DEVICE"] = devices[i % len(devices)]
+    device = devices[i % len(devices)]
+    os.environ["SOFTMASO_WORKER_DEVICE"] = device
     set_threads(threads)
+    if device.startswith("cuda:"):  # this worker's GPU is its current device (streams, graphs)
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
 
 
 def _pool_task(unit: list[Run], pack, data_dir, smoke) -> dict[Path, str]:

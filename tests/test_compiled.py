@@ -205,3 +205,14 @@ def test_float32_orthonormalise_compiles_where_eager_uses_onednn(method):
     (q_eager, g_eager), (q_comp, g_comp) = outs
     assert (q_comp - q_eager).abs().max() < 1e-5
     assert (g_comp - g_eager).abs().max() < 1e-4 * g_eager.abs().max()
+
+
+def test_learned_values_do_not_change_the_compile_key():
+    """A resumed swish run (other learned etas) must find its compiled graph again."""
+    from softmaso.compiled import _signature
+    from softmaso.nn import swish
+
+    a, b = swish(4), swish(4)
+    with torch.no_grad():
+        b.beta.p.add_(1.0)
+    assert _signature(a) == _signature(b)

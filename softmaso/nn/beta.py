@@ -82,8 +82,11 @@ class BetaParameter(nn.Module):
         return self.fixed
 
     def extra_repr(self) -> str:
-        kind = f"learnable ({self.eta_param})" if self.learnable else "fixed"
-        return f"{kind}, beta={self.beta().detach().flatten()[:4].tolist()}"
+        # The structure only, never learned values: softmaso.compiled keys its compiled graphs
+        # on the model's repr, and a resumed run must find its graph again.
+        if self.learnable:
+            return f"learnable ({self.eta_param}), {self.p.numel()} beta(s)"
+        return f"fixed, beta={self.fixed}"
 
 
 def _region_axis(eta: torch.Tensor | float) -> torch.Tensor | float:
