@@ -47,20 +47,16 @@ class _Group(TyperGroup):
         return code
 
 
-def _plain_help_flag(get_help_option):
-    """--help is a flag: show no `<bool>` value placeholder for it in the help."""
+def _flag_type(display_type_rich):
+    """A flag (--smoke, --pack/--no-pack, --help) takes no value: the help shows no `<bool>`."""
 
-    def get(self, ctx):
-        option = get_help_option(self, ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
+    def display(self, ctx):
+        return "" if self.is_flag else display_type_rich(self, ctx)
 
-    return get
+    return display
 
 
-for _cls in (typer.core.TyperCommand, typer.core.TyperGroup):
-    _cls.get_help_option = _plain_help_flag(_cls.get_help_option)
+typer.core.TyperOption.display_type_rich = _flag_type(typer.core.TyperOption.display_type_rich)
 
 
 app = typer.Typer(
@@ -88,7 +84,6 @@ def _root(
         bool,
         typer.Option(
             "--version",
-            metavar="",
             callback=_version,
             is_eager=True,
             help="Print the version and exit.",
@@ -144,9 +139,7 @@ def plot_activations(
     points: Annotated[int, typer.Option(help="Points per curve (at least 2).")] = 401,
     value: Annotated[
         bool,
-        typer.Option(
-            "--value", metavar="", help="Plot the optimal value of (8) (softplus family) instead."
-        ),
+        typer.Option("--value", help="Plot the optimal value of (8) (softplus family) instead."),
     ] = False,
     out: Annotated[
         Path,
@@ -224,7 +217,7 @@ def train(
     data_dir: DataDir = None,
     threads: Threads = None,
     print_config: Annotated[
-        bool, typer.Option("--print-config", metavar="", help="Print the resolved config and exit.")
+        bool, typer.Option("--print-config", help="Print the resolved config and exit.")
     ] = False,
 ) -> None:
     """Train the paper's largeCNN from a YAML recipe; rerun the same command to resume.
@@ -278,7 +271,6 @@ def eval_(
         bool,
         typer.Option(
             "--json",
-            metavar="",
             help='Print {"test_acc": ..., "loss": ...} ("train_acc" with --split train).',
         ),
     ] = False,
@@ -384,7 +376,6 @@ def reproduce(
         bool,
         typer.Option(
             "--smoke",
-            metavar="",
             help="Tiny offline stand-in of the same pipeline, labelled smoke.",
         ),
     ] = False,
@@ -397,7 +388,6 @@ def reproduce(
         bool | None,
         typer.Option(
             "--pack/--no-pack",
-            metavar="",
             help="Train runs that differ only in seed, lr, weight decay or penalty as one packed "
             "network. Recorded in grid.json at the first launch and kept on restarts.",
             show_default="no packing, or what the results folder's grid.json recorded",
@@ -552,9 +542,7 @@ def table(
     ] = "markdown",
     paper: Annotated[
         bool,
-        typer.Option(
-            "--paper", metavar="", help="Add the paper's Table 2, our difference and Welch tests."
-        ),
+        typer.Option("--paper", help="Add the paper's Table 2, our difference and Welch tests."),
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
@@ -601,9 +589,7 @@ def bench(
     ] = None,
     quick: Annotated[
         bool,
-        typer.Option(
-            "--quick", metavar="", help="Fewer repeats, no compile on a CPU (about a minute)."
-        ),
+        typer.Option("--quick", help="Fewer repeats, no compile on a CPU (about a minute)."),
     ] = False,
 ) -> None:
     """Measure the training step against a plain loop and compiled, the cost of
