@@ -16,7 +16,7 @@ does not say how overlapping positions enter), this module gives
   C_out x 2 C_out x n, through oneDNN on the CPU: :func:`matmul_nt`), where the authors' loop
   over filters costs two steps' worth (``softmaso bench``);
 * ``HammingApodize``: App. B's apodised filters (``ortho.apodize``);
-* ``orthogonality_error`` / ``layer_errors``: how far a layer is from (11), logged per epoch.
+* ``orthogonality_error`` / ``layer_diagnostics``: how far a layer is from (11), logged per epoch.
 
 Symbols: W (C_out, n) flattened filters, G = W W^T (C_out, C_out) their Gram matrix.
 """
@@ -170,13 +170,19 @@ def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
     return orthogonality_errors(w)[0]
 
 
+def orthonormality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
+    """(P,) float64 max |Q Q^T - I| over each run's flattened filters Q (C_out, n), or their
+    columns when C_out > n: how far from orthonormal ``exact``'s weight is (0 up to rounding).
+    P = `runs` of a packed weight (run-major), 1 otherwise."""
+    q = w.detach().reshape(runs, w.shape[0] // runs, -1).double()  # (P, C_out, n)
+    q = q.mT if q.shape[1] > q.shape[2] else q  # (P, m, n), m <= n
+    eye = torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
+    return (q @ q.mT - eye).abs().amax(dim=(1, 2))
+
+
 def orthonormality_error(w: torch.Tensor) -> float:
-    """max |Q Q^T - I| in float64 over w's flattened filters Q (C_out, n), or its columns when
-    C_out > n: how far from orthonormal ``exact``'s weight is (0 up to rounding)."""
-    q = w.detach().reshape(w.shape[0], -1).double()
-    q = q.T if q.shape[0] > q.shape[1] else q
-    eye = torch.eye(q.shape[0], dtype=q.dtype, device=q.device)
-    return (q @ q.T - eye).abs().max().item()
+    """:func:`orthonormality_errors` of one run's weight, as a float."""
+    return orthonormality_errors(w)[0].item()
 
 
 # -------------------------------------------------------------- exact reparametrisation
@@ -415,14 +421,6 @@ def ortho_loss(convs: Sequence[nn.Module], cfg: OrthoConfig) -> torch.Tensor | N
     return cfg.weight * penalty(m.weight for m in convs)
 
 
-@torch.no_grad()
-def layer_errors(convs: Sequence[nn.Module]) -> list[float]:
-    """:func:`orthogonality_error` of each effective weight, as floats (one host sync)."""
-    if not convs:
-        return []
-    return torch.stack([orthogonality_error(m.weight) for m in convs]).tolist()
-
-
 # What each orthogonality mode acts on, logged per layer beside the common ``ortho_error``:
 # the penalty shrinks the off-diagonal energy of the ROWS (filters), even where rows cannot be
 # orthogonal (conv1: more filters than values per filter), and may do so by shrinking the
@@ -448,13 +446,11 @@ def layer_diagnostics(
     for w in weights:
         with _no_autocast(w):
             flat = _float(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
-            q = (flat.mT if flat.shape[1] > flat.shape[2] else flat).double()  # (P, m, n)
-            eye = torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
             stats = [
                 orthogonality_errors(w, runs).double(),
                 gram_penalties(w, runs).double(),
                 flat.norm(dim=2).mean(dim=1).double(),
-                (q @ q.mT - eye).abs().amax(dim=(1, 2)),
+                orthonormality_errors(w, runs),
             ]  # 4 x (P,)
         per_layer.append(torch.stack(stats, dim=1))  # (P, 4)
     table = torch.stack(per_layer, dim=1).tolist()  # (P, L, 4)

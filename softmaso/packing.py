@@ -52,7 +52,6 @@ from softmaso.orthogonality import (
     Orthonormal,
     _float,
     gram_penalties,
-    orthogonality_errors,
     orthonormalise,
     register_chain,
 )
@@ -147,13 +146,6 @@ def packed_ortho_loss(model: PackedLargeCNN, weights: torch.Tensor) -> torch.Ten
     terms = [gram_penalties(c.weight, model.runs) for c in model.ortho_convs()]
     per_run = torch.stack(terms).sum(dim=0)  # (L, P) -> (P,)
     return (weights.to(per_run) * per_run).sum()
-
-
-@torch.no_grad()
-def packed_layer_errors(model: PackedLargeCNN) -> list[list[float]]:
-    """Per run, the orthogonality error of each effective MASO weight (P lists of 8 floats)."""
-    errs = [orthogonality_errors(c.weight, model.runs) for c in model.ortho_convs()]
-    return torch.stack(errs, dim=1).tolist()  # (P, L), one host sync
 
 
 class PackedOrthonormal(Orthonormal):

@@ -13,7 +13,7 @@ from softmaso.models import build_model
 from softmaso.orthogonality import (
     Orthonormal,
     apply_orthogonality,
-    layer_errors,
+    layer_diagnostics,
     ortho_loss,
 )
 from softmaso.packing import (
@@ -23,7 +23,6 @@ from softmaso.packing import (
     apply_packed_orthogonality,
     pack_inputs,
     pack_state,
-    packed_layer_errors,
     packed_loss,
     packed_ortho_loss,
     penalty_weights,
@@ -249,9 +248,15 @@ def test_penalty_and_orthogonality_errors_are_per_run():
     assert weights.tolist() == [0.0, 0.01, 3.0] and penalty_weights([NONE, EXACT]) is None
     want = sum(ortho_loss(m.ortho_convs(), o) for m, o in zip(models[1:], orthos[1:], strict=True))
     _close(packed_ortho_loss(packed, weights), want)
-    errors = packed_layer_errors(packed)
+    names = packed.ortho_names()
+    packed_stats = layer_diagnostics([c.weight for c in packed.ortho_convs()], names, len(models))
     for p, model in enumerate(models):
-        _close(torch.tensor(errors[p]), torch.tensor(layer_errors(model.ortho_convs())))
+        alone = layer_diagnostics([c.weight for c in model.ortho_convs()], names)[0]
+        for stat, values in alone.items():  # every logged statistic, ortho_error among them
+            _close(
+                torch.tensor(list(packed_stats[p][stat].values())),
+                torch.tensor(list(values.values())),
+            )
 
 
 def test_a_pack_refuses_what_it_cannot_train_together():
