@@ -51,7 +51,14 @@ from softmaso.errors import UserError, first_line
 from softmaso.io import atomic_group, ensure_writable_dir
 
 FETCHABLE = ("cifar10", "cifar100", "svhn", "fashion-mnist", "mnist", "kmnist")
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}
+_NUM_CLASSES = {
+    "cifar10": 10,
+    "cifar100": 100,
+    "svhn": 10,
+    "fashion-mnist": 10,
+    "mnist": 10,
+    "kmnist": 10,
+}
 IDX_DATASETS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
 IDX_FILES = (  # the four files of an MNIST-family release, uncompressed names
     "train-images-idx3-ubyte",
@@ -184,11 +191,6 @@ def _fetch_command(name: str, data_dir: Path) -> str:
     return f"softmaso data fetch {name} --data-dir {data_dir}"
 
 
-def num_classes(name: str) -> int | None:
-    """Classes of a named dataset (None for synthetic and npz, which say so themselves)."""
-    return 10 if name in IDX_DATASETS else _NUM_CLASSES.get(name)
-
-
 def _idx_class(name: str):
     from torchvision import datasets
 
@@ -266,7 +268,7 @@ def _load_torchvision(name: str, data_dir: Path) -> ImageData:
             f"({type(e).__name__}: {first_line(e)}); delete them and run "
             f"`{_fetch_command(name, data_dir)}`",
         ) from None
-    return ImageData(name, num_classes(name), x_tr, y_tr, x_te, y_te)
+    return ImageData(name, _NUM_CLASSES[name], x_tr, y_tr, x_te, y_te)
 
 
 # ----------------------------------------------------------------------------------- fetch
@@ -337,7 +339,8 @@ def import_idx(name: str, source: Path, data_dir: Path) -> str:
             raw = path.read_bytes()
         except OSError as e:
             raise UserError("--from", f"cannot read {path} ({e.strerror or e})") from None
-        if hashlib.md5(raw).hexdigest() == published[fname]:  # the original .gz
+        file_md5 = hashlib.md5(raw).hexdigest()
+        if file_md5 == published[fname]:  # the original .gz
             contents[fname] = gzip.decompress(raw)
             continue
         if raw[:2] == b"\x1f\x8b":
@@ -350,7 +353,7 @@ def import_idx(name: str, source: Path, data_dir: Path) -> str:
         if want is None:
             raise UserError(
                 "--from",
-                f"{path} has md5 {hashlib.md5(path.read_bytes()).hexdigest()}, "
+                f"{path} has md5 {file_md5}, "
                 f"expected torchvision's {published[fname]} for {fname}.gz (no checksum of the "
                 f"uncompressed {name} files is published: give the original .gz files)",
             )
@@ -402,7 +405,7 @@ def _npz_classes(y_tr: torch.Tensor, y_te: torch.Tensor, where: str) -> int:
             f"labels must be 0..K-1 with every class in the training split ({k - len(present)} "
             "missing)",
         )
-    unseen = torch.unique(y_te[y_te >= k]) if bool((y_te >= k).any()) else y_te[:0]
+    unseen = torch.unique(y_te[y_te >= k])  # y_train holds every class below k
     if len(unseen):
         raise UserError(
             where,

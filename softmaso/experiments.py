@@ -196,6 +196,15 @@ def run_one(run: Run, **kw) -> str:
 
 # -------------------------------------------------------------------------------- packing
 AUTO_PACK_DEVICES = ("cuda",)  # where `pack=None` measures; elsewhere (CPUs) it never packs
+
+
+def _measures_packing(devices: list[str]) -> bool:
+    """Whether `pack=None` measures packing on these devices (else it means no packing)."""
+    from softmaso.training import resolve_device
+
+    return any(resolve_device(d).type in AUTO_PACK_DEVICES for d in devices)
+
+
 _decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
 
 
@@ -323,9 +332,7 @@ def run_unit(
                 mine.append(run)
         data = None
         if len(mine) > 1 and pack is None:
-            from softmaso.training import resolve_device
-
-            if resolve_device(device).type not in AUTO_PACK_DEVICES:
+            if not _measures_packing([device]):
                 pack = False  # packing has never been faster on a CPU (softmaso bench)
             else:
                 pack, why, data = decide_pack(mine, device, data_dir)
@@ -409,11 +416,7 @@ def launch_local(
     Units are single runs or packs (:func:`plan_units`); `pack` None decides per pack by
     measuring (:func:`decide_pack`), False never packs.
     """
-    from softmaso.training import resolve_device
-
-    if pack is None and all(
-        resolve_device(d).type not in AUTO_PACK_DEVICES for d in devices or ["auto"]
-    ):
+    if pack is None and not _measures_packing(devices or ["auto"]):
         pack = False  # packing has never been faster on a CPU: one unit per run
     units = plan_units(todo, pack=pack, size=pack_size, devices=len(devices or [None]))
     outcomes: dict[Path, str] = {}

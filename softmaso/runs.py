@@ -190,9 +190,6 @@ def claim(run_dir: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-STATUSES = ("new", "pending", "started", "finished", "diverged", "damaged")
-
-
 def result_problem(result: Any) -> str | None:
     """Why a result.json's content cannot be believed, or None if it can."""
     if not isinstance(result, dict):

@@ -121,9 +121,8 @@ def _read_grid(root: Path) -> dict[str, Any] | None:
     grid = rundir.read_json(path)
     if not isinstance(grid, dict) or not isinstance(grid.get("runs", []), list):
         raise UserError(str(path), "not a softmaso grid (JSON object with a 'runs' list)")
-    entries = grid.get("runs", [])
+    entries = grid.get("runs", [])  # entries that are not {"dir": ...} objects are skipped
     grid["runs"] = [e for e in entries if isinstance(e, dict) and isinstance(e.get("dir"), str)]
-    grid["skipped_entries"] = len(entries) - len(grid["runs"])
     return grid
 
 
