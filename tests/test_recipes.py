@@ -5,10 +5,10 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -114,7 +114,6 @@ def test_train_threads_are_recorded(cli, tmp_path):
     assert cli("train", recipe, "--threads", "0").exit_code == 2
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="venv layout")
 def test_an_installed_wheel_runs_a_named_smoke_experiment_outside_the_checkout(tmp_path):
     """Build the wheel from a copy of the sources, install it (no deps) into a fresh venv that
     borrows this environment's dependencies, and run `reproduce fashion --smoke` elsewhere."""
@@ -134,14 +133,15 @@ def test_an_installed_wheel_runs_a_named_smoke_experiment_outside_the_checkout(t
     (wheel,) = dist.glob("softmaso-*.whl")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
-    site = next((env_dir / "lib").glob("python*/site-packages"))
+    paths = {"base": str(env_dir), "platbase": str(env_dir)}
+    site = Path(sysconfig.get_path("purelib", vars=paths))  # the venv's site-packages
     borrowed = [p for p in sys.path if p.endswith("site-packages")]
     (site / "borrowed.pth").write_text("\n".join(borrowed) + "\n")  # deps, not the editable hook
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SOFTMASO_DATA")}
-    py = env_dir / "bin" / "python"
+    py = Path(sysconfig.get_path("scripts", vars=paths)) / Path(sys.executable).name
     where = subprocess.run(
         [py, "-c", "import softmaso; print(softmaso.__file__)"],
         cwd=work,
