@@ -23,7 +23,7 @@ smoke: $(STAMP)
 	@echo "  fashion: results/smoke/fashion/table.md (real data: make fashion)"
 
 # The real Fashion-MNIST grid (results/fashion/), offline from Debian's dataset-fashion-mnist
-# (apt-get install dataset-fashion-mnist): about 50 minutes on 2 CPU cores.
+# (apt-get install dataset-fashion-mnist): 45-55 minutes on 2 CPU cores.
 # results/fashion/ holds the committed runs (finished, so reproduce would only remake the
 # table): this trains them again beside it, for comparison.
 FASHION_FROM ?= /usr/share/datasets/fashion-mnist
