@@ -607,7 +607,7 @@ def run_grid(
         done[0] += 1
         failed[0] += outcome in ("diverged", "conflict", "damaged")
         trained[0] += outcome in ("finished", "diverged")
-        line = f"{done[0]}/{len(todo)} {run.dir.name}: {outcome}"
+        line = f"{done[0]}/{len(todo)} {run.recipe}/{run.dir.name}: {outcome}"
         result = runs.read_json(run.dir / runs.RESULT)
         acc = result.get("final_test_acc") if isinstance(result, dict) else None
         if outcome == "finished" and isinstance(acc, (int, float)):

@@ -104,7 +104,7 @@ def test_a_grid_logs_a_line_per_run(cli, tmp_path):
     assert r.exit_code == 0, r.output
     grid_lines = [x for x in r.stderr.splitlines() if x.startswith("[grid]")]
     assert len(grid_lines) == 3 and "epoch" not in r.stderr
-    assert "1/3 seed-0: finished, test accuracy" in grid_lines[0]
+    assert "1/3 g/seed-0: finished, test accuracy" in grid_lines[0]
     assert json.loads((tmp_path / "res" / runs.GRID).read_text())["pack"] is False
 
 

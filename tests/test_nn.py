@@ -28,6 +28,24 @@ def test_general_spec_matches_eq2():
         )
 
 
+def test_general_spec_per_channel_beta_matches_softmax_and_its_gradients():
+    spec = max_affine([-0.25, 0.25, 1.0], [-0.5, 0.0, -1.0])
+    act = BetaVQActivation(spec, 0.5, learnable=True, channels=3).double()
+    with torch.no_grad():
+        act.beta.p.copy_(torch.tensor([-2.0, 0.0, 40.0], dtype=DT))  # eta = e^-2, 1, e^40
+    u = torch.randn(2, 3, 4, 4, dtype=DT, requires_grad=True)
+    s = spec.scores(u)  # (..., R): the stacked form
+    eta = act.beta.eta(4).unsqueeze(-1)
+    reference = (torch.softmax(eta * s, dim=-1) * s).sum(-1)
+    out = act(u)
+    assert torch.allclose(out, reference, atol=1e-12)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (u, act.beta.p), g)
+    want = torch.autograd.grad(reference, (u, act.beta.p), g)
+    for got, ref in zip(grads, want, strict=True):
+        assert torch.allclose(got, ref, atol=1e-10)
+
+
 def test_learnable_beta_stays_in_open_interval_and_has_finite_gradients():
     for b0 in (1e-4, 0.5, 1 - 1e-4):
         for param in ("logit", "softplus"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from softmaso.nn.beta import BetaParameter, EtaParam, _region_axis
+from softmaso.nn.beta import BetaParameter, EtaParam
 from softmaso.theory.specs import MaxAffineSpec, relu
 
 
@@ -47,9 +47,14 @@ class BetaVQActivation(nn.Module):
             s0 = u * a0 + c0 if (a0, c0) != (0.0, 0.0) else torch.zeros_like(u)
             gap = u * (a1 - a0) + (c1 - c0)  # s1 - s0
             return s0 + torch.sigmoid(eta * gap) * gap
-        s = spec.scores(u)  # (..., R)
-        t = torch.softmax(_region_axis(eta) * s, dim=-1)  # eta: () or (1, C, 1, ...)
-        return (t * s).sum(-1)
+        # R >= 3: softmax over the regions one score map at a time, so no (..., R) tensor with a
+        # trailing axis of R is built (channels_last kernels stay fast)
+        s = [u * a + c for a, c in zip(spec.slopes, spec.offsets, strict=True)]
+        top = s[0].detach()
+        for s_r in s[1:]:
+            top = torch.maximum(top, s_r.detach())  # exp(eta * (s - top)) <= 1: never overflows
+        weights = [torch.exp(eta * (s_r - top)) for s_r in s]
+        return sum(w * s_r for w, s_r in zip(weights, s, strict=True)) / sum(weights)
 
     def extra_repr(self) -> str:
         return f"spec={self.spec.name}"
