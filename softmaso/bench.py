@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 from softmaso import runs
 from softmaso.config import RunConfig
+from softmaso.packed_training import pack_speedup
+from softmaso.timing import interleaved, rounds, sync
 
 FORWARD_GFLOP = 0.542  # per 32x32 image, largeCNN (issue 5); a training step ~ 3x forward
 GRID_IMAGES = 30 * (73_257 * 150 + 50_000 * 150 + 50_000 * 200)  # 90 runs: svhn, c10, c100
@@ -58,37 +60,6 @@ def _config(
             "train": {"amp": amp, "compile": compile},
         }
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rounds(
-    variants: dict[str, Callable[[], None]], device, *, steps: int, repeats: int
-) -> dict[str, list[float]]:
-    """Seconds per call of each variant in each round, variants timed in turns (A B A B ...)
-    after one warm-up round."""
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for rnd in range(repeats + 1):
-        for name, fn in variants.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            _sync(device)
-            if rnd:  # round 0 is the warm-up
-                times[name].append((time.perf_counter() - t0) / steps)
-    return times
-
-
-def _interleaved(
-    variants: dict[str, Callable[[], None]], device, *, steps: int, repeats: int
-) -> dict[str, float]:
-    """Median seconds per call of each variant, timed in turns after one warm-up round."""
-    times = _rounds(variants, device, steps=steps, repeats=repeats)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _overheads(times: dict[str, list[float]], base: str) -> dict[str, Any]:
@@ -216,12 +187,12 @@ def _compiled_speedup(device, base, width, steps: int, repeats: int) -> dict[str
     (tracing and compiling; on CUDA the graphs are recorded in the warm-up round)."""
     s = _setup(device, width=width, compile=True)
     step = _softmaso_step(s)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     step()
-    _sync(device)
+    sync(device)
     first = time.perf_counter() - t0
-    t = _interleaved(
+    t = interleaved(
         {"eager": _softmaso_step(base), "compiled": step}, device, steps=steps, repeats=repeats
     )
     return {
@@ -247,7 +218,7 @@ def _cuda_variants(device, base, width, *, steps: int, repeats: int) -> dict[str
             out[name] = got
         else:
             variants[name] = got["step"]
-    t = _interleaved(variants, device, steps=steps, repeats=repeats)
+    t = interleaved(variants, device, steps=steps, repeats=repeats)
     for name, sec in t.items():
         out[name] = {"batch": batch[name], "images_per_s": batch[name] / sec}
     return out
@@ -327,24 +298,42 @@ def measure(
     }
     out["device"].pop("argv", None)
     out["busy_before"] = _busy(log)
-
-    log("(a) training step vs a plain loop, batch 50, full width ...")
+    timing = {"steps": steps, "repeats": repeats}
     base = _setup(device, width=width)
-    t = _interleaved(
-        {"softmaso": _softmaso_step(base), "plain": _plain_step(base)},
-        device,
-        steps=steps,
-        repeats=repeats,
-    )
-    out["a_step"] = {
-        "softmaso_images_per_s": 50 / t["softmaso"],
-        "plain_images_per_s": 50 / t["plain"],
-        "ratio": t["plain"] / t["softmaso"],
+    out.update(_step_figures(device, base, width, quick, timing, log))
+    out.update(_ortho_figures(device, base, width, quick, timing, log))
+    log("(c) evaluation throughput ...")
+    from softmaso.training import evaluate
+
+    t = interleaved({"eval": lambda: evaluate(base)}, device, steps=1, repeats=repeats)
+    out["c_eval_images_per_s"] = len(base.data.y_test) / t["eval"]
+    out.update(_packed_figures(device, base, width, timing, log))
+    out["d_projection"] = _projection(out)
+    out["e_memory"] = _memory_figures(device, width, cifar_sized, log)
+    return out
+
+
+def _step_figures(device, base, width: float, quick: bool, timing: dict, log) -> dict[str, Any]:
+    """(a) the training step against a plain loop, and with train.compile."""
+    log("(a) training step vs a plain loop, batch 50, full width ...")
+    variants = {"softmaso": _softmaso_step(base), "plain": _plain_step(base)}
+    t = interleaved(variants, device, **timing)
+    out: dict[str, Any] = {
+        "a_step": {
+            "softmaso_images_per_s": 50 / t["softmaso"],
+            "plain_images_per_s": 50 / t["plain"],
+            "ratio": t["plain"] / t["softmaso"],
+        }
     }
     if device.type == "cuda" or not quick:  # ~12 s to compile cold on 2 CPU cores
         log("(a) the same step with train.compile ...")
+        steps, repeats = timing["steps"], timing["repeats"]
         out["a_compiled"] = _guarded(lambda: _compiled_speedup(device, base, width, steps, repeats))
+    return out
 
+
+def _ortho_figures(device, base, width: float, quick: bool, timing: dict, log) -> dict[str, Any]:
+    """(b) the step of each orthogonality mode against none, and exact's orthonormality."""
     log("(b) orthogonality overheads, batch 50 ...")
     exact = {"exact": _setup(device, "exact", width=width)}
     exact["exact_qr"] = _setup(device, "exact", width=width, method="qr")
@@ -352,34 +341,36 @@ def measure(
     variants["penalty"] = _softmaso_step(_setup(device, "penalty", width=width))
     variants.update({k: _softmaso_step(s) for k, s in exact.items()})
     variants["exact_python_gs"] = _softmaso_step(_setup(device, "exact", sgs=True, width=width))
-    rounds = repeats if quick else 2 * repeats  # the targets are a few percent: more rounds
-    out["b_ortho"] = _overheads(_rounds(variants, device, steps=steps, repeats=rounds), "none")
-    trained = (rounds + 1) * steps  # the warm-up round's steps too
-    out["b_orthonormality"] = {k: _orthonormality(s.convs, trained) for k, s in exact.items()}
+    steps, repeats = timing["steps"], timing["repeats"]
+    n_rounds = repeats if quick else 2 * repeats  # the targets are a few percent: more rounds
+    times = rounds(variants, device, steps=steps, repeats=n_rounds)
+    trained = (n_rounds + 1) * steps  # the warm-up round's steps too
+    return {
+        "b_ortho": _overheads(times, "none"),
+        "b_orthonormality": {k: _orthonormality(s.convs, trained) for k, s in exact.items()},
+    }
 
-    log("(c) evaluation throughput ...")
-    from softmaso.training import evaluate
 
-    n_eval = len(base.data.y_test)
-    t = _interleaved({"eval": lambda: evaluate(base)}, device, steps=1, repeats=repeats)
-    out["c_eval_images_per_s"] = n_eval / t["eval"]
-
+def _packed_figures(device, base, width: float, timing: dict, log) -> dict[str, Any]:
+    """(d) packed against separate training, CUDA extras, and the grid's projected time."""
     runs_ = PACK_RUNS_CUDA if device.type == "cuda" else PACK_RUNS_CPU
     log(f"(d) packed training: {runs_} runs in one network against {runs_} separate steps ...")
     cfgs = [_config(width=width).with_overrides(seed=i) for i in range(runs_)]
-    out["d_packed"] = _guarded(
-        lambda: pack_speedup(cfgs, device, data=base.data, steps=steps, repeats=repeats)
-    )
+    out = {"d_packed": _guarded(lambda: pack_speedup(cfgs, device, data=base.data, **timing))}
     if device.type == "cuda":
-        out.update(_cuda_extras(device, base, cfgs, width, steps=steps, repeats=repeats, log=log))
-    out["d_projection"] = _projection(out)
-    out["e_memory"] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
+        out.update(_cuda_extras(device, base, cfgs, width, **timing, log=log))
+    return out
+
+
+def _memory_figures(device, width: float, cifar_sized: bool, log) -> dict[str, Any]:
+    """(e) peak memory: this process, a CIFAR-sized run in a fresh process, CUDA."""
+    out: dict[str, Any] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
     if cifar_sized:
         log("(e) peak memory of a CIFAR-sized run (50,000 + 10,000 images), fresh process ...")
         rss = _guarded(lambda: {"gib": _cifar_sized_rss(device, width)})
-        out["e_memory"]["cifar_sized_run_peak_rss_gib"] = rss.get("gib", rss.get("error"))
+        out["cifar_sized_run_peak_rss_gib"] = rss.get("gib", rss.get("error"))
     if device.type == "cuda":
-        out["e_memory"]["cuda_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["cuda_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
 
 
@@ -455,6 +446,7 @@ def _peak_rss_gib() -> float:
 
 
 def render(res: dict[str, Any]):
+    """The figures of :func:`measure` as a rich table."""
     from rich.table import Table
 
     t = Table(title=f"softmaso bench on {res['device']['device']['name']} ({res['date']})")
@@ -462,109 +454,92 @@ def render(res: dict[str, Any]):
         t.caption = f"other processes used {busy:.0%} of the CPUs before it started: noisy"
     t.add_column("figure")
     t.add_column("value", justify="right")
+    for rows in (_step_rows, _ortho_rows, _packed_rows, _projection_rows, _memory_rows):
+        for label, value in rows(res):
+            t.add_row(label, value)
+    return t
+
+
+_NAMES = {
+    "exact": "exact (cholesky)",
+    "exact_qr": "exact (qr)",
+    "exact_python_gs": "authors' Python GS",
+}
+
+
+def _step_rows(res: dict[str, Any]):
     a = res["a_step"]
-    t.add_row("(a) softmaso step, images/s (batch 50)", f"{a['softmaso_images_per_s']:.1f}")
-    t.add_row("(a) plain loop, images/s", f"{a['plain_images_per_s']:.1f}")
-    t.add_row("(a) ratio softmaso / plain (target >= 0.97)", f"{a['ratio']:.3f}")
-    if "a_compiled" in res:
-        c = res["a_compiled"]
-        if "error" in c:
-            t.add_row("(a) train.compile", c["error"])
-        else:
-            t.add_row("(a) with train.compile, images/s", f"{c['images_per_s']:.1f}")
-            t.add_row("(a) train.compile speed-up over eager", f"{c['speedup']:.2f}x")
-            t.add_row("(a) train.compile first step, s", f"{c['compile_seconds']:.1f}")
+    yield "(a) softmaso step, images/s (batch 50)", f"{a['softmaso_images_per_s']:.1f}"
+    yield "(a) plain loop, images/s", f"{a['plain_images_per_s']:.1f}"
+    yield "(a) ratio softmaso / plain (target >= 0.97)", f"{a['ratio']:.3f}"
+    c = res.get("a_compiled")
+    if c is not None and "error" in c:
+        yield "(a) train.compile", c["error"]
+    elif c is not None:
+        yield "(a) with train.compile, images/s", f"{c['images_per_s']:.1f}"
+        yield "(a) train.compile speed-up over eager", f"{c['speedup']:.2f}x"
+        yield "(a) train.compile first step, s", f"{c['compile_seconds']:.1f}"
+
+
+def _ortho_rows(res: dict[str, Any]):
     targets = {"penalty": " (target <= 5%)", "exact": " (target <= 10%)"}
-    names = {
-        "exact": "exact (cholesky)",
-        "exact_qr": "exact (qr)",
-        "exact_python_gs": "authors' Python GS",
-    }
     for k, v in res["b_ortho"].items():
         if k != "none":
-            label = f"(b) {names.get(k, k)} over none{targets.get(k, '')}"
             lo, hi = v["overhead_range"]
-            t.add_row(label, f"{100 * v['overhead']:+.1f}% ({100 * lo:+.1f} to {100 * hi:+.1f})")
+            yield (
+                f"(b) {_NAMES.get(k, k)} over none{targets.get(k, '')}",
+                f"{100 * v['overhead']:+.1f}% ({100 * lo:+.1f} to {100 * hi:+.1f})",
+            )
     for k, v in res.get("b_orthonormality", {}).items():
-        t.add_row(
-            f"(b) {names.get(k, k)}: max |QQ^T - I| after {v['steps']} steps, "
+        yield (
+            f"(b) {_NAMES.get(k, k)}: max |QQ^T - I| after {v['steps']} steps, "
             "non-square / square layer",
             f"{v['max_error_non_square']:.0e} / {v['square_layer_error']:.0e}",
         )
-    t.add_row("(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}")
+    yield "(c) evaluation, images/s", f"{res['c_eval_images_per_s']:.1f}"
+
+
+def _packed_rows(res: dict[str, Any]):
     for key, label in (
         ("d_packed", "fp32"),
         ("d_packed_bf16", "bf16"),
         ("d_packed_compiled", "compiled"),
     ):
-        if key not in res:
+        p = res.get(key)
+        if p is None:
             continue
-        p = res[key]
         if "error" in p:
-            t.add_row(f"(d) packed {label}", p["error"])
+            yield f"(d) packed {label}", p["error"]
             continue
         n = p["runs"]
-        t.add_row(f"(d) packed {label}, {n} runs, images/s", f"{p['packed_images_per_s']:.0f}")
-        t.add_row(f"(d) {n} separate steps {label}, images/s", f"{p['separate_images_per_s']:.0f}")
-        t.add_row(f"(d) packing speed-up {label}", f"{p['speedup']:.2f}x")
+        yield f"(d) packed {label}, {n} runs, images/s", f"{p['packed_images_per_s']:.0f}"
+        yield f"(d) {n} separate steps {label}, images/s", f"{p['separate_images_per_s']:.0f}"
+        yield f"(d) packing speed-up {label}", f"{p['speedup']:.2f}x"
     for name, v in res.get("d_cuda", {}).items():
-        value = v["error"] if "error" in v else f"{v['images_per_s']:.0f}"
-        t.add_row(f"(d) CUDA {name}, images/s", value)
+        yield (
+            f"(d) CUDA {name}, images/s",
+            v["error"] if "error" in v else f"{v['images_per_s']:.0f}",
+        )
+
+
+def _projection_rows(res: dict[str, Any]):
     d = res["d_projection"]
-    t.add_row(
-        f"(d) rate reproduce trains at ({d['rate_used']}), images/s", f"{d['images_per_s']:.0f}"
-    )
-    t.add_row("(d) achieved TFLOP/s (3 x 0.542 GFLOP per image)", f"{d['achieved_tflops']:.3f}")
-    t.add_row("(d) Table 2 grid at this rate, hours", f"{d['grid_hours_at_measured_rate']:.1f}")
-    t.add_row("(d) ratio to the floor (1.9 h at 200 TFLOP/s)", f"{d['ratio_to_floor']:.2f}")
+    yield f"(d) rate reproduce trains at ({d['rate_used']}), images/s", f"{d['images_per_s']:.0f}"
+    yield "(d) achieved TFLOP/s (3 x 0.542 GFLOP per image)", f"{d['achieved_tflops']:.3f}"
+    yield "(d) Table 2 grid at this rate, hours", f"{d['grid_hours_at_measured_rate']:.1f}"
+    yield "(d) ratio to the floor (1.9 h at 200 TFLOP/s)", f"{d['ratio_to_floor']:.2f}"
     for k, v in d["other_variants_grid_hours"].items():
-        t.add_row(f"(d) grid hours if training ran {k}", f"{v:.2f}")
+        yield f"(d) grid hours if training ran {k}", f"{v:.2f}"
+
+
+def _memory_rows(res: dict[str, Any]):
     memory = {
         "bench_process_peak_rss_gib": "(e) this process's peak RSS, GiB",
         "cifar_sized_run_peak_rss_gib": "(e) CIFAR-sized run's peak RSS, GiB (target <= 2)",
         "cuda_peak_gib": "(e) CUDA peak allocated, GiB",
     }
     for k, v in res["e_memory"].items():  # a failed measurement is its error text
-        t.add_row(memory.get(k, f"(e) {k}"), f"{v:.2f}" if isinstance(v, float) else str(v))
-    return t
+        yield memory.get(k, f"(e) {k}"), f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 # -------------------------------------------------------------------------------- packing
-def pack_speedup(
-    cfgs: list[RunConfig], device: torch.device, *, data=None, steps: int = 2, repeats: int = 2
-) -> dict[str, float]:
-    """Packed step of `cfgs` against their separate steps, interleaved: images/s and speed-up.
-
-    `data` (on the device) defaults to the first config's dataset. One "separate" call steps
-    every run once, in turn, as a grid without packing would.
-    """
-    from softmaso import training
-    from softmaso.data import Preprocessor, load_data
-    from softmaso.packed_training import new_pack, train_step_packed
-
-    if data is None:
-        data = load_data(cfgs[0].data).to(device)
-    alone = [training.build(c, device, data=data) for c in cfgs]
-    pack = new_pack(cfgs, data, device)
-    prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
-    batches = torch.stack([s.sampler.epoch(0) for s in alone], dim=1)  # (steps, P, B)
-    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
-    state = {"i": 0}
-
-    def separate() -> None:
-        idx = batches[state["i"] % len(batches)]
-        for p, s in enumerate(alone):
-            training.train_step(s, idx[p], gens[p])
-
-    def packed() -> None:
-        train_step_packed(pack, data, prep, batches[state["i"] % len(batches)], gens)
-        state["i"] += 1
-
-    t = _interleaved({"separate": separate, "packed": packed}, device, steps=steps, repeats=repeats)
-    images = len(cfgs) * cfgs[0].optim.batch_size
-    return {
-        "runs": len(cfgs),
-        "packed_images_per_s": images / t["packed"],
-        "separate_images_per_s": images / t["separate"],
-        "speedup": t["separate"] / t["packed"],
-    }

@@ -8,6 +8,7 @@ code 2; failed claims or failed runs exit with code 1.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from pathlib import Path
@@ -415,86 +416,19 @@ def reproduce(
     """
     import shlex
 
-    from softmaso import experiments as ex
+    from softmaso.launch import Launch, Selection, Slurm, check_names, parse_devices
+    from softmaso.launch import reproduce as run
 
-    everything = ["theory", "figure1", "table2", "gs-cifar100", "fashion"]
-    names = everything if experiment == "all" else [experiment]
-    for name in names:
-        if name not in ("theory", "figure1", *ex.EXPERIMENTS) and not ex.is_recipe_file(name):
-            raise UserError(
-                "EXPERIMENT",
-                f"unknown experiment {name!r}; use {', '.join(ex.EXPERIMENTS)}, figure1, theory, "
-                "all, or a recipe file with a sweep: (PATH.yaml)",
-            )
-    if launcher not in ("local", "slurm"):
-        raise UserError("--launcher", f"{launcher!r}; use local or slurm")
-    if launcher == "slurm":
-        ex.check_slurm(slurm_cluster)
-    from softmaso.io import check_output_dir
-
-    base = check_output_dir(
-        results or Path("results/smoke" if smoke else "results"), where="--results"
+    names = check_names(experiment)
+    slurm = Slurm(
+        slurm_cluster, slurm_partition, slurm_time, slurm_parallelism, slurm_gpus, slurm_cpus
     )
-    dev = ex.parse_devices(devices)
+    launch = Launch(
+        launcher, parse_devices(devices), threads, pack, pack_size, data_dir, smoke, slurm
+    )
+    select = Selection(runs_, _csv(datasets), tuple(set_ or ()))
     command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    failed = False
-    for name in names:
-        root = results if results and len(names) == 1 else base / name
-        if name == "theory":
-            from softmaso.reporting.theory import check_claims
-
-            failed |= not check_claims(json_path=base / "theory.json")
-            continue
-        if name == "figure1":
-            from softmaso.reporting.figure1 import figure1_spec, write_figure1
-
-            for path in write_figure1(figure1_spec(), base / "figures"):
-                typer.echo(f"wrote {path}")
-            continue
-        label = ex.experiment_name(name)
-        if root == base / name:
-            root = base / label
-        todo = ex.expand(
-            name,
-            root,
-            smoke=smoke,
-            datasets=_csv(datasets),
-            seeds=runs_,
-            overrides=list(set_ or []),
-        )
-        files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
-        ex.check_grid(todo)
-        ex.write_grid(root, label, todo, smoke=smoke, recipe_files=files)
-        packing = ex.settle_pack(root, pack)
-        typer.echo(
-            f"{label}: {len(todo)} runs in {root}"
-            + (" (SMOKE: synthetic stand-in data)" if smoke else "")
-        )
-        slurm = {
-            "folder": root / ".submitit",
-            "cluster": slurm_cluster,
-            "partition": slurm_partition,
-            "time_min": slurm_time,
-            "parallelism": slurm_parallelism,
-            "gpus": slurm_gpus,
-            "cpus": slurm_cpus,
-        }
-        outcomes = ex.run_grid(
-            todo,
-            launcher=launcher,
-            devices=dev,
-            data_dir=data_dir,
-            smoke=smoke,
-            slurm=slurm,
-            pack=packing,
-            pack_size=pack_size,
-            threads=threads,
-        )
-        typer.echo(f"{label}: {ex.summary_line(outcomes)}")
-        failed |= any(o in ("diverged", "conflict", "damaged") for o in outcomes.values())
-        for path in ex.report(root, paper=name == "table2", command=command):
-            typer.echo(f"wrote {path}")
-    if failed:
+    if not run(names, launch, select, results=results, command=command, echo=typer.echo):
         raise typer.Exit(1)
 
 
@@ -558,6 +492,36 @@ def table(
         check_output_file(out, where="--out")
     text = tables.render(tables.summarize(tables.collect(results_dir)), fmt, paper=paper)
     tables.write_table(text, out)
+
+
+@app.command(epilog="Example: softmaso analyze results/fashion --threads 2")
+def analyze(
+    target: Annotated[
+        Path, typer.Argument(help="A finished run directory, or a results folder of runs.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the outputs.", show_default="TARGET/analysis")
+    ] = None,
+    images: Annotated[int, typer.Option(min=1, help="Test images each run is analysed on.")] = 500,
+    decisions: Annotated[
+        int,
+        typer.Option(min=2, help="Most (image, position) samples per layer in joint statistics."),
+    ] = 20_000,
+    data_dir: DataDir = None,
+    threads: Threads = None,
+) -> None:
+    """Measure the paper's mechanisms in trained networks, per layer: VQ occupancy, soft-VQ
+    entropy, unit-firing correlation, the factorial model's cross terms and joint-MAP changes
+    (Thm. 4), the Thm. 2 region prior; compared across groups of runs like `softmaso table`."""
+    from softmaso.reporting.analysis import analyze as run
+    from softmaso.training import set_threads
+
+    set_threads(threads)
+    log = functools.partial(typer.echo, err=True)
+    for path in run(
+        target, out=out, images=images, decisions=decisions, data_dir=data_dir, log=log
+    ):
+        typer.echo(f"wrote {path}")
 
 
 @app.command(

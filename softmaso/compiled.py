@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from softmaso.orthogonality import _float
+from softmaso.orthogonality import at_least_fp32
 
 _TEMPLATES: dict[tuple, nn.Module] = {}
 
@@ -38,7 +38,7 @@ _TEMPLATES: dict[tuple, nn.Module] = {}
 def single_outputs(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, K), labels (B,) -> (mean cross-entropy, number correct); the loss in fp32
     (fp64 stays fp64) even when the logits are bf16."""
-    return F.cross_entropy(_float(logits), y), (logits.argmax(1) == y).sum()
+    return F.cross_entropy(at_least_fp32(logits), y), (logits.argmax(1) == y).sum()
 
 
 def _signature(model: nn.Module) -> tuple:

@@ -314,9 +314,6 @@ def import_idx(name: str, source: Path, data_dir: Path) -> str:
     such as Debian's passes this way). Every file is read and checked before any is written;
     then all four appear at once (atomic renames), so a failure leaves nothing half-copied.
     """
-    import gzip
-    import hashlib
-
     if name not in IDX_DATASETS:
         raise UserError(
             "--from", f"imports IDX files of {', '.join(IDX_DATASETS)}; {name!r} is not one"
@@ -325,50 +322,55 @@ def import_idx(name: str, source: Path, data_dir: Path) -> str:
     if not source.is_dir():
         raise UserError("--from", f"{str(source)!r} is not a folder")
     published = {f.removesuffix(".gz"): md5 for f, md5 in _idx_class(name).resources}
-    contents: dict[str, bytes] = {}
-    for fname in IDX_FILES:
-        candidates = [source / f"{fname}.gz", source / fname]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            raise UserError(
-                "--from",
-                f"{fname}.gz (or {fname}) is missing in {source}; {name} needs "
-                f"{', '.join(f + '.gz' for f in IDX_FILES)}",
-            )
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise UserError("--from", f"cannot read {path} ({e.strerror or e})") from None
-        file_md5 = hashlib.md5(raw).hexdigest()
-        if file_md5 == published[fname]:  # the original .gz
-            contents[fname] = gzip.decompress(raw)
-            continue
-        if raw[:2] == b"\x1f\x8b":
-            try:
-                raw = gzip.decompress(raw)
-            except (OSError, EOFError) as e:
-                raise UserError("--from", f"{path} is a damaged gzip file ({e})") from None
-        want = IDX_CONTENT_MD5.get(name, {}).get(fname)
-        got = hashlib.md5(raw).hexdigest()
-        if want is None:
-            raise UserError(
-                "--from",
-                f"{path} has md5 {file_md5}, "
-                f"expected torchvision's {published[fname]} for {fname}.gz (no checksum of the "
-                f"uncompressed {name} files is published: give the original .gz files)",
-            )
-        if got != want:
-            raise UserError(
-                "--from",
-                f"{path} is not {name}'s {fname}: its uncompressed md5 is {got}, expected {want}",
-            )
-        contents[fname] = raw
+    contents = {f: _checked_idx(name, source, f, published[f]) for f in IDX_FILES}
     folder, _ = _expected_files(name, Path(data_dir).absolute())
     ensure_writable_dir(folder, where="--data-dir")
     with atomic_group() as stage:
         for fname, data in contents.items():
             stage(folder / fname, lambda tmp, data=data: tmp.write_bytes(data))
     return f"{name}: {len(contents)} files from {source} verified (md5) and placed in {folder}"
+
+
+def _checked_idx(name: str, source: Path, fname: str, published_md5: str) -> bytes:
+    """The uncompressed content of IDX file `fname` of `name` in `source`, checked by md5."""
+    import gzip
+    import hashlib
+
+    candidates = [source / f"{fname}.gz", source / fname]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise UserError(
+            "--from",
+            f"{fname}.gz (or {fname}) is missing in {source}; {name} needs "
+            f"{', '.join(f + '.gz' for f in IDX_FILES)}",
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError("--from", f"cannot read {path} ({e.strerror or e})") from None
+    file_md5 = hashlib.md5(raw).hexdigest()
+    if file_md5 == published_md5:  # the original .gz
+        return gzip.decompress(raw)
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise UserError("--from", f"{path} is a damaged gzip file ({e})") from None
+    want = IDX_CONTENT_MD5.get(name, {}).get(fname)
+    if want is None:
+        raise UserError(
+            "--from",
+            f"{path} has md5 {file_md5}, "
+            f"expected torchvision's {published_md5} for {fname}.gz (no checksum of the "
+            f"uncompressed {name} files is published: give the original .gz files)",
+        )
+    got = hashlib.md5(raw).hexdigest()
+    if got != want:
+        raise UserError(
+            "--from",
+            f"{path} is not {name}'s {fname}: its uncompressed md5 is {got}, expected {want}",
+        )
+    return raw
 
 
 # ------------------------------------------------------------------------------------- npz

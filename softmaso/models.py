@@ -45,26 +45,33 @@ def channels(c_out: int, width: float) -> int:
     return max(1, round(c_out * width))
 
 
+def activation_spec(cfg: ModelConfig) -> specs.MaxAffineSpec:
+    """The max-affine pieces of the model's nonlinearity (swish: ReLU's, under beta-VQ)."""
+    if cfg.activation in ("relu", "swish"):
+        return specs.relu()
+    if cfg.spec == "pieces":
+        if not cfg.pieces:
+            raise UserError(
+                "model.pieces", "model.spec is pieces, so give the pieces, e.g. '-0.5:-0.5,1:0'"
+            )
+        return specs.parse_pieces(cfg.pieces, where="model.pieces")
+    return {
+        "relu": specs.relu(),
+        "abs": specs.absolute(),
+        "leaky_relu": specs.leaky_relu(cfg.leaky_slope),
+    }[cfg.spec]
+
+
 def make_activation(cfg: ModelConfig, channels: int) -> nn.Module:
     """The nonlinearity of one layer of `channels` channels, from the model config."""
     if cfg.activation == "relu":
         return nn.ReLU(inplace=True)
     if cfg.activation == "swish":
         return swish(channels)
-    if cfg.spec == "pieces":
-        if not cfg.pieces:
-            raise UserError(
-                "model.pieces", "model.spec is pieces, so give the pieces, e.g. '-0.5:-0.5,1:0'"
-            )
-        spec = specs.parse_pieces(cfg.pieces, where="model.pieces")
-    else:
-        spec = {
-            "relu": specs.relu(),
-            "abs": specs.absolute(),
-            "leaky_relu": specs.leaky_relu(cfg.leaky_slope),
-        }[cfg.spec]
     learn = cfg.learn_beta and 0 < cfg.beta < 1
-    return BetaVQActivation(spec, cfg.beta, learnable=learn, channels=channels if learn else None)
+    return BetaVQActivation(
+        activation_spec(cfg), cfg.beta, learnable=learn, channels=channels if learn else None
+    )
 
 
 class LargeCNN(nn.Module):

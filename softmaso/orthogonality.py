@@ -43,7 +43,7 @@ def flat_filters(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def _float(t: torch.Tensor) -> torch.Tensor:
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 -> fp32; fp32 and fp64 unchanged."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
@@ -127,7 +127,7 @@ def gram_penalties(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
     fp32 or fp64 even under autocast.
     """
     with _no_autocast(w):
-        rows, _ = filter_rows(_float(w), runs)  # (P, C_out, n)
+        rows, _ = filter_rows(at_least_fp32(w), runs)  # (P, C_out, n)
         return _OffDiagonalEnergy.apply(rows)
 
 
@@ -152,7 +152,7 @@ def orthogonality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
     A zero filter counts as orthogonal to everything.
     """
     with _no_autocast(w):
-        flat = _float(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
+        flat = at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
         if flat.shape[1] > flat.shape[2]:
             flat = flat.mT  # (P, n, C_out): measure the columns
         m = flat.shape[1]
@@ -282,10 +282,10 @@ def orthonormalise(w: torch.Tensor, method: Method = "cholesky", runs: int = 1) 
     depends on the order.
     """
     with _no_autocast(w):
-        rows, back = filter_rows(_float(w), runs)  # (P, C_out, n)
+        rows, back = filter_rows(at_least_fp32(w), runs)  # (P, C_out, n)
         if rows.shape[-2] <= rows.shape[-1]:
             return back(_GramSchmidt.apply(rows, method).to(w.dtype))
-        cols = _float(w).reshape(runs, w.shape[0] // runs, -1).mT  # (P, n, C_out)
+        cols = at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1).mT  # (P, n, C_out)
         q = _GramSchmidt.apply(cols, method).mT  # (P, C_out, n), orthonormal columns
         return same_layout(q.to(w.dtype).reshape(w.shape), w)
 
@@ -445,7 +445,7 @@ def layer_diagnostics(
     per_layer = []
     for w in weights:
         with _no_autocast(w):
-            flat = _float(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
+            flat = at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
             stats = [
                 orthogonality_errors(w, runs).double(),
                 gram_penalties(w, runs).double(),

@@ -19,12 +19,10 @@ and leaves the pack; the others go on.
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.nn.utils import parametrize
@@ -33,8 +31,10 @@ from softmaso import runs
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import UserError
+from softmaso.loop import EpochStats, run_epochs
 from softmaso.orthogonality import layer_diagnostics
 from softmaso.packing import (
+    PACK_MIN_SPEEDUP,
     PackedAdam,
     PackedLargeCNN,
     apply_packed_orthogonality,
@@ -45,24 +45,17 @@ from softmaso.packing import (
     penalty_weights,
     unpack_state,
 )
+from softmaso.timing import interleaved
 from softmaso.training import (
-    Reporter,
-    _autocast,
-    _write_metrics,
     adam_options,
-    check_unfinished,
-    epoch_row,
-    export_weights,
-    finish_run,
+    autocast,
     make_forward,
     make_model,
-    open_run,
-    peak_memory,
     place,
     resolve_device,
-    resume_state,
-    write_checkpoint,
 )
+
+T = TypeVar("T")
 
 
 def pack_key(cfg: RunConfig) -> str:
@@ -157,22 +150,6 @@ def new_pack(cfgs: Sequence[RunConfig], data, device: torch.device) -> Pack:
     return _make_pack(cfgs, [Path(".")] * len(cfgs), states, [[] for _ in cfgs], data, device)
 
 
-def _without(pack: Pack, drop: set[int], data, device: torch.device) -> Pack | None:
-    """The pack minus the runs in `drop` (their states are split off and discarded)."""
-    keep = [p for p in range(pack.runs) if p not in drop]
-    if not keep:
-        return None
-    states = unpack_state(pack.model, pack.optimizer, adam_options=adam_options(device))
-    return _make_pack(
-        [pack.cfgs[p] for p in keep],
-        [pack.dirs[p] for p in keep],
-        [states[p] for p in keep],
-        [pack.histories[p] for p in keep],
-        data,
-        device,
-    )
-
-
 # ------------------------------------------------------------------------------------ loop
 def train_step_packed(
     pack: Pack, data, prep: Preprocessor, idx: torch.Tensor, gens
@@ -194,7 +171,7 @@ def train_step_packed(
     return per_run.detach(), correct
 
 
-def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, on_step) -> dict:
+def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, on_step) -> EpochStats:
     """One epoch of all runs; per-run sums stay on the device until the epoch ends."""
     P = pack.runs
     pack.model.train()
@@ -210,7 +187,8 @@ def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, on_st
         correct += right
         if on_step is not None:
             on_step()
-    return {"loss_sum": loss_sum, "correct": correct, "steps": batches.shape[0]}
+    steps, batch = batches.shape[0], batches.shape[2]
+    return EpochStats(loss_sum.tolist(), correct.tolist(), steps, steps * batch)
 
 
 @torch.no_grad()
@@ -226,7 +204,7 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
             x, y = prep(data.x_test[i : i + bs]), data.y_test[i : i + bs]
             x = x.repeat(1, P, 1, 1)  # every run sees the same images: (B, P*C, H, W)
             x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.train.amp):
+            with autocast(device, cfg.train.amp):
                 logits = pack.model(x).float()  # (B, P, K)
             ys = y.expand(P, -1)  # (P, B)
             ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ys.T, reduction="none")
@@ -240,28 +218,74 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
     ]
 
 
-def _save(pack: Pack, data, device, epoch: int) -> None:
-    """Each run's single-run checkpoint and metrics (the pack split by unpack_state)."""
-    states = unpack_state(pack.model, pack.optimizer, adam_options=adam_options(device))
-    for cfg, run_dir, state, history in zip(
-        pack.cfgs, pack.dirs, states, pack.histories, strict=True
-    ):
-        write_checkpoint(
-            run_dir / runs.CHECKPOINT,
-            cfg=cfg,
-            data=data,
-            epoch=epoch,
-            history=history,
-            model=state["model"],
-            optimizer=state["optimizer"],
+class PackStepper:
+    """A pack as a :class:`softmaso.loop.Stepper`: P runs, one network, per-run bookkeeping."""
+
+    def __init__(self, pack: Pack, data, prep: Preprocessor, device: torch.device):
+        self.pack, self.data, self.prep, self.device = pack, data, prep, device
+        self.cfgs, self.dirs, self.histories = pack.cfgs, pack.dirs, pack.histories
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.pack.samplers[0].steps_per_epoch
+
+    def train_epoch(self, epoch: int, on_step) -> EpochStats:
+        return _train_epoch(self.pack, self.data, self.prep, epoch, self.device, on_step)
+
+    def evaluate(self) -> list[dict[str, float]]:
+        return _evaluate(self.pack, self.data, self.prep, self.device)
+
+    def diagnostics(self) -> list[dict[str, dict[str, float]]]:
+        model = self.pack.model
+        weights = [c.weight for c in model.ortho_convs()]
+        return layer_diagnostics(weights, model.ortho_names(), self.pack.runs)
+
+    def lrs(self) -> list[float]:
+        return list(self.pack.optimizer.param_groups[0]["lr"])
+
+    def _states(self) -> list[dict[str, Any]]:
+        return unpack_state(
+            self.pack.model, self.pack.optimizer, adam_options=adam_options(self.device)
         )
-        _write_metrics(run_dir, history)
 
+    def save(self, epoch: int) -> None:
+        """Each run's single-run checkpoint (the pack split by unpack_state)."""
+        for cfg, run_dir, state, history in zip(
+            self.cfgs, self.dirs, self._states(), self.histories, strict=True
+        ):
+            runs.write_checkpoint(
+                run_dir / runs.CHECKPOINT,
+                cfg=cfg,
+                data=self.data,
+                epoch=epoch,
+                history=history,
+                model=state["model"],
+                optimizer=state["optimizer"],
+            )
 
-def _export(pack: Pack, p: int, data, state: dict[str, Any]) -> None:
-    model = make_model(pack.cfgs[p], data)
-    model.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
-    export_weights(model, pack.dirs[p] / runs.WEIGHTS)
+    def drop(self, bad: set[int]) -> PackStepper | None:
+        """The pack rebuilt without the runs in `bad` (their states are discarded)."""
+        keep = [p for p in range(self.pack.runs) if p not in bad]
+        if not keep:
+            return None
+        states = self._states()
+        pack = _make_pack(
+            [self.cfgs[p] for p in keep],
+            [self.dirs[p] for p in keep],
+            [states[p] for p in keep],
+            [self.histories[p] for p in keep],
+            self.data,
+            self.device,
+        )
+        return PackStepper(pack, self.data, self.prep, self.device)
+
+    def export(self) -> None:
+        for cfg, run_dir, state in zip(
+            self.cfgs, self.dirs, unpack_state(self.pack.model), strict=True
+        ):
+            model = make_model(cfg, self.data)
+            model.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
+            runs.export_weights(model, run_dir / runs.WEIGHTS)
 
 
 # ------------------------------------------------------------------------------------- fit
@@ -290,124 +314,146 @@ def fit_packed(
     keys = {pack_key(c) for c in cfgs}
     if len(keys) > 1:
         raise UserError("pack", "these runs differ in more than seed, lr, weight decay, penalty")
-    results: dict[int, dict[str, Any]] = {}
-    todo = []
+    results: dict[int, dict[str, Any]] = {}  # finished runs are skipped
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        skipped = check_unfinished(cfg, run_dir)
-        if skipped:
+        if skipped := runs.check_unfinished(cfg, run_dir):
             results[i] = skipped
-        else:
-            todo.append(i)
+    todo = [i for i in range(len(cfgs)) if i not in results]
     if not todo:
         return [results[i] for i in range(len(cfgs))]
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    if data is None:
-        data = load_data(cfgs[0].data, data_dir=data_dir)
-    data = data.to(device)
-    if len(data.y_train) < cfgs[0].optim.batch_size:
-        raise UserError(
-            "optim.batch_size",
-            f"{cfgs[0].optim.batch_size} is larger than the {len(data.y_train)} training images",
-        )
+    data = _dataset(cfgs[0], data, data_dir, device)
     prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
-    by_epoch: dict[int, list[tuple[int, dict]]] = {}
+    by_epoch: dict[int, list[tuple[int, dict]]] = {}  # runs by the epoch they start from
     for i in todo:
-        open_run(cfgs[i], run_dirs[i], device)
-        state = resume_state(run_dirs[i], device) or _seeded_state(cfgs[i], data)
+        runs.open_run(cfgs[i], run_dirs[i], device)
+        state = runs.resume_state(run_dirs[i], device) or _seeded_state(cfgs[i], data)
         by_epoch.setdefault(state.get("epoch", 0), []).append((i, state))
     for start, members in sorted(by_epoch.items()):
         idx = [i for i, _ in members]
+        states = [s for _, s in members]
+        histories = [list(s.get("history", [])) for s in states]
         pack = _make_pack(
-            [cfgs[i] for i in idx],
-            [run_dirs[i] for i in idx],
-            [s for _, s in members],
-            [list(s.get("history", [])) for _, s in members],
-            data,
-            device,
+            [cfgs[i] for i in idx], [run_dirs[i] for i in idx], states, histories, data, device
         )
-        for i, (status, history, wall) in _fit_pack(
-            pack, idx, start, data, prep, device, live, progress, quiet
-        ).items():
-            results[i] = finish_run(
-                cfgs[i],
-                run_dirs[i],
-                history=history,
-                status=status,
-                wall_seconds=wall,
-                device=device,
-                extra={**(extra or {}), "packed_with": len(idx)},
-            )
+        stepper = PackStepper(pack, data, prep, device)
+        title = f"pack of {pack.runs} runs from {pack.dirs[0].name}"
+        ends = run_epochs(
+            stepper, start=start, title=title, live=live, progress=progress, quiet=quiet
+        )
+        for i, end in zip(idx, ends, strict=True):
+            extra_i = {**(extra or {}), "packed_with": len(idx)}
+            results[i] = runs.finish_run(cfgs[i], run_dirs[i], **end.fields(device, extra_i))
     return [results[i] for i in range(len(cfgs))]
 
 
-def _fit_pack(
-    pack: Pack, ids: list[int], start: int, data, prep, device, live, progress, quiet=False
-) -> dict[int, tuple[str, list[dict], float]]:
-    """Epochs `start`..end of one pack; {run index: (status, history, wall seconds)}."""
-    cfg = pack.cfgs[0]
-    ids = list(ids)  # ids[p]: the caller's index of the pack's run p
-    now = time.perf_counter()  # wall0[i]: when run i would have started, counting past epochs
-    done = [sum(r["seconds"] for r in h) for h in pack.histories]
-    wall0 = {i: now - d for i, d in zip(ids, done, strict=True)}
-    ended: dict[int, tuple[str, list[dict], float]] = {}
-    title = f"pack of {pack.runs} runs from {pack.dirs[0].name}"
-    rep = Reporter(
-        title,
-        cfg.train.epochs,
-        pack.samplers[0].steps_per_epoch,
-        start_epoch=start,
-        live=live,
-        progress=progress,
-        quiet=quiet,
-    )
-    if start:
-        rep.message(f"resuming {pack.runs} runs after epoch {start} from their checkpoints")
-    try:
-        for epoch in range(start, cfg.train.epochs):
-            t0 = time.perf_counter()
-            st = _train_epoch(pack, data, prep, epoch, device, rep.step)
-            losses, correct = st["loss_sum"].tolist(), st["correct"].tolist()
-            bad = {p for p, v in enumerate(losses) if not math.isfinite(v)}
-            for p in sorted(bad):
-                rep.message(
-                    f"{pack.dirs[p].name}: epoch {epoch + 1} loss is {losses[p]}; "
-                    "stopping this run (diverged), the rest of the pack goes on"
-                )
-                ended[ids[p]] = ("diverged", pack.histories[p], time.perf_counter() - wall0[ids[p]])
-            if bad:
-                keep = [p for p in range(pack.runs) if p not in bad]
-                losses, correct, ids = ([v[p] for p in keep] for v in (losses, correct, ids))
-                pack = _without(pack, bad, data, device)
-                if pack is None:
-                    return ended
-            t1 = time.perf_counter()
-            tests = _evaluate(pack, data, prep, device)
-            weights = [c.weight for c in pack.model.ortho_convs()]
-            diagnostics = layer_diagnostics(weights, pack.model.ortho_names(), pack.runs)
-            t2 = time.perf_counter()
-            memory = peak_memory(device)
-            for p in range(pack.runs):
-                row = epoch_row(
-                    epoch + 1,
-                    loss_sum=losses[p],
-                    steps=st["steps"],
-                    correct=correct[p],
-                    images=st["steps"] * cfg.optim.batch_size,
-                    test=tests[p],
-                    diagnostics=diagnostics[p],
-                    lr=pack.optimizer.param_groups[0]["lr"][p],
-                    train_seconds=t1 - t0,
-                    eval_seconds=t2 - t1,
-                    memory=memory,
-                )
-                pack.histories[p].append(row)
-                rep.epoch(row, name=pack.dirs[p].name)
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-                _save(pack, data, device, epoch + 1)
-    finally:
-        rep.close()
-    states = unpack_state(pack.model)
-    for p, i in enumerate(ids):
-        _export(pack, p, data, states[p])
-        ended[i] = ("finished", pack.histories[p], time.perf_counter() - wall0[i])
-    return ended
+def _dataset(cfg: RunConfig, data, data_dir: Path | None, device: torch.device):
+    """The runs' dataset on the device (loaded unless given), with enough images for a batch."""
+    if data is None:
+        data = load_data(cfg.data, data_dir=data_dir)
+    data = data.to(device)
+    if len(data.y_train) < cfg.optim.batch_size:
+        raise UserError(
+            "optim.batch_size",
+            f"{cfg.optim.batch_size} is larger than the {len(data.y_train)} training images",
+        )
+    return data
+
+
+# ------------------------------------------------------------------ whether to pack
+AUTO_PACK_DEVICES = ("cuda",)  # where `pack=None` measures; elsewhere (CPUs) it never packs
+
+
+def measures_packing(devices: list[str]) -> bool:
+    """Whether `pack=None` measures packing on these devices (else it means no packing)."""
+    return any(resolve_device(d).type in AUTO_PACK_DEVICES for d in devices)
+
+
+_decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
+
+
+def plan_units(
+    todo: list[T], *, pack: bool | None, size: int = 30, devices: int = 1, cfg=lambda r: r.cfg
+) -> list[list[T]]:
+    """Runs grouped into units of work: packs of runs that can share a network, or single runs.
+
+    Runs (anything with a ``.cfg``) with the same :func:`pack_key` form a group (Table 2: the
+    30 runs of a dataset); a group is cut into packs of at most `size` runs, and into at least
+    one pack per device where it has the runs, so that every device gets work.
+    """
+    if pack is False or size < 2:
+        return [[run] for run in todo]
+    groups: dict[str, list[T]] = {}
+    for run in todo:
+        groups.setdefault(pack_key(cfg(run)), []).append(run)
+    units = []
+    for group in groups.values():
+        n = max(-(-len(group) // size), min(devices, len(group)))  # packs in this group
+        per = -(-len(group) // n)
+        units += [group[i : i + per] for i in range(0, len(group), per)]
+    return units
+
+
+def decide_pack(
+    cfgs: list[RunConfig], device: str, data_dir: Path | None = None
+) -> tuple[bool, str, Any]:
+    """Measure whether packing these runs is faster on `device` (once per shape, size, device).
+
+    The probe is the pack itself: its runs packed against the same runs stepped apart, two
+    steps each after a warm-up, so the size that decides is the size that trains. Returns
+    (pack?, why, the dataset the probe loaded, on the device; None for a decision made before),
+    so that the pack need not load it again.
+    """
+    dev = resolve_device(device)
+    key = (pack_key(cfgs[0]), str(dev), len(cfgs))
+    data = None
+    if key not in _decisions:
+        data = load_data(cfgs[0].data, data_dir=data_dir).to(dev)
+        got = pack_speedup(cfgs, dev, data=data)
+        yes = got["speedup"] >= PACK_MIN_SPEEDUP
+        _decisions[key] = (
+            yes,
+            f"{'packing' if yes else 'not packing'}: {len(cfgs)} runs packed step "
+            f"{got['speedup']:.2f}x as fast as apart on {dev} "
+            f"({got['packed_images_per_s']:.0f} vs {got['separate_images_per_s']:.0f} images/s; "
+            f"threshold {PACK_MIN_SPEEDUP}x)",
+        )
+    return (*_decisions[key], data)
+
+
+def pack_speedup(
+    cfgs: list[RunConfig], device: torch.device, *, data=None, steps: int = 2, repeats: int = 2
+) -> dict[str, float]:
+    """Packed step of `cfgs` against their separate steps, interleaved: images/s and speed-up.
+
+    `data` (on the device) defaults to the first config's dataset. One "separate" call steps
+    every run once, in turn, as a grid without packing would.
+    """
+    from softmaso import training
+
+    if data is None:
+        data = load_data(cfgs[0].data).to(device)
+    alone = [training.build(c, device, data=data) for c in cfgs]
+    pack = new_pack(cfgs, data, device)
+    prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
+    batches = torch.stack([s.sampler.epoch(0) for s in alone], dim=1)  # (steps, P, B)
+    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
+    state = {"i": 0}
+
+    def separate() -> None:
+        idx = batches[state["i"] % len(batches)]
+        for p, s in enumerate(alone):
+            training.train_step(s, idx[p], gens[p])
+
+    def packed() -> None:
+        train_step_packed(pack, data, prep, batches[state["i"] % len(batches)], gens)
+        state["i"] += 1
+
+    t = interleaved({"separate": separate, "packed": packed}, device, steps=steps, repeats=repeats)
+    images = len(cfgs) * cfgs[0].optim.batch_size
+    return {
+        "runs": len(cfgs),
+        "packed_images_per_s": images / t["packed"],
+        "separate_images_per_s": images / t["separate"],
+        "speedup": t["separate"] / t["packed"],
+    }

@@ -50,7 +50,7 @@ from softmaso.orthogonality import (
     HammingApodize,
     Method,
     Orthonormal,
-    _float,
+    at_least_fp32,
     gram_penalties,
     orthonormalise,
     register_chain,
@@ -121,7 +121,7 @@ def packed_loss(logits: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, t
     The sum's gradient with respect to run p's parameters is run p's own loss gradient.
     Computed in fp32 (fp64 stays fp64) even when the logits are bf16.
     """
-    ce = F.cross_entropy(_float(logits).transpose(1, 2), ys.T, reduction="none")  # (B, P)
+    ce = F.cross_entropy(at_least_fp32(logits).transpose(1, 2), ys.T, reduction="none")  # (B, P)
     per_run = ce.mean(dim=0)  # (P,)
     return per_run.sum(), per_run
 

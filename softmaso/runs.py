@@ -1,4 +1,4 @@
-"""Run directories: naming, the environment record, and reading results back.
+"""Run directories, the documented contract, and everything that reads or writes one.
 
 A run directory explains itself::
 
@@ -26,7 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from softmaso.config import RunConfig
+from softmaso.config import RunConfig, dump_yaml
+from softmaso.errors import RunConflict, UserError
+from softmaso.io import atomic_write
 
 CONFIG, ENV, METRICS, CHECKPOINT, RESULT, WEIGHTS = (
     "config.yaml",
@@ -224,3 +226,186 @@ def status(run_dir: Path) -> tuple[str, dict[str, Any] | None, str | None]:
     if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists():
         return "started", None, None
     return ("pending" if (run_dir / CONFIG).exists() else "new"), None, None
+
+
+# ------------------------------------------------------- checkpoints, metrics, result
+CHECKPOINT_FORMAT = "softmaso-checkpoint-v1"
+
+
+def write_checkpoint(
+    path: Path, *, cfg: RunConfig, data, epoch: int, history: list[dict], model: dict, optimizer
+) -> None:
+    """One run's checkpoint (atomic): config, epoch, history, model and Adam state dicts."""
+    import torch
+
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.to_dict(),
+        "num_classes": data.num_classes,
+        "in_channels": int(data.x_train.shape[1]),
+        "epoch": epoch,
+        "history": history,
+        "model": model,
+        "optimizer": optimizer,
+    }
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Read a softmaso checkpoint safely (weights_only); UserError if corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(str(path), "checkpoint not found")
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            raise UserError(str(path), "not a checkpoint (checkpoint.pt files are zip archives)")
+    import torch
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # torch raises many types for truncated or foreign files
+        raise UserError(
+            str(path), "corrupt or truncated checkpoint (torch cannot read it)"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(str(path), "not a softmaso checkpoint (no softmaso format marker)")
+    return state
+
+
+def export_weights(model, path: Path) -> None:
+    """Final effective weights (parametrisations applied) as safetensors."""
+    import copy
+
+    from safetensors.torch import save_file
+    from torch.nn.utils import parametrize
+
+    plain = copy.deepcopy(model).cpu()
+    for module in plain.modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    tensors = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
+
+
+def check_run_dir(cfg: RunConfig, run_dir: Path, finished: bool = False) -> None:
+    """A run directory belongs to one config: refuse to mix another one in.
+
+    The config is read from ``config.yaml``, or, where that is gone, from the checkpoint. The
+    same values written differently (another softmaso version's layout) are the same config.
+    """
+    saved, there = saved_config(run_dir)
+    if saved is None:
+        return
+    if there is None:
+        raise RunConflict(
+            "--out",
+            f"{saved} cannot be read as a softmaso config, so the run there cannot be checked "
+            "against this one; choose another run directory (or restore that file)",
+        )
+    here = flatten(cfg.to_dict())
+    diff = [k for k in [*here, *(k for k in there if k not in here)] if there.get(k) != here.get(k)]
+    if not diff:
+        return
+    shown = "; ".join(
+        f"{k}: {there.get(k, 'not set')} there, {here.get(k, 'not set')} here" for k in diff[:3]
+    ) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+    if finished:
+        advice = "it is a finished run; choose another run directory"
+    elif all(k in there and k in here for k in diff):
+        advice = (
+            "choose another run directory, or --set those keys to the run's values to resume it"
+        )
+    else:  # keys one softmaso version has and another has not
+        advice = "choose another run directory (the run there was made by another softmaso version)"
+    raise RunConflict("--out", f"{run_dir} holds a run with a different config ({shown}); {advice}")
+
+
+def saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """(file the run's config was read from, its flattened keys): (None, None) for no run yet,
+    (file, None) for a file that is not a readable config."""
+    saved, checkpoint = run_dir / CONFIG, run_dir / CHECKPOINT
+    if saved.exists():
+        tree = read_config(run_dir)
+    elif checkpoint.exists():
+        saved = checkpoint
+        try:
+            tree = load_checkpoint(checkpoint).get("config")
+        except UserError:
+            tree = None
+    else:
+        return None, None
+    if not isinstance(tree, dict) or not isinstance(tree.get("data"), dict):
+        return saved, None
+    return saved, flatten(tree)
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(run_dir / METRICS, lambda tmp: tmp.write_text(text))
+
+
+def open_run(cfg: RunConfig, run_dir: Path, device) -> None:
+    """Make the run directory ready to train in: stale temp files gone, config and env written."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
+        stale.unlink(missing_ok=True)
+    atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
+    write_json(run_dir / ENV, environment(device))
+
+
+def resume_state(run_dir: Path, device) -> dict | None:
+    """The run's checkpoint, with metrics.jsonl rewritten from it; None if it has none.
+
+    The checkpoint is the truth: a kill between it and the metrics write loses no epoch.
+    """
+    if not (run_dir / CHECKPOINT).exists():
+        return None
+    state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
+    write_metrics(run_dir, state["history"])
+    return state
+
+
+def finish_run(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    history: list[dict],
+    status: str,
+    wall_seconds: float,
+    device,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Write result.json (the run's end: finished or diverged) and return its content."""
+    result = {
+        "status": status,
+        "final_test_acc": history[-1]["test_acc"] if history else None,
+        "best_test_acc": max((r["test_acc"] for r in history), default=None),
+        "epochs": len(history),
+        "wall_seconds": wall_seconds,
+        "recipe": cfg.recipe,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "config_hash": config_hash(cfg),
+        "device": str(device),
+        "date": now(),
+        **(extra or {}),
+    }
+    write_json(run_dir / RESULT, result)
+    return result
+
+
+def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
+    """The skipped-run result if the run is finished; RunConflict if the directory is another's;
+    UserError if its result.json is damaged (not a JSON object with a known status)."""
+    state, done, problem = status(run_dir)
+    if state == "damaged":
+        raise UserError(
+            str(run_dir / RESULT),
+            f"damaged result.json ({problem}); delete it to resume the run from its checkpoint",
+        )
+    finished = state == "finished"
+    check_run_dir(cfg, run_dir, finished)
+    if finished:
+        return {**done, "skipped": True}
+    return None

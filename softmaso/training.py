@@ -16,11 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import json
-import math
 import os
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +28,10 @@ from torch.nn.utils import parametrize
 
 from softmaso import runs
 from softmaso.compiled import CompiledForward, single_outputs
-from softmaso.config import RunConfig, TrainConfig, dump_yaml
+from softmaso.config import RunConfig, TrainConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
-from softmaso.errors import RunConflict, UserError
-from softmaso.io import atomic_write
+from softmaso.errors import UserError
+from softmaso.loop import EpochStats, run_epochs
 from softmaso.models import build_model, check_input_size
 from softmaso.orthogonality import apply_orthogonality, layer_diagnostics, ortho_loss
 
@@ -80,7 +76,7 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _autocast(device: torch.device, amp: bool):
+def autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -114,7 +110,7 @@ def parametrised(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
 
 
 def _eager_forward(model, tensors, device: torch.device, amp: bool, outputs, x, y):
-    with _autocast(device, amp):
+    with autocast(device, amp):
         if not tensors:
             return outputs(model(x), y)
         # All parametrised weights computed first, then served from the cache to the forward:
@@ -274,7 +270,7 @@ def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
     with parametrize.cached():  # exact orthogonality: orthonormalise once, not per batch
         for i in range(0, len(y_all), bs):
             x, y = _prepare(s, x_all[i : i + bs]), y_all[i : i + bs]
-            with _autocast(s.device, s.cfg.train.amp):
+            with autocast(s.device, s.cfg.train.amp):
                 logits = s.model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
@@ -283,330 +279,50 @@ def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
     return {"acc": correct.item() / n, "loss": loss_sum.item() / n}
 
 
-# ------------------------------------------------------------------------------ checkpoints
-CHECKPOINT_FORMAT = "softmaso-checkpoint-v1"
-
-
-def save_checkpoint(s: Setup, path: Path, *, epoch: int, history: list[dict]) -> None:
-    write_checkpoint(
-        path,
-        cfg=s.cfg,
-        data=s.data,
-        epoch=epoch,
-        history=history,
-        model=s.model.state_dict(),
-        optimizer=s.optimizer.state_dict(),
-    )
-
-
-def write_checkpoint(
-    path: Path, *, cfg: RunConfig, data, epoch: int, history: list[dict], model: dict, optimizer
-) -> None:
-    """One run's checkpoint (atomic): config, epoch, history, model and Adam state dicts."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "config": cfg.to_dict(),
-        "num_classes": data.num_classes,
-        "in_channels": int(data.x_train.shape[1]),
-        "epoch": epoch,
-        "history": history,
-        "model": model,
-        "optimizer": optimizer,
-    }
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a softmaso checkpoint safely (weights_only); UserError if corrupt or foreign."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(str(path), "checkpoint not found")
-    with path.open("rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
-            raise UserError(str(path), "not a checkpoint (checkpoint.pt files are zip archives)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # torch raises many types for truncated or foreign files
-        raise UserError(
-            str(path), "corrupt or truncated checkpoint (torch cannot read it)"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(str(path), "not a softmaso checkpoint (no softmaso format marker)")
-    return state
-
-
-def export_weights(model: torch.nn.Module, path: Path) -> None:
-    """Final effective weights (parametrisations applied) as safetensors."""
-    import copy
-
-    from safetensors.torch import save_file
-
-    plain = copy.deepcopy(model).cpu()
-    for module in plain.modules():
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    tensors = {k: v.detach().contiguous() for k, v in plain.state_dict().items()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
-
-
-# -------------------------------------------------------------------------------- reporting
-class Reporter:
-    """A rich progress bar on a terminal, one plain line per epoch otherwise (SLURM logs)."""
-
-    def __init__(
-        self,
-        title: str,
-        epochs: int,
-        steps: int,
-        *,
-        start_epoch: int = 0,
-        live=None,
-        progress=None,
-        quiet: bool = False,
-    ):
-        self.live = progress is not None or (sys.stderr.isatty() if live is None else live)
-        self.quiet = quiet and not self.live  # no plain line per epoch (a grid's log)
-        self.title, self.steps = title, steps
-        self._own = progress is None
-        self._progress = progress
-        if self.live:
-            if self._own:
-                self._progress = _new_progress()
-                self._progress.start()
-            self._task = self._progress.add_task(
-                title, total=epochs * steps, completed=start_epoch * steps, info=""
-            )
-
-    def step(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def epoch(self, row: dict, name: str | None = None) -> None:
-        """Show an epoch's metrics line (`name`: the run's, when a bar shows several runs)."""
-        info = (
-            ("" if name is None else f"{name}: ")
-            + f"epoch {row['epoch']} loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
-            f"test {row['test_acc']:.4f} {row['images_per_s']:.0f} img/s"
-        )
-        if self._progress is not None:
-            self._progress.update(self._task, info=info)
-        elif not self.quiet:
-            print(f"[{self.title}] {info} ({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
-
-    def message(self, text: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(text)
-        else:
-            print(f"[{self.title}] {text}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._progress is None:
-            return
-        if self._own:
-            self._progress.stop()
-        else:
-            self._progress.remove_task(self._task)
-
-
-def _new_progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-
-
 # --------------------------------------------------------------------------------------- fit
-def _check_run_dir(cfg: RunConfig, run_dir: Path, finished: bool = False) -> None:
-    """A run directory belongs to one config: refuse to mix another one in.
+class RunStepper:
+    """One run as a :class:`softmaso.loop.Stepper`: its setup, run directory and rows."""
 
-    The config is read from ``config.yaml``, or, where that is gone, from the checkpoint. The
-    same values written differently (another softmaso version's layout) are the same config.
-    """
-    saved, there = _saved_config(run_dir)
-    if saved is None:
-        return
-    if there is None:
-        raise RunConflict(
-            "--out",
-            f"{saved} cannot be read as a softmaso config, so the run there cannot be checked "
-            "against this one; choose another run directory (or restore that file)",
+    def __init__(self, s: Setup, run_dir: Path, history: list[dict]):
+        self.s, self.device = s, s.device
+        self.cfgs, self.dirs, self.histories = [s.cfg], [run_dir], [history]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.s.sampler.steps_per_epoch
+
+    def train_epoch(self, epoch: int, on_step) -> EpochStats:
+        st = train_one_epoch(self.s, epoch, on_step)
+        return EpochStats(
+            [st["loss_sum"].item()], [st["correct"].item()], st["steps"], st["images"]
         )
-    here = runs.flatten(cfg.to_dict())
-    diff = [k for k in [*here, *(k for k in there if k not in here)] if there.get(k) != here.get(k)]
-    if not diff:
-        return
-    shown = "; ".join(
-        f"{k}: {there.get(k, 'not set')} there, {here.get(k, 'not set')} here" for k in diff[:3]
-    ) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-    if finished:
-        advice = "it is a finished run; choose another run directory"
-    elif all(k in there and k in here for k in diff):
-        advice = (
-            "choose another run directory, or --set those keys to the run's values to resume it"
+
+    def evaluate(self) -> list[dict[str, float]]:
+        return [evaluate(self.s, "test")]
+
+    def diagnostics(self) -> list[dict[str, dict[str, float]]]:
+        return layer_diagnostics([m.weight for m in self.s.convs], self.s.names)
+
+    def lrs(self) -> list[float]:
+        return [self.s.optimizer.param_groups[0]["lr"]]
+
+    def save(self, epoch: int) -> None:
+        s = self.s
+        runs.write_checkpoint(
+            self.dirs[0] / runs.CHECKPOINT,
+            cfg=s.cfg,
+            data=s.data,
+            epoch=epoch,
+            history=self.histories[0],
+            model=s.model.state_dict(),
+            optimizer=s.optimizer.state_dict(),
         )
-    else:  # keys one softmaso version has and another has not
-        advice = "choose another run directory (the run there was made by another softmaso version)"
-    raise RunConflict("--out", f"{run_dir} holds a run with a different config ({shown}); {advice}")
 
+    def drop(self, bad: set[int]) -> None:
+        return None  # a single run that diverged leaves nothing to train
 
-def _saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    """(file the run's config was read from, its flattened keys): (None, None) for no run yet,
-    (file, None) for a file that is not a readable config."""
-    saved, checkpoint = run_dir / runs.CONFIG, run_dir / runs.CHECKPOINT
-    if saved.exists():
-        tree = runs.read_config(run_dir)
-    elif checkpoint.exists():
-        saved = checkpoint
-        try:
-            tree = load_checkpoint(checkpoint).get("config")
-        except UserError:
-            tree = None
-    else:
-        return None, None
-    if not isinstance(tree, dict) or not isinstance(tree.get("data"), dict):
-        return saved, None
-    return saved, runs.flatten(tree)
-
-
-def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    text = "".join(json.dumps(row) + "\n" for row in history)
-    atomic_write(run_dir / runs.METRICS, lambda tmp: tmp.write_text(text))
-
-
-def open_run(cfg: RunConfig, run_dir: Path, device: torch.device) -> None:
-    """Make the run directory ready to train in: stale temp files gone, config and env written."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
-        stale.unlink(missing_ok=True)
-    atomic_write(run_dir / runs.CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
-    runs.write_json(run_dir / runs.ENV, runs.environment(device))
-
-
-def resume_state(run_dir: Path, device: torch.device) -> dict | None:
-    """The run's checkpoint, with metrics.jsonl rewritten from it; None if it has none.
-
-    The checkpoint is the truth: a kill between it and the metrics write loses no epoch.
-    """
-    if not (run_dir / runs.CHECKPOINT).exists():
-        return None
-    state = load_checkpoint(run_dir / runs.CHECKPOINT, map_location=device)
-    _write_metrics(run_dir, state["history"])
-    return state
-
-
-def epoch_row(
-    epoch: int,
-    *,
-    loss_sum: float,
-    steps: int,
-    correct: int,
-    images: int,
-    test: dict[str, float],
-    diagnostics: dict[str, dict[str, float]],
-    lr: float,
-    train_seconds: float,
-    eval_seconds: float,
-    memory: dict[str, float],
-) -> dict[str, Any]:
-    """One line of metrics.jsonl (`epoch` counts from 1).
-
-    ``images_per_s`` is training throughput (the training pass only); ``seconds`` is the whole
-    epoch: training, evaluation and the per-layer diagnostics
-    (:func:`~softmaso.orthogonality.layer_diagnostics`: ``ortho_error``, ``row_energy``,
-    ``filter_norm``, ``orthonormality``, each {layer: value}); ``memory``: peak MiB in the epoch.
-    """
-    return {
-        "epoch": epoch,
-        "train_loss": loss_sum / steps,
-        "train_acc": correct / images,
-        "test_acc": test["acc"],
-        "test_loss": test["loss"],
-        **diagnostics,
-        "lr": lr,
-        "seconds": train_seconds + eval_seconds,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "images_per_s": images / train_seconds,
-        **memory,
-    }
-
-
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory since the previous call, in MiB, and the peaks reset for the next one.
-
-    ``peak_rss_mib``: the process's peak resident set (Linux VmHWM; reset by writing 5 to
-    /proc/self/clear_refs, so a reading covers one epoch; where that is refused it is the peak
-    since the process started). ``peak_cuda_mib``: torch's peak CUDA allocation, on CUDA.
-    """
-    out: dict[str, float] = {}
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out["peak_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
-        Path("/proc/self/clear_refs").write_text("5")
-    except (OSError, ValueError, IndexError):
-        pass
-    if device.type == "cuda":
-        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-        torch.cuda.reset_peak_memory_stats(device)
-    return out
-
-
-def finish_run(
-    cfg: RunConfig,
-    run_dir: Path,
-    *,
-    history: list[dict],
-    status: str,
-    wall_seconds: float,
-    device: torch.device,
-    extra: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """Write result.json (the run's end: finished or diverged) and return its content."""
-    result = {
-        "status": status,
-        "final_test_acc": history[-1]["test_acc"] if history else None,
-        "best_test_acc": max((r["test_acc"] for r in history), default=None),
-        "epochs": len(history),
-        "wall_seconds": wall_seconds,
-        "recipe": cfg.recipe,
-        "seed": cfg.seed,
-        "data": cfg.data.name,
-        "config_hash": runs.config_hash(cfg),
-        "device": str(device),
-        "date": runs.now(),
-        **(extra or {}),
-    }
-    runs.write_json(run_dir / runs.RESULT, result)
-    return result
-
-
-def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The skipped-run result if the run is finished; RunConflict if the directory is another's;
-    UserError if its result.json is damaged (not a JSON object with a known status)."""
-    status, done, problem = runs.status(run_dir)
-    if status == "damaged":
-        raise UserError(
-            str(run_dir / runs.RESULT),
-            f"damaged result.json ({problem}); delete it to resume the run from its checkpoint",
-        )
-    finished = status == "finished"
-    _check_run_dir(cfg, run_dir, finished)
-    if finished:
-        return {**done, "skipped": True}
-    return None
+    def export(self) -> None:
+        runs.export_weights(self.s.model, self.dirs[0] / runs.WEIGHTS)
 
 
 def fit(
@@ -631,7 +347,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    skipped = check_unfinished(cfg, run_dir)
+    skipped = runs.check_unfinished(cfg, run_dir)
     if skipped:
         return skipped
     s = build(cfg, device, data_dir)  # data errors surface before anything is written
@@ -642,81 +358,21 @@ def fit(
                 f"{run_dir} is being trained by another process (it holds {runs.LOCK}); wait "
                 "for it to finish, or choose another run directory",
             )
-        skipped = check_unfinished(cfg, run_dir)  # it may have finished while we loaded
+        skipped = runs.check_unfinished(cfg, run_dir)  # it may have finished while we loaded
         if skipped:
             return skipped
-        return _fit(s, run_dir, live=live, extra=extra, progress=progress, quiet=quiet)
-
-
-def _fit(s: Setup, run_dir: Path, *, live, extra, progress, quiet) -> dict[str, Any]:
-    """fit's epoch loop, on a built setup, in a run directory it may write."""
-    cfg, device = s.cfg, s.device
-    open_run(cfg, run_dir, device)
-    history: list[dict] = []
-    state = resume_state(run_dir, device)
-    if state is not None:
-        s.model.load_state_dict(state["model"])
-        s.optimizer.load_state_dict(state["optimizer"])
-        history = state["history"]
-    start = len(history)
-    wall0 = time.perf_counter() - sum(r["seconds"] for r in history)
-    rep = Reporter(
-        runs.run_name(cfg),
-        cfg.train.epochs,
-        s.sampler.steps_per_epoch,
-        start_epoch=start,
-        live=live,
-        progress=progress,
-        quiet=quiet,
-    )
-    if start:
-        rep.message(f"resuming after epoch {start} from {run_dir / runs.CHECKPOINT}")
-    status = "finished"
-    try:
-        peak_memory(device)  # the first epoch's peak starts here
-        for epoch in range(start, cfg.train.epochs):
-            t0 = time.perf_counter()
-            st = train_one_epoch(s, epoch, on_step=rep.step)
-            loss_sum = st["loss_sum"].item()
-            if not math.isfinite(loss_sum):
-                status = "diverged"
-                rep.message(f"epoch {epoch + 1}: loss is {loss_sum}; stopping (diverged)")
-                break
-            t1 = time.perf_counter()
-            test = evaluate(s, "test")
-            weights = [m.weight for m in s.convs]
-            row = epoch_row(
-                epoch + 1,
-                loss_sum=loss_sum,
-                steps=st["steps"],
-                correct=st["correct"].item(),
-                images=st["images"],
-                test=test,
-                diagnostics=layer_diagnostics(weights, s.names)[0],
-                lr=s.optimizer.param_groups[0]["lr"],
-                train_seconds=t1 - t0,
-                eval_seconds=time.perf_counter() - t1,
-                memory=peak_memory(device),
-            )
-            history.append(row)
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-                save_checkpoint(s, run_dir / runs.CHECKPOINT, epoch=epoch + 1, history=history)
-                _write_metrics(run_dir, history)
-            rep.epoch(row)
-    finally:
-        rep.close()
-    if status == "finished":
-        export_weights(s.model, run_dir / runs.WEIGHTS)
-    wall = time.perf_counter() - wall0
-    return finish_run(
-        cfg,
-        run_dir,
-        history=history,
-        status=status,
-        wall_seconds=wall,
-        device=device,
-        extra=extra,
-    )
+        runs.open_run(cfg, run_dir, device)
+        state = runs.resume_state(run_dir, device)
+        if state is not None:
+            s.model.load_state_dict(state["model"])
+            s.optimizer.load_state_dict(state["optimizer"])
+        stepper = RunStepper(s, run_dir, state["history"] if state else [])
+        start = len(stepper.histories[0])
+        title = runs.run_name(cfg)
+        [end] = run_epochs(
+            stepper, start=start, title=title, live=live, progress=progress, quiet=quiet
+        )
+        return runs.finish_run(cfg, run_dir, **end.fields(device, extra))
 
 
 def evaluate_saved(
@@ -733,7 +389,7 @@ def evaluate_saved(
             why = "not a run directory (or not started)"
         raise UserError(str(target), f"no {runs.CHECKPOINT} here: {why}")
     dev = resolve_device(device)
-    state = load_checkpoint(path, map_location=dev)
+    state = runs.load_checkpoint(path, map_location=dev)
     cfg = RunConfig.model_validate(state["config"])
     s = build(cfg, dev, data_dir)
     s.model.load_state_dict(state["model"])

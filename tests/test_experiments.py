@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from softmaso import experiments as ex
-from softmaso import runs
+from softmaso import launch, runs
 from softmaso.config import read_recipe
 from softmaso.errors import UserError
 
@@ -63,38 +63,40 @@ def test_a_sweep_key_must_exist(tmp_path):
 
 
 def test_claim_is_exclusive_and_released(tmp_path):
-    with ex.claim(tmp_path) as first:
+    with runs.claim(tmp_path) as first:
         assert first
-        with ex.claim(tmp_path) as second:
+        with runs.claim(tmp_path) as second:
             assert not second
-    with ex.claim(tmp_path) as again:
+    with runs.claim(tmp_path) as again:
         assert again
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     code = (
-        "import sys, time; from pathlib import Path; from softmaso.experiments import claim\n"
+        "import sys, time; from pathlib import Path; from softmaso.runs import claim\n"
         f"with claim(Path({str(tmp_path)!r})) as ok:\n    print(ok, flush=True); time.sleep(60)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "True"
-    with ex.claim(tmp_path) as mine:
+    with runs.claim(tmp_path) as mine:
         assert not mine
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with ex.claim(tmp_path) as mine:
+    with runs.claim(tmp_path) as mine:
         assert mine
 
 
-def test_run_one_skips_finished_and_reports_conflicts(tmp_path):
+def test_run_unit_skips_finished_and_reports_conflicts(tmp_path):
     run = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0]
-    assert ex.run_one(run, device="cpu", smoke=True) == "finished"
-    assert ex.run_one(run, device="cpu", smoke=True) == "skipped-finished"
+    smoke = launch.Launch(smoke=True)
+    assert launch.run_unit([run], smoke, "cpu") == {run.dir: "finished"}
+    assert launch.run_unit([run], smoke, "cpu") == {run.dir: "skipped-finished"}
     assert json.loads((run.dir / runs.RESULT).read_text())["smoke"] is True
     other = ex.Run(run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir)
     (run.dir / runs.RESULT).unlink()
     said = []
-    assert ex.run_unit([other], pack=False, device="cpu", log=said.append) == {run.dir: "conflict"}
+    got = launch.run_unit([other], launch.Launch(pack=False), "cpu", log=said.append)
+    assert got == {run.dir: "conflict"}
     assert said == [
         f"conflict: {run.dir} holds a run with a different config (optim.lr: "
         f"{run.cfg.optim.lr} there, 0.5 here); choose another run directory, or --set those "
@@ -104,7 +106,8 @@ def test_run_one_skips_finished_and_reports_conflicts(tmp_path):
 
 def test_submitit_debug_executor_runs_the_array(tmp_path):
     todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:2]
-    out = ex.launch_slurm(todo, folder=tmp_path / ".submitit", cluster="debug", smoke=True)
+    debug = launch.Launch(launcher="slurm", smoke=True, slurm=launch.Slurm(cluster="debug"))
+    out = launch.launch_slurm(todo, debug, folder=tmp_path / ".submitit")
     assert set(out.values()) == {"finished"}
     assert all((r.dir / runs.RESULT).exists() for r in todo)
 
@@ -167,7 +170,7 @@ def test_reproduce_cli_smoke_grid_and_bad_input(cli, tmp_path):
     assert r.exit_code == 0, r.output
     table = (tmp_path / "table.md").read_text()
     assert "SMOKE" in table and table.count("(n=2)") == 12
-    grid = json.loads((tmp_path / ex.GRID).read_text())
+    grid = json.loads((tmp_path / runs.GRID).read_text())
     assert grid["smoke"] and len(grid["runs"]) == 24
     assert (tmp_path / "figures" / "curves.png").stat().st_size > 0
     for bad, says in (
@@ -181,23 +184,19 @@ def test_reproduce_cli_smoke_grid_and_bad_input(cli, tmp_path):
 
 
 def test_slurm_without_slurm_is_one_line_and_writes_nothing(cli, tmp_path, monkeypatch):
-    monkeypatch.setattr(ex.shutil, "which", lambda name: None)
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
     r = cli("reproduce", "table2", "--launcher", "slurm", "--results", tmp_path / "grid")
     assert r.exit_code == 2 and "srun is not on PATH" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "grid").exists()
     todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
     with pytest.raises(UserError, match="srun is not on PATH"):  # the library says so too
-        ex.launch_slurm(todo[:1], folder=tmp_path / "jobs")
+        launch.launch_slurm(todo[:1], launch.Launch(launcher="slurm"), folder=tmp_path / "jobs")
     assert not (tmp_path / "jobs").exists()
 
 
 def test_one_worker_per_device_pool(tmp_path):
     todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:3]
     seen = []
-    out = ex.launch_local(
-        todo,
-        devices=ex.parse_devices("cpu,cpu"),
-        smoke=True,
-        on_done=lambda run, outcome: seen.append(outcome),
-    )
+    two = launch.Launch(devices=launch.parse_devices("cpu,cpu"), smoke=True)
+    out = launch.launch_local(todo, two, on_done=lambda run, outcome: seen.append(outcome))
     assert set(out.values()) == {"finished"} and seen == ["finished"] * 3

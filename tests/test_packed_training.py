@@ -12,9 +12,9 @@ import torch
 from test_training import _rows, tiny
 
 from softmaso import experiments as ex
-from softmaso import packed_training, runs, training
+from softmaso import launch, packed_training, runs, training
 from softmaso.errors import UserError
-from softmaso.packed_training import fit_packed, pack_key
+from softmaso.packed_training import fit_packed, pack_key, plan_units
 
 FILES = {runs.CONFIG, runs.ENV, runs.METRICS, runs.CHECKPOINT, runs.RESULT, runs.WEIGHTS}
 
@@ -145,26 +145,32 @@ def test_runs_that_differ_in_shape_do_not_pack(tmp_path):
 # ------------------------------------------------------------------------- reproduce side
 def test_plan_units_groups_table2_by_dataset(tmp_path):
     todo = ex.expand("table2", tmp_path)
-    assert [len(u) for u in ex.plan_units(todo, pack=True)] == [30, 30, 30]
-    for unit in ex.plan_units(todo, pack=True):
+    assert [len(u) for u in plan_units(todo, pack=True)] == [30, 30, 30]
+    for unit in plan_units(todo, pack=True):
         assert len({r.recipe for r in unit}) == 1
-    assert [len(u) for u in ex.plan_units(todo, pack=True, devices=4)] == [8, 8, 8, 6] * 3
-    assert [len(u) for u in ex.plan_units(todo, pack=True, size=12)] == [10] * 9
-    assert len(ex.plan_units(todo, pack=False)) == len(ex.plan_units(todo, pack=True, size=1))
-    assert len(ex.plan_units(todo, pack=False)) == 90
+    assert [len(u) for u in plan_units(todo, pack=True, devices=4)] == [
+        8,
+        8,
+        8,
+        6,
+    ] * 3
+    assert [len(u) for u in plan_units(todo, pack=True, size=12)] == [10] * 9
+    assert len(plan_units(todo, pack=False)) == len(plan_units(todo, pack=True, size=1))
+    assert len(plan_units(todo, pack=False)) == 90
 
 
 @pytest.mark.parametrize(("speedup", "packs"), [(3.0, True), (0.6, False)])
 def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, packs):
-    import softmaso.bench
     import softmaso.data
     import softmaso.packed_training
     import softmaso.training
 
     fake = {"speedup": speedup, "packed_images_per_s": 1.0, "separate_images_per_s": 1.0}
-    monkeypatch.setattr(softmaso.bench, "pack_speedup", lambda *a, **k: fake)
-    monkeypatch.setattr(ex, "_decisions", {})
-    monkeypatch.setattr(ex, "AUTO_PACK_DEVICES", ("cuda", "cpu"))  # measure here, as on a GPU
+    monkeypatch.setattr(packed_training, "pack_speedup", lambda *a, **k: fake)
+    monkeypatch.setattr(packed_training, "_decisions", {})
+    monkeypatch.setattr(
+        packed_training, "AUTO_PACK_DEVICES", ("cuda", "cpu")
+    )  # measure here, as on a GPU
     loads = []
     real = softmaso.data.load_data
     for module in (softmaso.data, softmaso.packed_training, softmaso.training):
@@ -174,27 +180,27 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, pa
         for i in range(2)
     ]
     said = []
-    out = ex.run_unit(unit, pack=None, device="cpu", log=said.append)
+    out = launch.run_unit(unit, launch.Launch(), "cpu", log=said.append)
     assert set(out.values()) == {"finished"}
     assert said and said[0].startswith("packing" if packs else "not packing")
     assert len(loads) == (1 if packs else 3)  # the probe's data trains the pack
     packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == ({2} if packs else {None})
-    assert set(ex.run_unit(unit, pack=None, device="cpu").values()) == {"skipped-finished"}
+    assert set(launch.run_unit(unit, launch.Launch(), "cpu").values()) == {"skipped-finished"}
 
 
 def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch):
-    import softmaso.bench
-
-    monkeypatch.setattr(softmaso.bench, "pack_speedup", lambda *a, **k: pytest.fail("probed"))
+    monkeypatch.setattr(packed_training, "pack_speedup", lambda *a, **k: pytest.fail("probed"))
     unit = [
         ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
         for i in range(2)
     ]
     said = []
-    assert set(ex.run_unit(unit, pack=None, device="cpu", log=said.append).values()) == {"finished"}
+    assert set(launch.run_unit(unit, launch.Launch(), "cpu", log=said.append).values()) == {
+        "finished"
+    }
     assert said == []
-    assert ex.plan_units(unit, pack=None) == [[unit[0], unit[1]]]  # library default: grouped
+    assert plan_units(unit, pack=None) == [[unit[0], unit[1]]]  # library default: grouped
     packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == {None}
 

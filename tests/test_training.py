@@ -135,7 +135,7 @@ def test_a_run_dir_holds_one_config(tmp_path):
     ):
         training.fit(one, tmp_path, device="cpu")
     config.write_text(yaml.safe_dump(yaml.safe_load(text), sort_keys=True))  # another layout
-    training.check_unfinished(one, tmp_path)
+    runs.check_unfinished(one, tmp_path)
     for garbled in (b"[not: a config", b"\xff\xfe\x00binary", b"just a string"):
         config.write_bytes(garbled)
         with pytest.raises(UserError, match="cannot be read as a softmaso config"):
@@ -252,7 +252,7 @@ def test_train_and_eval_cli(cli, tmp_path):
 
 def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch):
     cfg = tiny(**{"train.epochs": 2})
-    real = training._write_metrics
+    real = runs.write_metrics
 
     def killed(run_dir, history):
         if len(history) == 2:  # the last epoch's checkpoint is on disk, its metrics are not
@@ -260,11 +260,11 @@ def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch
             raise KeyboardInterrupt
         real(run_dir, history)
 
-    monkeypatch.setattr(training, "_write_metrics", killed)
+    monkeypatch.setattr(runs, "write_metrics", killed)
     with pytest.raises(KeyboardInterrupt):
         training.fit(cfg, tmp_path, device="cpu", live=False)
     assert len(_rows(tmp_path)) == 1 and not (tmp_path / runs.RESULT).exists()
-    monkeypatch.setattr(training, "_write_metrics", real)
+    monkeypatch.setattr(runs, "write_metrics", real)
     res = training.fit(cfg, tmp_path, device="cpu", live=False)
     assert res["status"] == "finished" and res["epochs"] == 2
     assert [r["epoch"] for r in _rows(tmp_path)] == [1, 2]

@@ -89,6 +89,6 @@ class BetaParameter(nn.Module):
         return f"fixed, beta={self.fixed}"
 
 
-def _region_axis(eta: torch.Tensor | float) -> torch.Tensor | float:
+def region_axis(eta: torch.Tensor | float) -> torch.Tensor | float:
     """Append the region axis to a shaped eta so it broadcasts against scores (..., R)."""
     return eta.unsqueeze(-1) if isinstance(eta, torch.Tensor) else eta

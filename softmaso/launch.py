@@ -1,0 +1,483 @@
+"""Launching an experiment's runs: where, how many at once, packed or not; then its report.
+
+A run is claimed with an exclusive lock (``runs.claim``) before it trains, so two ``reproduce``
+processes on one results directory never train the same run; the kernel drops the lock when
+its process dies, so a killed grid leaves no stale lock. A finished run is skipped, an
+interrupted one resumes from its checkpoint, a diverged one is reported and not retried.
+
+Launchers: ``local`` runs in this process, in sequence, or one worker process per listed
+device; ``slurm`` submits a submitit job array (each task requeues itself on preemption or
+timeout and resumes from its checkpoint). No scheduler of our own: a process pool or SLURM
+decides. How to launch is one frozen :class:`Launch`, passed whole to every hop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softmaso import experiments as ex
+from softmaso import runs
+from softmaso.errors import RunConflict, UserError
+
+Log = Callable[[str], None]
+FAILED = ("diverged", "conflict", "damaged")  # outcomes that make `reproduce` exit 1
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """A SLURM job array's settings (``--slurm-*``)."""
+
+    cluster: str = "slurm"  # submitit's cluster: slurm, or local/debug to test without SLURM
+    partition: str | None = None
+    time_min: int = 24 * 60
+    parallelism: int = 16
+    gpus: int = 1
+    cpus: int = 8
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to train a grid's runs: launcher, devices, threads, packing, data, smoke."""
+
+    launcher: str = "local"  # local or slurm
+    devices: tuple[str, ...] = ()  # local worker processes, one per entry; () = this process
+    threads: int | None = None  # CPU threads per process (None: the cores shared out)
+    pack: bool | None = None  # None: measured where packing can pay (CUDA), else no
+    pack_size: int = 30
+    data_dir: Path | None = None
+    smoke: bool = False
+    slurm: Slurm = field(default_factory=Slurm)
+
+    def __post_init__(self):
+        if self.launcher not in ("local", "slurm"):
+            raise UserError("--launcher", f"{self.launcher!r}; use local or slurm")
+
+
+# ------------------------------------------------------------------------------- one unit
+def run_unit(
+    unit: list[ex.Run],
+    launch: Launch,
+    device: str = "auto",
+    *,
+    progress=None,
+    log: Log | None = None,
+) -> dict[Path, str]:
+    """Train the runs of a unit that are neither done nor claimed elsewhere: as one pack
+    (``fit_packed``) or one by one (``fit``); ``launch.pack`` None measures whether packing
+    pays on this device. Returns each run's outcome: finished, diverged, busy, skipped-...,
+    conflict, damaged."""
+    out: dict[Path, str] = {}
+    with contextlib.ExitStack() as stack:
+        mine = []
+        for run in unit:
+            if not stack.enter_context(runs.claim(run.dir)):
+                out[run.dir] = "busy"
+            elif (why := _outcome_before(run, log)) is not None:
+                out[run.dir] = why
+            else:
+                mine.append(run)
+        pack, data = _decide(mine, launch, device, log)
+        kw = {"device": device, "data_dir": launch.data_dir, "live": False, "progress": progress}
+        kw |= {"quiet": True, "extra": {"smoke": launch.smoke}}  # epochs: in metrics.jsonl
+        if pack:
+            out.update(_train_pack(mine, kw, data, log))
+        else:
+            del data  # each run loads its own: do not hold a second copy meanwhile
+            out.update(_train_apart(mine, kw, log))
+    return {run.dir: out[run.dir] for run in unit}
+
+
+def _outcome_before(run: ex.Run, log: Log | None) -> str | None:
+    """Why a claimed run will not train now (skipped, conflict or damaged, with the reason
+    sent to `log`), or None if it will."""
+    try:
+        runs.check_unfinished(run.cfg, run.dir)  # finished runs too: same config, or a conflict
+    except RunConflict as e:
+        _say(log, f"conflict: {e.message}")
+        return "conflict"
+    except UserError as e:  # a damaged result.json
+        _say(log, f"damaged: {run.dir.name}: {e}")
+        return "damaged"
+    before = runs.status(run.dir)[0]
+    return f"skipped-{before}" if before in ("finished", "diverged") else None
+
+
+def _decide(mine: list[ex.Run], launch: Launch, device: str, log: Log | None):
+    """(pack these runs?, the dataset the packing probe loaded or None)."""
+    from softmaso.packed_training import decide_pack, measures_packing
+
+    if len(mine) < 2 or launch.pack is False:
+        return False, None
+    if launch.pack:
+        return True, None
+    if not measures_packing([device]):
+        return False, None  # packing has never been faster on a CPU (softmaso bench)
+    pack, why, data = decide_pack([r.cfg for r in mine], device, launch.data_dir)
+    _say(log, why)
+    return pack, data
+
+
+def _train_pack(mine: list[ex.Run], kw: dict, data, log: Log | None) -> dict[Path, str]:
+    from softmaso.packed_training import fit_packed
+
+    try:
+        results = fit_packed([r.cfg for r in mine], [r.dir for r in mine], **kw, data=data)
+    except UserError as e:  # a damaged checkpoint of one run: the pack cannot start
+        _say(log, f"damaged: pack of {len(mine)} runs: {e}")
+        return {r.dir: "damaged" for r in mine}
+    return {r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)}
+
+
+def _train_apart(mine: list[ex.Run], kw: dict, log: Log | None) -> dict[Path, str]:
+    from softmaso.training import fit
+
+    out = {}
+    for run in mine:
+        try:
+            out[run.dir] = str(fit(run.cfg, run.dir, **kw)["status"])
+        except RunConflict:
+            raise
+        except UserError as e:  # damaged run files: this run fails, the grid goes on
+            _say(log, f"damaged: {run.dir.name}: {e}")
+            out[run.dir] = "damaged"
+    return out
+
+
+def _say(log: Log | None, text: str) -> None:
+    if log is not None:
+        log(text)
+
+
+def _stderr(text: str) -> None:
+    print(f"[grid] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------- local
+_worker_device = "auto"  # a pool worker's device, set once by its initializer
+
+
+def _pool_init(devices: tuple[str, ...], counter, threads: int | None) -> None:
+    """A pool worker takes the next device of the list, and its share of the CPU threads."""
+    global _worker_device
+    from softmaso.training import set_threads
+
+    with counter.get_lock():
+        i = counter.value
+        counter.value += 1
+    _worker_device = devices[i % len(devices)]
+    set_threads(threads)
+    if _worker_device.startswith("cuda:"):  # this worker's GPU is its current device
+        import torch
+
+        torch.cuda.set_device(torch.device(_worker_device))
+
+
+def _pool_task(unit: list[ex.Run], launch: Launch) -> dict[Path, str]:
+    return run_unit(unit, launch, _worker_device, log=_stderr)
+
+
+def launch_local(
+    todo: list[ex.Run], launch: Launch, *, progress=None, on_done=None
+) -> dict[Path, str]:
+    """In this process, in order; or one worker process per device (one unit per GPU, or per
+    listed cpu), each with ``launch.threads`` CPU threads (None: the cores shared out).
+
+    Units are single runs or packs (``packed_training.plan_units``)."""
+    from softmaso.packed_training import measures_packing, plan_units
+
+    devices = launch.devices
+    if launch.pack is None and not measures_packing(list(devices) or ["auto"]):
+        launch = _with(launch, pack=False)  # never faster on a CPU: one unit per run
+    units = plan_units(todo, pack=launch.pack, size=launch.pack_size, devices=len(devices) or 1)
+    outcomes: dict[Path, str] = {}
+
+    def record(unit: list[ex.Run], got: dict[Path, str]) -> None:
+        for run in unit:
+            outcomes[run.dir] = got[run.dir]
+            if on_done is not None:
+                on_done(run, got[run.dir])
+
+    if len(devices) <= 1:
+        from softmaso.training import set_threads
+
+        set_threads(launch.threads)
+        log = _stderr if progress is None else progress.console.print
+        for unit in units:
+            record(unit, run_unit(unit, launch, *devices, progress=progress, log=log))
+        return outcomes
+    for unit, got in _pool(units, launch):
+        record(unit, got)
+    return outcomes
+
+
+def _pool(units: list[list[ex.Run]], launch: Launch):
+    """(unit, outcomes) as each finishes, from one spawned worker process per device."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from softmaso.training import cpu_cores
+
+    devices = launch.devices
+    threads = launch.threads or max(1, cpu_cores() // len(devices))
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    with ProcessPoolExecutor(
+        len(devices), mp_context=ctx, initializer=_pool_init, initargs=(devices, counter, threads)
+    ) as pool:
+        futures = {pool.submit(_pool_task, u, launch): u for u in units}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+def _with(launch: Launch, **changes) -> Launch:
+    from dataclasses import replace
+
+    return replace(launch, **changes)
+
+
+# ---------------------------------------------------------------------------------- slurm
+class SubmititTask:
+    """A submitit job: train one unit (a run or a pack); on preemption or timeout, requeue and
+    resume from the runs' checkpoints. Packing (``pack`` None) is decided on the job's node."""
+
+    def __init__(self, unit: list[ex.Run], launch: Launch):
+        self.unit, self.launch = unit, launch
+
+    def __call__(self) -> dict[Path, str]:
+        return run_unit(self.unit, self.launch, log=_stderr)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SubmititTask(self.unit, self.launch))
+
+
+SLURM_CLUSTERS = ("slurm", "local", "debug")  # submitit's: the real one, or here to test
+
+
+def check_slurm(cluster: str) -> None:
+    """UserError unless submitit can submit to `cluster` from this machine (checked before
+    anything is written): 'slurm' needs SLURM's srun on PATH, as submitit does."""
+    if cluster not in SLURM_CLUSTERS:
+        raise UserError("--slurm-cluster", f"{cluster!r}; use {', '.join(SLURM_CLUSTERS)}")
+    if cluster == "slurm" and shutil.which("srun") is None:
+        raise UserError(
+            "--launcher slurm",
+            "SLURM's srun is not on PATH: run on a SLURM login node "
+            "(--slurm-cluster local runs the same jobs here, to test)",
+        )
+
+
+def launch_slurm(
+    todo: list[ex.Run], launch: Launch, *, folder: Path, wait: bool = True
+) -> dict[Path, str]:
+    """Submit one job array through submitit, a job per unit (cluster 'debug' or 'local' runs
+    it here). UserError, before anything is submitted, where the cluster cannot be used
+    (:func:`check_slurm`)."""
+    s = launch.slurm
+    check_slurm(s.cluster)
+    import submitit
+
+    from softmaso.packed_training import plan_units
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=s.cluster)
+    params: dict[str, Any] = {
+        "timeout_min": s.time_min,
+        "slurm_array_parallelism": s.parallelism,
+        "gpus_per_node": s.gpus,
+        "cpus_per_task": s.cpus,
+        "name": "softmaso",
+    }
+    if s.partition:
+        params["slurm_partition"] = s.partition
+    executor.update_parameters(**params)
+    units = plan_units(todo, pack=launch.pack, size=launch.pack_size)  # a job (one GPU) per pack
+    with executor.batch():
+        jobs = [executor.submit(SubmititTask(unit, launch)) for unit in units]
+    out: dict[Path, str] = {}
+    for unit, job in zip(units, jobs, strict=True):
+        out.update(job.result() if wait else {r.dir: f"submitted:{job.job_id}" for r in unit})
+    return {run.dir: out[run.dir] for run in todo}
+
+
+# ----------------------------------------------------------------------------------- grid
+def summary_line(outcomes: dict[Path, str]) -> str:
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def parse_devices(text: str | None) -> tuple[str, ...]:
+    """'0,1' -> ('cuda:0', 'cuda:1') ('cpu' allowed); UserError for a GPU that is not there."""
+    if not text:
+        return ()
+    from softmaso.training import resolve_device
+
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        spec = f"cuda:{item}" if item.isdigit() else item
+        try:
+            out.append(str(resolve_device(spec)))
+        except UserError as e:
+            raise UserError("--devices", e.message) from None
+    return tuple(out)
+
+
+class GridLog:
+    """A grid's progress: a bar on a terminal, else one line per run with its accuracy and
+    the time left (estimated from the runs this launch trained, not the skipped ones)."""
+
+    def __init__(self, total: int, live: bool):
+        self.total, self.t0, self.done, self.failed, self.trained = (
+            total,
+            time.perf_counter(),
+            0,
+            0,
+            0,
+        )
+        self.progress = self.task = None
+        if live:
+            from softmaso.ui import new_progress
+
+            self.progress = new_progress()
+            self.progress.start()
+            self.task = self.progress.add_task(f"grid ({total} runs)", total=total, info="")
+
+    def __call__(self, run: ex.Run, outcome: str) -> None:
+        self.done += 1
+        self.failed += outcome in FAILED
+        self.trained += outcome in ("finished", "diverged")
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, info=f"{self.failed} failed")
+            return
+        line = f"{self.done}/{self.total} {run.recipe}/{run.dir.name}: {outcome}"
+        result = runs.read_json(run.dir / runs.RESULT)
+        acc = result.get("final_test_acc") if isinstance(result, dict) else None
+        if outcome == "finished" and isinstance(acc, (int, float)):
+            line += f", test accuracy {acc:.4f}"
+        if self.trained and self.done < self.total:
+            eta = (time.perf_counter() - self.t0) / self.trained * (self.total - self.done)
+            line += f"; about {eta / 60:.0f} min left"
+        _stderr(line)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def run_grid(
+    todo: list[ex.Run], launch: Launch, *, folder: Path | None = None, live: bool | None = None
+) -> dict[Path, str]:
+    """Launch every run (finished ones are skipped inside) and show the grid's progress;
+    `folder`: where submitit keeps its files (SLURM)."""
+    if launch.launcher == "slurm":
+        return launch_slurm(todo, launch, folder=folder or Path(".submitit"))
+    log = GridLog(len(todo), sys.stderr.isatty() if live is None else live)
+    try:
+        return launch_local(todo, launch, progress=log.progress, on_done=log)
+    finally:
+        log.close()
+
+
+# ------------------------------------------------------------------------------ reproduce
+@dataclass(frozen=True)
+class Selection:
+    """Which runs of an experiment: seeds per cell, recipes kept, --set overrides."""
+
+    seeds: int | None = None
+    datasets: list[str] | None = None
+    overrides: tuple[str, ...] = ()
+
+
+EVERYTHING = ("theory", "figure1", "table2", "gs-cifar100", "fashion", "activations")
+
+
+def check_names(experiment: str) -> list[str]:
+    """The experiments `softmaso reproduce EXPERIMENT` runs; UserError for an unknown one."""
+    from softmaso import recipes
+
+    names = list(EVERYTHING) if experiment == "all" else [experiment]
+    for name in names:
+        if name not in ("theory", "figure1", *recipes.EXPERIMENTS) and not ex.is_recipe_file(name):
+            raise UserError(
+                "EXPERIMENT",
+                f"unknown experiment {name!r}; use {', '.join(recipes.EXPERIMENTS)}, figure1, "
+                "theory, all, or a recipe file with a sweep: (PATH.yaml)",
+            )
+    return names
+
+
+def reproduce(
+    names: list[str],
+    launch: Launch,
+    select: Selection,
+    *,
+    results: Path | None,
+    command: str,
+    echo: Log = print,
+) -> bool:
+    """Run each experiment (a grid, the theory checks, or Figure 1) and write its report;
+    True when all went well (no run diverged, conflicted or was damaged, every claim held)."""
+    from softmaso.io import check_output_dir
+
+    if launch.launcher == "slurm":
+        check_slurm(launch.slurm.cluster)
+    smoke = launch.smoke
+    base = check_output_dir(
+        results or Path("results/smoke" if smoke else "results"), where="--results"
+    )
+    ok = True
+    for name in names:
+        if name in ("theory", "figure1"):
+            ok &= _theory_half(name, base, echo)
+            continue
+        label = ex.experiment_name(name)
+        root = results if results and len(names) == 1 else base / label
+        ok &= _grid(name, label, root, launch, select, command, echo)
+    return ok
+
+
+def _theory_half(name: str, base: Path, echo: Log) -> bool:
+    if name == "theory":
+        from softmaso.reporting.theory import check_claims
+
+        return check_claims(json_path=base / "theory.json")
+    from softmaso.reporting.figure1 import figure1_spec, write_figure1
+
+    for path in write_figure1(figure1_spec(), base / "figures"):
+        echo(f"wrote {path}")
+    return True
+
+
+def _grid(name, label, root, launch: Launch, select: Selection, command: str, echo: Log) -> bool:
+    """One experiment's grid: checked, recorded in grid.json, trained, reported."""
+    from softmaso.reporting.report import write_report
+
+    todo = ex.expand(
+        name,
+        root,
+        smoke=launch.smoke,
+        datasets=select.datasets,
+        seeds=select.seeds,
+        overrides=list(select.overrides),
+    )
+    files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
+    ex.check_grid(todo)
+    ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
+    launch = _with(launch, pack=ex.settle_pack(root, launch.pack))
+    smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
+    echo(f"{label}: {len(todo)} runs in {root}{smoke_note}")
+    outcomes = run_grid(todo, launch, folder=root / ".submitit")
+    echo(f"{label}: {summary_line(outcomes)}")
+    for path in write_report(root, paper=name == "table2", command=command):
+        echo(f"wrote {path}")
+    return not any(o in FAILED for o in outcomes.values())

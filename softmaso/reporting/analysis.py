@@ -1,0 +1,189 @@
+"""``softmaso analyze``: the statistics of :mod:`softmaso.analysis` for one run or every finished
+run below a results folder, grouped as ``softmaso table`` groups them, compared across groups
+(mean +- std over seeds, Welch's p against the baseline group), as CSV, markdown and figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from softmaso import runs
+from softmaso.analysis import STATISTICS, analyze_run
+from softmaso.errors import UserError
+from softmaso.io import atomic_group, check_output_dir
+from softmaso.reporting import tables
+
+LABELS = {
+    "active_fraction": "decisions in the last (active) region",
+    "dead_units": "units never active",
+    "constant_units": "units that never change region",
+    "svq_entropy": "soft-VQ entropy / log R (eq. 6, beta = 1/2)",
+    "firing_correlation": "mean |corr| of two units' firing",
+    "cross_ratio": "factorial cross terms / diagonal terms (Thm. 4)",
+    "joint_map_changes": "decisions changed by the joint MAP of (10)",
+    "prior_last": "Thm. 2 prior of the active region, trained",
+    "prior_last_init": "Thm. 2 prior of the active region, at init (App. C)",
+}
+
+
+def analyze(
+    target: Path,
+    *,
+    out: Path | None = None,
+    images: int = 500,
+    decisions: int = 20_000,
+    data_dir: Path | None = None,
+    log=print,
+) -> list[Path]:
+    """Analyse a run directory, or every finished run below a results folder; write
+    ``analysis.csv`` (a row per run and layer), ``analysis.md`` and one figure per statistic
+    into `out` (default TARGET/analysis). Returns the paths written."""
+    import pandas as pd
+
+    target = Path(target)
+    members, keys = _members(target)
+    out = check_output_dir(out or target / "analysis", where="--out")
+    rows = []
+    for i, (run_dir, settings) in enumerate(members, 1):
+        for layer in analyze_run(run_dir, images=images, decisions=decisions, data_dir=data_dir):
+            rows.append({"run": str(run_dir), **settings, **layer})
+        log(f"[analyze] {i}/{len(members)} {run_dir}")
+    frame = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / "analysis.csv"
+    tables.write_table(frame.to_csv(index=False, float_format="%.6g"), csv)
+    md = out / "analysis.md"
+    tables.write_table(markdown(frame, keys, title=_title(target, images, decisions)), md)
+    return [csv, md, *figures(frame, keys, out / "figures")]
+
+
+def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """(run directory, its group's settings) of every run to analyse, and the group keys."""
+    if (target / runs.CONFIG).is_file():
+        status, result, _ = runs.status(target)
+        acc = result["final_test_acc"] if status == "finished" else math.nan
+        return [(target, {"acc": acc})], []
+    frame = tables.collect(target)  # UserError where there are no runs at all
+    done = frame[frame["status"] == "finished"]
+    done = done[[(target / d / runs.WEIGHTS).is_file() for d in done["dir"]]]
+    if done.empty:
+        raise UserError(
+            "RESULTS_DIR", f"no finished run with {runs.WEIGHTS} in {str(target)!r} to analyse"
+        )
+    row_keys, col_key, _ = tables.table_keys(done)
+    keys = [k for k in (*row_keys, col_key) if k and k != "seed"]
+    members = [
+        (
+            target / r["dir"],
+            {**{k: tables.clean(r.get(k)) for k in [*keys, "seed"]}, "acc": r["acc"]},
+        )
+        for r in done.to_dict("records")
+    ]
+    members.sort(key=lambda m: [tables.rank(k, m[1][k]) for k in [*keys, "seed"]])
+    return members, keys
+
+
+def _title(target: Path, images: int, decisions: int) -> str:
+    return (
+        f"Trained-network VQ statistics of {target} ({images} test images; at most "
+        f"{decisions} decisions per layer in the joint statistics)"
+    )
+
+
+def _groups(frame, keys: list[str]):
+    if not keys:
+        return [("this run", frame)]
+    out = []
+    for values, group in frame.groupby(keys, sort=False, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        name = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in zip(keys, values, strict=True))
+        out.append((name, group))
+    return out
+
+
+def _baseline(frame, keys: list[str]):
+    """The group the others are compared with: ortho.mode none, or the first."""
+    groups = _groups(frame, keys)
+    for name, group in groups:
+        if "ortho.mode" in keys and (group["ortho.mode"] == "none").all():
+            return name
+    return groups[0][0]
+
+
+def markdown(frame, keys: list[str], *, title: str) -> str:
+    """One table per statistic: a row per layer, a column per group (mean +- std over runs,
+    n), and Welch's p of each group against the baseline group."""
+    groups = _groups(frame, keys)
+    base = _baseline(frame, keys)
+    lines = [f"### {title}", ""]
+    accuracy = [
+        f"{name}: {_mean_std(tuple(g.groupby('run')['acc'].first()))}" for name, g in groups
+    ]
+    lines += ["Final test accuracy (fraction): " + "; ".join(accuracy) + ".", ""]
+    layers = list(dict.fromkeys(frame["layer"]))
+    for stat in STATISTICS:
+        lines += [f"#### {stat}: {LABELS[stat]}", ""]
+        head = ["layer", *(name for name, _ in groups)]
+        head += [f"p, {name} vs {base}" for name, _ in groups if name != base]
+        lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for layer in layers:
+            cells, values = [layer], {}
+            for name, group in groups:
+                v = tuple(x for x in group.loc[group["layer"] == layer, stat] if not math.isnan(x))
+                values[name] = v
+                cells.append(_mean_std(v))
+            for name, _ in groups:
+                if name != base:
+                    p = tables.welch_p(values[name], values[base])
+                    cells.append("—" if p is None else f"{p:.2g}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(
+        "Mean ± std over runs (ddof = 1), n runs; p: Welch's two-sided t-test. Statistics as "
+        "defined in softmaso/analysis.py and the README (Trained networks)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(v: tuple[float, ...]) -> str:
+    if not v:
+        return "—"
+    mean = sum(v) / len(v)
+    if len(v) < 2:
+        return f"{mean:.3f} (n=1)"
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
+    return f"{mean:.3f} ± {std:.3f} (n={len(v)})"
+
+
+def figures(frame, keys: list[str], folder: Path) -> list[Path]:
+    """One figure per statistic: its value by layer, a line per group (mean, +- std bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from softmaso.reporting.figure1 import save_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    layers = list(dict.fromkeys(frame["layer"]))
+    paths = []
+    for stat in STATISTICS:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        for name, group in _groups(frame, keys):
+            by = group.groupby("layer", sort=False)[stat]
+            mean, std = by.mean().reindex(layers), by.std().reindex(layers).fillna(0.0)
+            ax.errorbar(range(len(layers)), mean, yerr=std, marker="o", capsize=3, label=name)
+        ax.set_xticks(range(len(layers)), layers)
+        ax.set_ylabel(stat)
+        ax.set_title(LABELS[stat], fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        try:
+            with atomic_group() as stage:
+                for fmt in ("png", "pdf"):
+                    path = folder / f"analysis_{stat}.{fmt}"
+                    stage(path, lambda tmp, fmt=fmt, fig=fig: save_figure(fig, tmp, fmt))
+                    paths.append(path)
+        finally:
+            plt.close(fig)
+    return paths

@@ -1,0 +1,140 @@
+"""softmaso analyze: each statistic on hand-made layers whose answer is known, then the command."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from test_training import tiny
+
+from softmaso import analysis, runs, training
+from softmaso.theory import absolute, relu
+from softmaso.theory.gmm import factorial_joint_posterior, joint_map, region_prior
+
+DT = torch.float64
+
+
+def _orthonormal_rows(k: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=DT))
+    return q.T  # (k, d), orthonormal rows
+
+
+def test_orthogonal_filters_factorise_and_fire_independently():
+    w = _orthonormal_rows(6, 16)
+    layer = analysis.Folded(w, torch.zeros(6, dtype=DT))
+    x = torch.randn(20_000, 16, generator=torch.Generator().manual_seed(1), dtype=DT)
+    stats = analysis.layer_statistics(x @ w.T, layer, relu())
+    assert stats["cross_ratio"] < 1e-12 and stats["joint_map_changes"] == 0.0
+    assert stats["firing_correlation"] < 0.03  # independent Gaussians: |corr| ~ 1/sqrt(N)
+    assert abs(stats["active_fraction"] - 0.5) < 0.02
+    assert stats["dead_units"] == stats["constant_units"] == 0.0
+
+
+def test_duplicated_filters_fire_together_and_do_not_factorise():
+    w = _orthonormal_rows(1, 16).repeat(4, 1)  # four copies of one filter
+    layer = analysis.Folded(w, torch.zeros(4, dtype=DT))
+    x = torch.randn(5_000, 16, generator=torch.Generator().manual_seed(2), dtype=DT)
+    stats = analysis.layer_statistics(x @ w.T, layer, relu())
+    assert stats["firing_correlation"] == pytest.approx(1.0)
+    assert stats["cross_ratio"] == pytest.approx(3.0)  # each active unit meets 3 equal ones
+    assert stats["joint_map_changes"] > 0
+
+
+def test_dead_and_constant_units_and_entropy_bounds():
+    w = torch.eye(3, dtype=DT)
+    layer = analysis.Folded(w, torch.zeros(3, dtype=DT))
+    u = torch.stack([torch.full((100,), -5.0), torch.full((100,), 5.0), torch.randn(100)], 1)
+    stats = analysis.layer_statistics(u.to(DT), layer, relu())
+    assert stats["dead_units"] == pytest.approx(1 / 3)  # unit 0 never active
+    assert stats["constant_units"] == pytest.approx(2 / 3)  # units 0 and 1 never change
+    assert 0 < stats["svq_entropy"] < 1
+
+
+def test_joint_objective_is_the_factorial_posterior_of_eq10():
+    """Its exhaustive argmax is the exact joint MAP of (10) with the priors of Thm. 2."""
+    g = torch.Generator().manual_seed(3)
+    for spec in (relu(), absolute()):
+        w, b = torch.randn(4, 5, generator=g, dtype=DT), torch.randn(4, generator=g, dtype=DT)
+        a, c = torch.tensor(spec.slopes, dtype=DT), torch.tensor(spec.offsets, dtype=DT)
+        A, B = a[None, :, None] * w[:, None, :], a * b[:, None] + c  # (K, R, D), (K, R)
+        x = torch.randn(50, 5, generator=g, dtype=DT)
+        exact = joint_map(factorial_joint_posterior(A, region_prior(A, B).log(), x))
+        scores = (x @ w.T + b)[..., None] * a + c  # (N, K, R)
+        configs = torch.tensor(list(itertools.product(range(spec.regions), repeat=4)))
+        values = torch.stack(
+            [
+                analysis.joint_objective(scores, t.expand(50, 4), spec.slopes, w @ w.T)
+                for t in configs
+            ],
+            1,
+        )
+        assert torch.equal(configs[values.argmax(1)], exact)
+        found = analysis.coordinate_ascent(scores, spec.slopes, w @ w.T)
+        start = analysis.joint_objective(scores, scores.argmax(2), spec.slopes, w @ w.T)
+        assert (
+            analysis.joint_objective(scores, found, spec.slopes, w @ w.T) >= start - 1e-12
+        ).all()
+
+
+def test_region_prior_is_thm2s():
+    g = torch.Generator().manual_seed(4)
+    w, b = torch.randn(5, 7, generator=g, dtype=DT), torch.randn(5, generator=g, dtype=DT)
+    a, c = torch.tensor(relu().slopes, dtype=DT), torch.tensor(relu().offsets, dtype=DT)
+    A, B = a[None, :, None] * w[:, None, :], a * b[:, None] + c
+    want = region_prior(A, B)[:, -1].mean().item()
+    assert analysis.region_prior_last(analysis.Folded(w, b), relu()) == pytest.approx(want)
+
+
+def test_folding_batch_norm_gives_the_pre_activations():
+    conv, norm = torch.nn.Conv2d(3, 4, 3, bias=False).double(), torch.nn.BatchNorm2d(4).double()
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+        norm.weight.uniform_(0.5, 2), norm.bias.uniform_(-1, 1)
+    norm.eval()
+    x = torch.randn(2, 3, 5, 5, dtype=DT)
+    u = norm(conv(x))  # (2, 4, 3, 3)
+    f = analysis.fold(conv, norm)
+    patches = torch.nn.functional.unfold(x, 3)  # (2, 27, 9)
+    assert torch.allclose(
+        torch.einsum("kd,ndp->nkp", f.weight, patches) + f.bias[:, None], u.flatten(2)
+    )
+
+
+def test_analyze_a_trained_run_and_a_folder_through_the_cli(cli, tmp_path):
+    run = tmp_path / "res" / "one"
+    assert (
+        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu", live=False)["status"]
+        == "finished"
+    )
+    r = cli("analyze", run, "--images", 40, "--decisions", 500, "--threads", 1)
+    assert r.exit_code == 0, r.output
+    text = (run / "analysis" / "analysis.md").read_text()
+    assert "#### cross_ratio" in text and "conv8" in text
+    r = cli("analyze", tmp_path / "res", "--images", 40, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    csv = (tmp_path / "out" / "analysis.csv").read_text().splitlines()
+    assert (
+        len(csv) == 1 + 8 and (tmp_path / "out" / "figures" / "analysis_cross_ratio.png").exists()
+    )
+    values = [float(v) for v in csv[1].split(",")[-9:]]
+    assert all(math.isfinite(v) or math.isnan(v) for v in values)
+
+
+def test_analyze_bad_input_is_one_line(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = cli("analyze", tmp_path / "empty")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    run = tmp_path / "other"
+    assert (
+        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu", live=False)["status"]
+        == "finished"
+    )
+    from safetensors.torch import save_file
+
+    save_file({"classifier.weight": torch.zeros(3, 3, 1, 1)}, str(run / runs.WEIGHTS))
+    r = cli("analyze", run)
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "largeCNN" in r.stderr

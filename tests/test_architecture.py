@@ -1,0 +1,167 @@
+"""The package's layout, checked: layers that import only downwards, no private names across
+modules, short functions and thin CLI commands (README, Library)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "softmaso"
+
+# Each module's layer: a module imports only modules of lower layers (lazy imports included).
+LAYERS = {
+    # foundations: no softmaso imports beyond these
+    "softmaso": 0,
+    "softmaso.errors": 0,
+    "softmaso.io": 1,
+    "softmaso.ui": 0,
+    "softmaso.timing": 0,
+    # the theory and the building blocks
+    "softmaso.config": 1,
+    "softmaso.recipes": 2,
+    "softmaso.theory.specs": 1,
+    "softmaso.theory.gmm": 1,
+    "softmaso.theory.vq": 2,
+    "softmaso.theory": 3,
+    "softmaso.nn.beta": 0,
+    "softmaso.nn.pooling": 2,
+    "softmaso.nn.activations": 2,
+    "softmaso.nn": 3,
+    "softmaso.theory.checks": 4,
+    "softmaso.models": 4,
+    "softmaso.orthogonality": 2,
+    "softmaso.data": 2,
+    # run directories, experiments, training
+    "softmaso.runs": 2,
+    "softmaso.experiments": 3,
+    "softmaso.loop": 3,
+    "softmaso.compiled": 3,
+    "softmaso.packing": 5,
+    "softmaso.training": 5,
+    "softmaso.packed_training": 6,
+    # reading results back, benchmarks, launching, the command line
+    "softmaso.reporting": 0,
+    "softmaso.reporting.figure1": 4,
+    "softmaso.reporting.tables": 4,
+    "softmaso.reporting.curves": 5,
+    "softmaso.reporting.report": 6,
+    "softmaso.reporting.theory": 5,
+    "softmaso.analysis": 5,
+    "softmaso.reporting.analysis": 6,
+    "softmaso.bench": 7,
+    "softmaso.launch": 7,
+    "softmaso.cli": 8,
+    "softmaso.__main__": 9,
+}
+CLI_BODY_MAX, FUNCTION_MAX = 40, 60
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text(), filename=str(path))
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(tree: ast.Module) -> list[tuple[str, list[str], int]]:
+    """(module, names imported from it, line) of every softmaso import, lazy ones too."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("softmaso"):
+            out.append((node.module, [a.name for a in node.names], node.lineno))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("softmaso")]
+    return out
+
+
+def _targets(module: str, names: list[str]) -> list[str]:
+    """The modules an import statement reaches (``from softmaso import runs`` -> softmaso.runs)."""
+    subs = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
+    return subs or [module]
+
+
+def test_every_module_has_a_layer():
+    assert set(MODULES) <= set(LAYERS), f"add to LAYERS: {sorted(set(MODULES) - set(LAYERS))}"
+
+
+def test_modules_import_only_lower_layers():
+    wrong = []
+    for name, tree in MODULES.items():
+        for module, names, line in _imports(tree):
+            for target in _targets(module, names):
+                if target != "softmaso" and LAYERS[target] >= LAYERS[name]:
+                    wrong.append(f"{name}:{line} imports {target} (layer {LAYERS[target]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_private_name_crosses_a_module():
+    wrong = []
+    aliases = {n.rsplit(".", 1)[-1] for n in MODULES}
+    for name, tree in MODULES.items():
+        for module, names, line in _imports(tree):
+            crossing = [n for n in names if _private(n) and module != name]
+            wrong += [f"{name}:{line} {module}.{n}" for n in crossing]
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and _private(node.attr)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+            ):
+                wrong.append(f"{name}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _functions(tree: ast.Module):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def _is_command(node) -> bool:
+    return any(
+        isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+        for d in node.decorator_list
+    )
+
+
+def test_library_functions_are_short():
+    long = [
+        f"{name}.{f.name}: {f.end_lineno - f.lineno + 1} lines"
+        for name, tree in MODULES.items()
+        for f in _functions(tree)
+        if not _is_command(f) and f.end_lineno - f.lineno + 1 > FUNCTION_MAX
+    ]
+    assert not long, "\n".join(long)
+
+
+def test_cli_commands_are_thin():
+    """A command parses, builds its options, calls one library function and prints."""
+    fat = []
+    for f in _functions(MODULES["softmaso.cli"]):
+        if not _is_command(f):
+            continue
+        body = f.body[1:] if ast.get_docstring(f) else f.body
+        lines = body[-1].end_lineno - body[0].lineno + 1
+        if lines > CLI_BODY_MAX:
+            fat.append(f"cli.{f.name}: {lines} lines")
+    assert not fat, "\n".join(fat)
+
+
+def test_the_benchmark_is_a_leaf():
+    users = [
+        name
+        for name, tree in MODULES.items()
+        for module, names, _ in _imports(tree)
+        if "softmaso.bench" in _targets(module, names) and name != "softmaso.cli"
+    ]
+    assert not users, users
