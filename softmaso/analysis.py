@@ -27,6 +27,8 @@ every unit) this module measures, per layer:
 - ``prior_last`` and ``prior_last_init``: the Thm. 2 prior pi[k, r] proportional to
   exp(B[k, r] + ||A[k, r]||^2 / 2) of the last region, averaged over units, for the trained
   weights and for the same run's weights at initialisation (Appendix C).
+- ``learned_beta``: where the nonlinearity learns its beta (swish, ``model.learn_beta``), the
+  mean over the layer's channels of what it converged to (NaN otherwise).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from softmaso.config import RunConfig
 from softmaso.data import Preprocessor, load_data
 from softmaso.errors import UserError
 from softmaso.models import activation_spec, build_model
+from softmaso.orthogonality import apply_orthogonality
 from softmaso.theory.specs import MaxAffineSpec
 
 STATISTICS = (
@@ -55,6 +58,7 @@ STATISTICS = (
     "joint_map_changes",
     "prior_last",
     "prior_last_init",
+    "learned_beta",
 )
 MAX_SWEEPS = 20  # coordinate ascent stops earlier when a sweep changes nothing
 
@@ -187,9 +191,21 @@ def _shape_of(state: dict[str, torch.Tensor], path: Path) -> tuple[int, int]:
 
 
 def initial_model(cfg: RunConfig, classes: int, in_channels: int) -> nn.Module:
-    """The run's network at initialisation (training.build seeds the model the same way)."""
+    """The run's network at initialisation, its effective weights (exact: orthonormalised) as
+    training.build makes them from the seed."""
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, num_classes=classes, in_channels=in_channels).eval()
+    model = build_model(cfg.model, num_classes=classes, in_channels=in_channels)
+    apply_orthogonality(model.ortho_convs(), cfg.ortho)
+    return model.eval()
+
+
+@torch.no_grad()
+def learned_beta(activation: nn.Module) -> float:
+    """The mean over channels of a learnt beta (a beta-VQ activation's), else NaN."""
+    beta = getattr(activation, "beta", None)
+    if beta is None or not getattr(beta, "learnable", False):
+        return float("nan")
+    return beta.beta().double().mean().item()
 
 
 @torch.no_grad()
@@ -229,5 +245,6 @@ def analyze_run(
             flat = flat[torch.randperm(flat.shape[0], generator=gen)[:decisions]]
         stats = layer_statistics(flat, fold(block[0], block[1]), spec)
         stats["prior_last_init"] = region_prior_last(fold(block0[0], block0[1]), spec)
+        stats["learned_beta"] = learned_beta(block[2])
         rows.append({"layer": f"conv{i + 1}", "units": u.shape[1], **stats})
     return rows

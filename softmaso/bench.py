@@ -325,6 +325,20 @@ def _step_figures(device, base, width: float, quick: bool, timing: dict, log) ->
             "ratio": t["plain"] / t["softmaso"],
         }
     }
+    log("(a) the same step in bf16 (train.amp) ...")
+    bf16 = {
+        "fp32": _softmaso_step(base),
+        "bf16": _softmaso_step(_setup(device, amp=True, width=width)),
+    }
+    t = _guarded(lambda: interleaved(bf16, device, **timing))
+    out["a_bf16"] = (
+        t
+        if "error" in t
+        else {
+            "images_per_s": 50 / t["bf16"],
+            "speedup": t["fp32"] / t["bf16"],
+        }
+    )
     if device.type == "cuda" or not quick:  # ~12 s to compile cold on 2 CPU cores
         log("(a) the same step with train.compile ...")
         steps, repeats = timing["steps"], timing["repeats"]
@@ -341,6 +355,8 @@ def _ortho_figures(device, base, width: float, quick: bool, timing: dict, log) -
     variants["penalty"] = _softmaso_step(_setup(device, "penalty", width=width))
     variants.update({k: _softmaso_step(s) for k, s in exact.items()})
     variants["exact_python_gs"] = _softmaso_step(_setup(device, "exact", sgs=True, width=width))
+    for mode in ("so", "srip", "torch"):  # the other methods of `reproduce ortho-methods`
+        variants[mode] = _softmaso_step(_setup(device, mode, width=width))
     steps, repeats = timing["steps"], timing["repeats"]
     n_rounds = repeats if quick else 2 * repeats  # the targets are a few percent: more rounds
     times = rounds(variants, device, steps=steps, repeats=n_rounds)
@@ -472,6 +488,12 @@ def _step_rows(res: dict[str, Any]):
     yield "(a) softmaso step, images/s (batch 50)", f"{a['softmaso_images_per_s']:.1f}"
     yield "(a) plain loop, images/s", f"{a['plain_images_per_s']:.1f}"
     yield "(a) ratio softmaso / plain (target >= 0.97)", f"{a['ratio']:.3f}"
+    b = res.get("a_bf16")
+    if b is not None:
+        value = (
+            b["error"] if "error" in b else f"{b['images_per_s']:.1f} ({b['speedup']:.2f}x fp32)"
+        )
+        yield "(a) bf16 step (train.amp), images/s", value
     c = res.get("a_compiled")
     if c is not None and "error" in c:
         yield "(a) train.compile", c["error"]

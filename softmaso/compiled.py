@@ -66,7 +66,7 @@ def template_for(model: nn.Module) -> nn.Module:
 
 
 def _forward(template, state, x, y, outputs, amp: bool):
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = functional_call(template, state, (x,))
     return outputs(logits, y)
 
@@ -94,7 +94,7 @@ class CompiledForward:
 
     `model` must keep its parameter and buffer tensors (in-place updates only: optimiser steps,
     ``load_state_dict``); it must be in training mode when called (the template always is).
-    `amp`: bf16 autocast, on CUDA only (as the eager step).
+    `amp`: bf16 autocast (as the eager step).
     """
 
     def __init__(
@@ -115,7 +115,7 @@ class CompiledForward:
             torch._dynamo.mark_static_address(t, guard=False)
         self.outputs = outputs
         self.cuda = device.type == "cuda"
-        self.amp = amp and self.cuda
+        self.amp = amp
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):

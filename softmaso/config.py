@@ -105,12 +105,18 @@ class ModelConfig(_Strict):
 
 
 class OrthoConfig(_Strict):
-    mode: Literal["none", "penalty", "exact"] = Field(
+    mode: Literal["none", "penalty", "exact", "so", "srip", "torch"] = Field(
         "none",
         description="none: baseline; penalty: loss + weight * sum_{k!=k'} <W_k, W_k'>^2 per "
-        "conv [paper eq. 11]; exact: filters reparametrised to be orthonormal [paper Sec. 5]",
+        "conv [paper eq. 11]; exact: filters reparametrised to be orthonormal [paper Sec. 5]; "
+        "so: loss + weight * ||G - I||_F^2, srip: loss + weight * sigma_max(G - I) [Bansal et "
+        "al. 2018], G the Gram matrix of the filters (of their columns where there are more "
+        "filters than values per filter); torch: torch.nn.utils.parametrizations.orthogonal "
+        "of the flattened filters (columns where wide), a second exact method",
     )
-    weight: float = Field(1.0, ge=0, description="penalty weight lambda, dimensionless [paper: 1]")
+    weight: float = Field(
+        1.0, ge=0, description="weight lambda of penalty, so or srip [paper: 1 for penalty]"
+    )
     apodize: bool = Field(
         False, description="multiply filters by a 2-D Hamming window [paper App. B]"
     )
@@ -140,7 +146,11 @@ class TrainConfig(_Strict):
     epochs: int = Field(
         150, gt=0, description="passes over the training set [authors: 150; CIFAR-100: 200]"
     )
-    amp: bool = Field(False, description="bf16 autocast on CUDA [ours]")
+    amp: bool = Field(
+        False,
+        description="bf16 autocast of the forward, on CUDA or a CPU (fast where the CPU has "
+        "bf16 units: AVX512-BF16, AMX) [ours]",
+    )
     compile: bool = Field(
         False,
         description="torch.compile the training forward and loss, once per model shape in a "

@@ -378,10 +378,12 @@ class HammingApodize(nn.Module):
 
 
 # --------------------------------------------------------------------------- the trainer
-def _wanted(cfg: OrthoConfig) -> list[nn.Module]:
+def _wanted(cfg: OrthoConfig, module: nn.Module) -> list[nn.Module]:
     chain: list[nn.Module] = [HammingApodize()] if cfg.apodize else []
     if cfg.mode == "exact":
         chain.append(Orthonormal(method=cfg.method))
+    elif cfg.mode == "torch":
+        chain.append(TorchOrthogonal(module.weight))
     return chain
 
 
@@ -397,7 +399,7 @@ def apply_orthogonality(convs: Sequence[nn.Module], cfg: OrthoConfig) -> None:
     without ``apodize``. Calling it again with the same cfg is a no-op; with another, an error.
     """
     for module in convs:
-        register_chain(module, _wanted(cfg))
+        register_chain(module, _wanted(cfg, module))
 
 
 def register_chain(module: nn.Module, chain: list[nn.Module]) -> None:
@@ -415,10 +417,83 @@ def register_chain(module: nn.Module, chain: list[nn.Module]) -> None:
 
 
 def ortho_loss(convs: Sequence[nn.Module], cfg: OrthoConfig) -> torch.Tensor | None:
-    """cfg.weight * penalty of the effective weights for ``penalty`` mode, else None."""
-    if cfg.mode != "penalty":
+    """cfg.weight * the loss term of ``penalty``, ``so`` or ``srip`` over the effective
+    weights; None for the other modes."""
+    term = LOSS_TERMS.get(cfg.mode)
+    if term is None:
         return None
-    return cfg.weight * penalty(m.weight for m in convs)
+    terms = [term(m.weight) for m in convs]
+    return cfg.weight * (torch.stack(terms).sum() if terms else torch.zeros(()))
+
+
+def _gram_minus_identity(w: torch.Tensor) -> torch.Tensor:
+    """G - I for the Gram matrix G of w's filters, or of their columns where there are more
+    filters than values per filter (the identity is then the attainable target; Bansal et al.'s
+    double soft orthogonality penalises both, and only this half can reach zero)."""
+    with _no_autocast(w):
+        rows = at_least_fp32(w).reshape(w.shape[0], -1)  # (C_out, n)
+        if rows.shape[0] > rows.shape[1]:
+            rows = rows.T
+        gram = rows @ rows.T
+        return gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+
+
+def soft_orthogonality(w: torch.Tensor) -> torch.Tensor:
+    """SO (Bansal et al., NeurIPS 2018): ||G - I||_F^2, a 0-dim tensor."""
+    return _gram_minus_identity(w).square().sum()
+
+
+SRIP_ITERATIONS = 2  # [Bansal et al.: two power iterations per step]
+
+
+def srip(w: torch.Tensor) -> torch.Tensor:
+    """SRIP (Bansal et al., NeurIPS 2018): the spectral norm of G - I, by power iterations.
+
+    The start vector is the same at every step (drawn once from a fixed seed), not fresh random
+    as in their code, so that a resumed run draws nothing a straight one would not.
+    """
+    m = _gram_minus_identity(w)
+    g = torch.Generator(device="cpu").manual_seed(m.shape[0])
+    v = torch.randn(m.shape[0], 1, generator=g, dtype=m.dtype).to(m.device)
+    for _ in range(SRIP_ITERATIONS):
+        u = m @ v
+        v = u / u.norm().clamp_min(1e-12)
+    return (m @ v).norm()
+
+
+LOSS_TERMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "penalty": gram_penalty,
+    "so": soft_orthogonality,
+    "srip": srip,
+}
+
+
+class TorchOrthogonal(nn.Module):
+    """Parametrisation: conv filters from ``torch.nn.utils.parametrizations.orthogonal`` (ortho
+    mode ``torch``), a second exact method beside :class:`Orthonormal`.
+
+    torch's parametrisation orthogonalises the last two axes of a tensor, so it is registered
+    on a (C_out, n) matrix held here (its transpose where C_out > n: orthonormal columns, as
+    ``exact``), started from the conv's initial filters; the conv's own weight is then unused.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        from torch.nn.utils.parametrizations import orthogonal
+
+        self.shape = tuple(weight.shape)
+        flat = weight.detach().reshape(self.shape[0], -1)
+        self.wide = flat.shape[0] > flat.shape[1]
+        self.matrix = nn.Linear(1, 1, bias=False)  # a holder for the parametrised matrix
+        self.matrix.weight = nn.Parameter((flat.T if self.wide else flat).clone())
+        orthogonal(self.matrix, "weight")
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        q = self.matrix.weight
+        return same_layout((q.T if self.wide else q).reshape(self.shape), w)
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return w
 
 
 # What each orthogonality mode acts on, logged per layer beside the common ``ortho_error``:

@@ -35,6 +35,7 @@ from softmaso.loop import EpochStats, run_epochs
 from softmaso.orthogonality import layer_diagnostics
 from softmaso.packing import (
     PACK_MIN_SPEEDUP,
+    PACKABLE_MODES,
     PackedAdam,
     PackedLargeCNN,
     apply_packed_orthogonality,
@@ -379,14 +380,16 @@ def plan_units(
 
     Runs (anything with a ``.cfg``) with the same :func:`pack_key` form a group (Table 2: the
     30 runs of a dataset); a group is cut into packs of at most `size` runs, and into at least
-    one pack per device where it has the runs, so that every device gets work.
+    one pack per device where it has the runs, so that every device gets work. Runs of an
+    ortho.mode that does not pack (so, srip, torch) are single units.
     """
     if pack is False or size < 2:
         return [[run] for run in todo]
     groups: dict[str, list[T]] = {}
+    units = [[run] for run in todo if cfg(run).ortho.mode not in PACKABLE_MODES]
     for run in todo:
-        groups.setdefault(pack_key(cfg(run)), []).append(run)
-    units = []
+        if cfg(run).ortho.mode in PACKABLE_MODES:
+            groups.setdefault(pack_key(cfg(run)), []).append(run)
     for group in groups.values():
         n = max(-(-len(group) // size), min(devices, len(group)))  # packs in this group
         per = -(-len(group) // n)

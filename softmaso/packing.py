@@ -56,6 +56,7 @@ from softmaso.orthogonality import (
     register_chain,
 )
 
+PACKABLE_MODES = ("none", "penalty", "exact")  # so, srip and torch train alone
 PACK_MIN_SPEEDUP = 1.1  # pack only when the measured step is this much faster [ours: noise]
 
 
@@ -185,6 +186,9 @@ def apply_packed_orthogonality(model: PackedLargeCNN, orthos: Sequence[OrthoConf
     """
     if len(orthos) != model.runs:
         raise ValueError(f"{len(orthos)} ortho configs for a pack of {model.runs} runs")
+    unpackable = sorted({o.mode for o in orthos} - set(PACKABLE_MODES))
+    if unpackable:
+        raise ValueError(f"ortho.mode {unpackable} do not pack; packs hold {PACKABLE_MODES}")
     exact = _one({o.mode == "exact" for o in orthos}, "exact with non-exact runs", orthos)
     apodize = _one({o.apodize for o in orthos}, "apodised with plain runs", orthos)
     method = _one({o.method for o in orthos}, "orthonormalisation methods", orthos)

@@ -77,8 +77,9 @@ def cpu_cores() -> int:
 
 
 def autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on the device when `amp` (``train.amp``), on CUDA and on CPUs alike."""
+    if amp:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -119,8 +119,18 @@ def test_analyze_a_trained_run_and_a_folder_through_the_cli(cli, tmp_path):
     assert (
         len(csv) == 1 + 8 and (tmp_path / "out" / "figures" / "analysis_cross_ratio.png").exists()
     )
-    values = [float(v) for v in csv[1].split(",")[-9:]]
-    assert all(math.isfinite(v) or math.isnan(v) for v in values)
+    header, first = csv[0].split(","), dict(zip(csv[0].split(","), csv[1].split(","), strict=True))
+    assert first["learned_beta"] == "" and "learned_beta" not in text  # ReLU learns no beta
+    assert all(math.isfinite(float(first[k])) for k in header[header.index("active_fraction") : -1])
+
+
+def test_analyze_reports_learnt_betas(tmp_path):
+    run = tmp_path / "swish"
+    cfg = tiny(**{"train.epochs": 1, "model.activation": "swish"})
+    assert training.fit(cfg, run, device="cpu", live=False)["status"] == "finished"
+    rows = analysis.analyze_run(run, images=20, decisions=200)
+    betas = [r["learned_beta"] for r in rows]
+    assert all(0 < b < 1 for b in betas) and len(set(betas)) > 1
 
 
 def test_analyze_bad_input_is_one_line(cli, tmp_path):

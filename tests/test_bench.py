@@ -12,7 +12,9 @@ def test_bench_reports_every_figure_on_a_narrow_model():
         torch.device("cpu"), quick=True, width=0.0625, cifar_sized=False, log=lambda m: None
     )
     assert res["a_step"]["softmaso_images_per_s"] > 0 and res["a_step"]["ratio"] > 0
-    assert set(res["b_ortho"]) == {"none", "penalty", "exact", "exact_qr", "exact_python_gs"}
+    modes = {"none", "penalty", "exact", "exact_qr", "exact_python_gs", "so", "srip", "torch"}
+    assert set(res["b_ortho"]) == modes
+    assert res["a_bf16"]["images_per_s"] > 0 and res["a_bf16"]["speedup"] > 0
     for k in ("exact", "exact_qr"):  # full-width bounds in test_orthogonality; here, narrow
         ortho = res["b_orthonormality"][k]
         assert ortho["steps"] == 8 and 0 < ortho["max_error_non_square"] < 1e-5

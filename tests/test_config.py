@@ -45,7 +45,9 @@ def test_unknown_key_names_key_file_and_closest(tmp_path):
 
 
 def test_wrong_value_names_key_and_what_is_allowed(tmp_path):
-    with pytest.raises(UserError, match=r"ortho.mode.*'none', 'penalty' or 'exact'"):
+    with pytest.raises(
+        UserError, match=r"ortho.mode.*'none', 'penalty', 'exact', 'so', 'srip' or 'torch'"
+    ):
         load_recipe(_write(tmp_path, "ortho:\n  mode: sometimes\n"))
     with pytest.raises(UserError, match=r"--set optim.batch_size.*greater than 0"):
         load_recipe(_write(tmp_path, "seed: 0\n"), ["optim.batch_size=0"])

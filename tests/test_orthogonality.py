@@ -324,3 +324,70 @@ def _ortho_errors(convs) -> list[float]:
     """Each conv's ortho_error, as logged per epoch."""
     names = [f"c{i}" for i in range(len(convs))]
     return list(layer_diagnostics([c.weight for c in convs], names)[0]["ortho_error"].values())
+
+
+# ------------------------------------------------------------------ SO, SRIP, torch (issue 17)
+def test_so_and_srip_vanish_on_orthonormal_filters_and_pull_others_towards_them():
+    from softmaso.orthogonality import soft_orthogonality, srip
+
+    g = torch.Generator().manual_seed(0)
+    for c_out, n in ((6, 12), (24, 9)):  # tall and wide (conv1: more filters than values)
+        q = torch.linalg.qr(
+            torch.randn(max(c_out, n), min(c_out, n), generator=g, dtype=torch.float64)
+        )[0]
+        w = (q if c_out > n else q.T).reshape(c_out, n, 1, 1)  # orthonormal rows, or columns
+        assert soft_orthogonality(w).item() < 1e-24 and srip(w).item() < 1e-12
+        w = torch.randn(c_out, n, 1, 1, generator=g, dtype=torch.float64, requires_grad=True)
+        for term in (soft_orthogonality, srip):
+            (grad,) = torch.autograd.grad(term(w), w)
+            assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+        rows = w.detach().reshape(c_out, n)
+        rows = rows.T if c_out > n else rows
+        m = rows @ rows.T - torch.eye(rows.shape[0], dtype=torch.float64)
+        assert soft_orthogonality(w).item() == pytest.approx(m.square().sum().item())
+        top = torch.linalg.matrix_norm(m, ord=2).item()
+        assert 0 < srip(w).item() <= top * (1 + 1e-9)  # two power iterations: from below
+
+
+def test_torch_mode_gives_orthonormal_filters_that_train():
+    from softmaso.config import OrthoConfig
+    from softmaso.orthogonality import apply_orthogonality, ortho_loss, orthonormality_error
+
+    for c_in, c_out in ((8, 6), (1, 24)):
+        conv = torch.nn.Conv2d(c_in, c_out, 3)
+        apply_orthogonality([conv], OrthoConfig(mode="torch"))
+        assert orthonormality_error(conv.weight) < 1e-5
+        opt = torch.optim.Adam(conv.parameters(), lr=0.05)
+        x = torch.randn(4, c_in, 6, 6)
+        before = conv.weight.detach().clone()
+        for _ in range(3):
+            loss = conv(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert orthonormality_error(conv.weight) < 1e-5
+        assert not torch.allclose(conv.weight, before)  # it learns, on the orthogonal group
+    assert ortho_loss([conv], OrthoConfig(mode="torch")) is None
+
+
+def test_new_modes_train_alone_and_never_pack(tmp_path):
+    from test_training import tiny
+
+    from softmaso import training
+    from softmaso.packed_training import plan_units
+
+    cfgs = [
+        tiny(**{"train.epochs": 1, "ortho.mode": m, "ortho.weight": 0.1})
+        for m in ("so", "srip", "torch")
+    ]
+    for i, cfg in enumerate(cfgs):
+        res = training.fit(cfg, tmp_path / str(i), device="cpu", live=False)
+        assert res["status"] == "finished"
+    both = [tiny(seed=s) for s in (0, 1)] + cfgs
+
+    class R:
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+    units = plan_units([R(c) for c in both], pack=True)
+    assert sorted(len(u) for u in units) == [1, 1, 1, 2]

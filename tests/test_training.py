@@ -269,3 +269,16 @@ def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch
     assert res["status"] == "finished" and res["epochs"] == 2
     assert [r["epoch"] for r in _rows(tmp_path)] == [1, 2]
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_bf16_autocast_trains_on_a_cpu(tmp_path):
+    """train.amp on a CPU: the forward in bf16, the loss and the weights in fp32."""
+    fp32 = training.fit(tiny(**{"train.epochs": 1}), tmp_path / "a", device="cpu", live=False)
+    bf16 = training.fit(
+        tiny(**{"train.epochs": 1, "train.amp": True}), tmp_path / "b", device="cpu", live=False
+    )
+    assert fp32["status"] == bf16["status"] == "finished"
+    loss = [_rows(tmp_path / d)[0]["train_loss"] for d in ("a", "b")]
+    assert loss[0] != loss[1] and abs(loss[0] - loss[1]) < 0.1  # bf16 rounding, same training
+    s = training.build(tiny(**{"train.amp": True}), torch.device("cpu"))
+    assert all(p.dtype == torch.float32 for p in s.model.parameters())

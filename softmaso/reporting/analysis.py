@@ -23,6 +23,7 @@ LABELS = {
     "joint_map_changes": "decisions changed by the joint MAP of (10)",
     "prior_last": "Thm. 2 prior of the active region, trained",
     "prior_last_init": "Thm. 2 prior of the active region, at init (App. C)",
+    "learned_beta": "learnt beta, mean over the layer's channels (eq. 8-9)",
 }
 
 
@@ -53,7 +54,8 @@ def analyze(
     csv = out / "analysis.csv"
     tables.write_table(frame.to_csv(index=False, float_format="%.6g"), csv)
     md = out / "analysis.md"
-    tables.write_table(markdown(frame, keys, title=_title(target, images, decisions)), md)
+    text = markdown(frame, keys, title=_title(target, images, decisions)) + _stamp()
+    tables.write_table(text, md)
     return [csv, md, *figures(frame, keys, out / "figures")]
 
 
@@ -81,6 +83,21 @@ def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
     ]
     members.sort(key=lambda m: [tables.rank(k, m[1][k]) for k in [*keys, "seed"]])
     return members, keys
+
+
+def _stamp() -> str:
+    """The command, commit, CPU and date that made the analysis."""
+    import shlex
+    import sys
+
+    import torch
+
+    env = runs.environment(torch.device("cpu"))
+    command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return (
+        f"\nMade by `{command}` at commit {env['git_commit'] or 'unknown'} on "
+        f"{env['device']['name']} ({env['device']['threads']} threads), {env['date']}.\n"
+    )
 
 
 def _title(target: Path, images: int, decisions: int) -> str:
@@ -121,7 +138,7 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
     ]
     lines += ["Final test accuracy (fraction): " + "; ".join(accuracy) + ".", ""]
     layers = list(dict.fromkeys(frame["layer"]))
-    for stat in STATISTICS:
+    for stat in _present(frame):
         lines += [f"#### {stat}: {LABELS[stat]}", ""]
         head = ["layer", *(name for name, _ in groups)]
         head += [f"p, {name} vs {base}" for name, _ in groups if name != base]
@@ -143,6 +160,11 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
         "defined in softmaso/analysis.py and the README (Trained networks)."
     )
     return "\n".join(lines) + "\n"
+
+
+def _present(frame) -> list[str]:
+    """The statistics with at least one value (learned_beta only where betas are learnt)."""
+    return [s for s in STATISTICS if frame[s].notna().any()]
 
 
 def _mean_std(v: tuple[float, ...]) -> str:
@@ -167,7 +189,7 @@ def figures(frame, keys: list[str], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     layers = list(dict.fromkeys(frame["layer"]))
     paths = []
-    for stat in STATISTICS:
+    for stat in _present(frame):
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         for name, group in _groups(frame, keys):
             by = group.groupby("layer", sort=False)[stat]

@@ -24,7 +24,14 @@ from softmaso.errors import UserError
 from softmaso.reporting import tables
 from softmaso.reporting.figure1 import save_figure
 
-COLORS = {"none": "tab:blue", "penalty": "tab:red", "exact": "tab:green"}
+COLORS = {
+    "none": "tab:blue",
+    "penalty": "tab:red",
+    "exact": "tab:green",
+    "so": "tab:orange",
+    "srip": "tab:brown",
+    "torch": "tab:olive",
+}
 COLUMNS = ("dir", "status", "seed", "epoch", "test_acc", "train_loss", "ortho_error_mean", "smoke")
 
 

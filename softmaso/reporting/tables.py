@@ -37,12 +37,19 @@ PROTECTED = ("data.name", "ortho.mode")
 ROW_PRIORITY = ("data.name", "recipe", "ortho.mode")
 COLUMN_KEY = "optim.lr"
 DATASETS = ("svhn", "cifar10", "cifar100")  # the paper's row order
-ORTHO_MODES = ("penalty", "exact")
+ORTHO_MODES = ("penalty", "exact", "so", "srip", "torch")
 ORDER = {"data.name": DATASETS, "recipe": DATASETS, "ortho.mode": ("none", *ORTHO_MODES)}
 DESCENDING = ("optim.lr",)
 DISPLAY = {
     "data.name": {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"},
-    "ortho.mode": {"none": "baseline", "penalty": "ortho (penalty)", "exact": "ortho (exact)"},
+    "ortho.mode": {
+        "none": "baseline",
+        "penalty": "ortho (penalty)",
+        "exact": "ortho (exact)",
+        "so": "SO (Bansal)",
+        "srip": "SRIP (Bansal)",
+        "torch": "exact (torch)",
+    },
 }
 SMOKE_TITLE = "SMOKE RUN — synthetic stand-in data, not the paper's numbers"
 FOOTNOTE = (
