@@ -16,8 +16,8 @@ Checks, each timed and guarded (a failure is reported and the next check runs):
   reproduce_smoke     `softmaso reproduce table2 --smoke --runs 1` with default flags, in a
                       fresh process (--small: one dataset, one narrow epoch)
 On a machine with torch but no network, carry the wheels softmaso needs beside torch
-(`make gpu-wheels` puts them in .whl/) and install them with `pip install --no-index
---find-links .whl softmaso`, or put the checkout on PYTHONPATH.
+(`make gpu-wheels` puts them in .whl/), `pip install --no-index --no-deps --target /tmp/site
+.whl/*.whl`, and run with PYTHONPATH=/tmp/site:$PWD (as benchmarks/gpu-check.sh does).
 """
 
 from __future__ import annotations

@@ -347,8 +347,8 @@ def reproduce(
     experiment: Annotated[
         str,
         typer.Argument(
-            help="table2, gs-cifar100, fashion, figure1, theory or all; or a recipe file with "
-            "a sweep: (my.yaml)."
+            help="table2, gs-cifar100, fashion, activations, ortho-methods, figure1, theory or "
+            "all; or a recipe file with a sweep: (my.yaml)."
         ),
     ],
     runs_: Annotated[
@@ -411,8 +411,10 @@ def reproduce(
     table2: 3 datasets x {baseline, ortho penalty} x 3 learning rates x 5 seeds = 90 runs, then
     the table beside the paper's numbers and the learning curves. gs-cifar100: exact
     orthogonality + swish on CIFAR-100, 5 seeds. fashion: baseline, penalty and exact on
-    Fashion-MNIST, 5 seeds, sized for a 2-core CPU. A recipe file with a sweep: runs as a grid
-    the same way (results/STEM/). figure1, theory: the theory half. all: every one of them.
+    Fashion-MNIST, 5 seeds, sized for a 2-core CPU. activations: relu, swish and beta-VQ
+    units (the paper's future work). ortho-methods: the paper's penalty and exact against SO,
+    SRIP and torch's orthogonal parametrisation. A recipe file with a sweep: runs as a grid the
+    same way (results/STEM/). figure1, theory: the theory half. all: every one of them.
     """
     import shlex
 

@@ -125,7 +125,7 @@ class OrthoConfig(_Strict):
         description="how exact computes Gram-Schmidt: cholesky, of the float64 Gram matrix, "
         "matmuls and no host sync, orthonormal to ~1e-8 * cond(W) (1e-7 for largeCNN's "
         "layers, 1e-5 for its square one at init); qr, Householder (LAPACK), orthonormal to "
-        "~1e-6 at any conditioning, 1-4% of a step slower on 2 CPU cores [ours]",
+        "~1e-6 at any conditioning, slower on a CPU (softmaso bench) [ours]",
     )
 
 

@@ -115,7 +115,8 @@ def _with_seeds(recipe, n: int):
 def write_grid(
     root: Path, experiment: str, todo: list[Run], *, smoke: bool, recipe_files=None
 ) -> None:
-    """grid.json: what the experiment expects, so `softmaso table` can show missing runs.
+    """grid.json: what the experiment expects (each run's directory, settings and resolved
+    config), so `softmaso table` can show missing runs without reading the recipes.
 
     One results folder holds one experiment: a folder holding another's grid is refused.
     `recipe_files` ({recipe name: file}) is recorded for experiments made from a recipe file.
@@ -126,7 +127,12 @@ def write_grid(
         "smoke": smoke,
         "created": runs.now(),
         "runs": [
-            {"dir": str(r.dir.relative_to(root)), "recipe": r.recipe, "settings": r.settings}
+            {
+                "dir": str(r.dir.relative_to(root)),
+                "recipe": r.recipe,
+                "settings": r.settings,
+                "config": r.cfg.to_dict(),
+            }
             for r in todo
         ],
     }

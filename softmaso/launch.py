@@ -398,7 +398,15 @@ class Selection:
     overrides: tuple[str, ...] = ()
 
 
-EVERYTHING = ("theory", "figure1", "table2", "gs-cifar100", "fashion", "activations")
+EVERYTHING = (
+    "theory",
+    "figure1",
+    "table2",
+    "gs-cifar100",
+    "fashion",
+    "activations",
+    "ortho-methods",
+)
 
 
 def check_names(experiment: str) -> list[str]:

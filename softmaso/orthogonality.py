@@ -312,8 +312,8 @@ class Orthonormal(nn.Module):
     largeCNN's layers, 1e-5 for its square 1x1 layer at init); NaN, reported as divergence,
     only for cond(W) near 1e8.
     method "qr": Householder QR (``torch.linalg.qr``, LAPACK on the CPU), rows orthonormal to
-    float32 rounding (~1e-6) for any full-rank W; 1-4% of a training step slower on 2 CPU
-    cores (``softmaso bench``: ``exact`` and ``exact_qr``).
+    float32 rounding (~1e-6) for any full-rank W; slower on a CPU (``softmaso bench`` (b):
+    ``exact`` and ``exact_qr``).
     """
 
     def __init__(self, *, method: Method = "cholesky"):

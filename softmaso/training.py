@@ -62,7 +62,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def set_threads(threads: int | None) -> None:
     """Use `threads` CPU threads for torch's operators in this process (None: leave torch's
     default, every core). Two processes that each use every core slow each other down many
-    times over (measured: a 2-core epoch took 1,033 s instead of 153 s), so a grid of CPU
+    times over (benchmarks/RESULTS.md), so a grid of CPU
     workers gives each a share."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -116,7 +116,7 @@ def _eager_forward(model, tensors, device: torch.device, amp: bool, outputs, x, 
             return outputs(model(x), y)
         # All parametrised weights computed first, then served from the cache to the forward:
         # run back to back, exact's eight orthonormalisations (and their backward, which the
-        # autograd engine then also runs last) cost 2-3 points less of a CPU step than each
+        # autograd engine then also runs last) cost less of a CPU step than each
         # just before its conv (``softmaso bench``). The same values either way.
         with parametrize.cached():
             for module, name in tensors:
