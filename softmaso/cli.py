@@ -561,12 +561,12 @@ def bench(
     """Measure the training step against a plain loop and compiled, the cost of
     orthogonality, evaluation throughput, packing, the projected Table 2 grid time and peak
     memory (medians, interleaved runs)."""
-    import json
 
     from rich.console import Console
 
+    from softmaso import runs
     from softmaso.bench import measure, render
-    from softmaso.io import atomic_write, check_output_file
+    from softmaso.io import check_output_file
     from softmaso.training import resolve_device
 
     if json_path is not None:
@@ -574,7 +574,7 @@ def bench(
     res = measure(resolve_device(device), quick=quick, log=lambda m: typer.echo(m, err=True))
     Console().print(render(res))
     if json_path is not None:
-        atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(res, indent=2) + "\n"))
+        runs.write_json(json_path, res)
         typer.echo(f"wrote {json_path}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -69,18 +68,17 @@ def render(results: list[CheckResult], console: Console) -> None:
 
 
 def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int) -> None:
+    """theory.json: every check's result, Table 1, and what produced them."""
     import sys
 
     import torch
 
-    from softmaso import __version__
-    from softmaso.io import atomic_write
-    from softmaso.runs import git_commit
+    from softmaso import __version__, runs
 
     doc = {
         "softmaso": __version__,
         "command": "softmaso " + " ".join(sys.argv[1:]),
-        "git_commit": git_commit(),
+        "git_commit": runs.git_commit(),
         "torch": torch.__version__,
         "device": "cpu (float64)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -98,7 +96,7 @@ def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int
         ],
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+    runs.write_json(Path(path), doc)
 
 
 def check_claims(*, seed: int = 0, trials: int = 200, json_path: Path | None = None) -> bool:
