@@ -78,6 +78,10 @@ def _compiled(mode: str | None) -> Callable:
     warnings.filterwarnings("ignore", r"`torch\._prims_common\.check` is deprecated", FutureWarning)
     # "No CUDA runtime is found", on the CPU: true, and beside the point
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # a pack compiled after a single run in one process (the packing probe, bench) would
+    # otherwise become a dynamic-shape graph ("size mismatch at index 1"): each shape gets
+    # its own static graph instead
+    torch._dynamo.config.automatic_dynamic_shapes = False
     if mode == "reduce-overhead":
         from torch._inductor import config as inductor
 

@@ -333,6 +333,35 @@ class Orthonormal(nn.Module):
         return f"method={self.method!r}"
 
 
+def prefill_orthonormal(modules: Iterable[nn.Module]) -> None:
+    """Inside ``parametrize.cached()``: the ``exact`` weights of same-shaped layers (largeCNN:
+    conv2-3, conv5-7) orthonormalised in one batched call per shape, and put in the cache that
+    ``module.weight`` then reads; the other layers are left to their parametrisation.
+
+    Fewer, larger factorisations; the same values as layer by layer, up to the rounding of
+    batched products. Uses parametrize's cache (keyed by module and tensor name).
+    """
+    cache_enabled = getattr(parametrize, "_cache_enabled", None)
+    if cache_enabled is None or not hasattr(parametrize, "_cache"):
+        return  # another torch: each layer computes its own weight, as before
+    if not cache_enabled:
+        raise RuntimeError("prefill_orthonormal belongs inside parametrize.cached()")
+    groups: dict[tuple, list[nn.Module]] = {}
+    for m in modules:
+        chain = m.parametrizations["weight"] if parametrize.is_parametrized(m, "weight") else []
+        if len(chain) == 1 and isinstance(chain[0], Orthonormal):
+            w = chain.original
+            key = (w.shape, w.stride(), w.dtype, w.device, chain[0].method)
+            groups.setdefault(key, []).append(m)
+    for (shape, *_, method), members in groups.items():
+        if len(members) < 2:
+            continue
+        stacked = torch.cat([m.parametrizations["weight"].original for m in members])
+        q = orthonormalise(stacked, method, runs=len(members))
+        for m, w in zip(members, q.split(shape[0]), strict=True):
+            parametrize._cache[(id(m), "weight")] = w
+
+
 def sgs_reference(w: torch.Tensor) -> torch.Tensor:
     """The authors' approach, for benchmarks: a python loop of classical Gram-Schmidt.
 

@@ -57,6 +57,10 @@ from softmaso.training import (
 )
 
 T = TypeVar("T")
+# A pack evaluates P runs on each chunk of test images: chunks shrink with P so that a chunk
+# holds at most this many single-run evaluation batches (a 30-run pack at batch 500 per run
+# would hold 15,000 images: 5.5 GiB for conv1's output alone at full width)
+PACK_EVAL_FACTOR = 4
 
 
 def pack_key(cfg: RunConfig) -> str:
@@ -199,7 +203,8 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
     pack.model.eval()
     loss_sum = torch.zeros(P, device=device, dtype=torch.float64)
     correct = torch.zeros(P, device=device, dtype=torch.long)
-    bs = cfg.train.eval_batch_size
+    # a chunk holds P copies of its images: at most PACK_EVAL_FACTOR single-run batches' worth
+    bs = max(1, min(cfg.train.eval_batch_size, PACK_EVAL_FACTOR * cfg.train.eval_batch_size // P))
     with parametrize.cached():
         for i in range(0, len(data.y_test), bs):
             x, y = prep(data.x_test[i : i + bs]), data.y_test[i : i + bs]

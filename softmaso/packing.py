@@ -316,16 +316,17 @@ def _the_group(opt: PackedAdam, params: list[torch.Tensor]) -> dict[str, Any]:
 
 
 def _adam_group(group: dict, p: int, n: int, options: Mapping[str, Any] | None) -> dict:
-    """Run p's param group as torch.optim.Adam writes it (this torch version's keys)."""
+    """Run p's param group as torch.optim.Adam writes it (this torch version's keys). The
+    implementation options (fused, foreach) are written in, not given to the CPU stand-in
+    Adam that lists the keys: fused Adam on a CPU tensor needs torch >= 2.4."""
     adam = torch.optim.Adam(
         [torch.zeros(1)],
         lr=group["lr"][p],
         weight_decay=group["weight_decay"][p],
         betas=group["betas"],
         eps=group["eps"],
-        **(options or {}),
     )
-    return {**adam.state_dict()["param_groups"][0], "params": list(range(n))}
+    return {**adam.state_dict()["param_groups"][0], **(options or {}), "params": list(range(n))}
 
 
 def _adam_state(opt: PackedAdam, params: list[torch.Tensor], p: int) -> dict[int, dict]:

@@ -33,7 +33,12 @@ from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import UserError
 from softmaso.loop import EpochStats, run_epochs
 from softmaso.models import build_model, check_input_size
-from softmaso.orthogonality import apply_orthogonality, layer_diagnostics, ortho_loss
+from softmaso.orthogonality import (
+    apply_orthogonality,
+    layer_diagnostics,
+    ortho_loss,
+    prefill_orthonormal,
+)
 
 
 # ------------------------------------------------------------------------------------ device
@@ -119,6 +124,7 @@ def _eager_forward(model, tensors, device: torch.device, amp: bool, outputs, x, 
         # autograd engine then also runs last) cost less of a CPU step than each
         # just before its conv (``softmaso bench``). The same values either way.
         with parametrize.cached():
+            prefill_orthonormal(dict.fromkeys(module for module, _ in tensors))
             for module, name in tensors:
                 getattr(module, name)
             return outputs(model(x), y)

@@ -391,3 +391,27 @@ def test_new_modes_train_alone_and_never_pack(tmp_path):
 
     units = plan_units([R(c) for c in both], pack=True)
     assert sorted(len(u) for u in units) == [1, 1, 1, 2]
+
+
+def test_same_shaped_layers_are_orthonormalised_in_one_batched_call():
+    from torch.nn.utils import parametrize
+
+    from softmaso.config import ModelConfig
+    from softmaso.models import build_model
+    from softmaso.orthogonality import orthonormalise, prefill_orthonormal
+
+    model = build_model(ModelConfig(width=0.125), num_classes=10).double()
+    model = model.to(memory_format=torch.channels_last)
+    apply_orthogonality(model.ortho_convs(), OrthoConfig(mode="exact"))
+    convs = model.ortho_convs()
+    originals = [c.parametrizations["weight"].original for c in convs]
+    with parametrize.cached():
+        prefill_orthonormal(convs)
+        cached = set(parametrize._cache)
+        weights = [c.weight for c in convs]
+    assert {(id(c), "weight") for c in convs[1:3] + convs[4:7]} == cached  # conv2-3, conv5-7
+    for w, original in zip(weights, originals, strict=True):
+        assert torch.allclose(w, orthonormalise(original), atol=1e-12)
+        assert w.is_contiguous(memory_format=torch.channels_last)
+    sum(w.sum() for w in weights).backward()
+    assert all(o.grad is not None and torch.isfinite(o.grad).all() for o in originals)

@@ -160,8 +160,10 @@ def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
 
 
 def test_exact_weights_are_all_orthonormalised_before_the_forward_with_the_same_result():
-    """The eager step computes every parametrised weight first (faster on the CPU), and its
-    loss and gradients equal those of the plain forward, which computes each at its conv."""
+    """The eager step computes every parametrised weight first, same-shaped layers in one
+    batched call (conv2-3, conv5-7; faster on the CPU), and its loss and gradients equal
+    those of the plain forward, which computes each at its conv, up to the rounding of the
+    batched products."""
     from torch.nn.utils import parametrize
 
     from softmaso.orthogonality import Orthonormal
@@ -178,15 +180,15 @@ def test_exact_weights_are_all_orthonormalised_before_the_forward_with_the_same_
     y = s.data.y_train[:50]
 
     loss, _ = s.forward(x, y)
-    assert calls == ["ortho"] * 8 + ["conv"] * 8
+    assert calls == ["ortho"] * 3 + ["conv"] * 8  # conv1, conv4, conv8 alone; the rest batched
     grads = torch.autograd.grad(loss, list(s.model.parameters()))
     calls.clear()
     plain, _ = training.single_outputs(s.model(x), y)
     assert calls == ["conv", "ortho"] * 8  # the pre-hook runs before the conv reads its weight
     assert not parametrize.is_parametrized(s.model.classifier)
-    assert torch.equal(loss, plain)
+    assert torch.allclose(loss, plain, rtol=1e-5, atol=0)
     for g, h in zip(grads, torch.autograd.grad(plain, list(s.model.parameters())), strict=True):
-        assert torch.equal(g, h)
+        assert torch.allclose(g, h, rtol=1e-3, atol=1e-5 * h.abs().max().item())
 
 
 _KEPT = """

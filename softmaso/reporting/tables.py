@@ -33,12 +33,18 @@ BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed")
 # how often checkpoints are written and how evaluation is chunked [ours].
 NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size")
 # Keys always shown when they vary, even when another key determines them.
-PROTECTED = ("data.name", "ortho.mode")
-ROW_PRIORITY = ("data.name", "recipe", "ortho.mode")
+PROTECTED = ("data.name", "ortho.mode", "model.activation")
+ROW_PRIORITY = ("data.name", "recipe", "ortho.mode", "model.activation")
 COLUMN_KEY = "optim.lr"
 DATASETS = ("svhn", "cifar10", "cifar100")  # the paper's row order
 ORTHO_MODES = ("penalty", "exact", "so", "srip", "torch")
-ORDER = {"data.name": DATASETS, "recipe": DATASETS, "ortho.mode": ("none", *ORTHO_MODES)}
+ORDER = {
+    "data.name": DATASETS,
+    "recipe": DATASETS,
+    "ortho.mode": ("none", *ORTHO_MODES),
+    "model.activation": ("relu", "swish", "beta"),
+    "model.spec": ("relu", "abs", "leaky_relu", "pieces"),
+}
 DESCENDING = ("optim.lr",)
 DISPLAY = {
     "data.name": {"svhn": "SVHN", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"},
