@@ -485,6 +485,7 @@ def table(
     """Tabulate finished runs: mean +- std over seeds (ddof 1) with n, rows and columns from the
     keys that vary; missing, started (unfinished) and diverged runs are shown, never averaged in."""
     from softmaso.reporting import tables
+    from softmaso.reporting.frame import collect
 
     if fmt not in ("markdown", "latex", "csv", "json"):
         raise UserError("--format", f"{fmt!r}; use markdown, latex, csv or json")
@@ -492,7 +493,7 @@ def table(
         from softmaso.io import check_output_file
 
         check_output_file(out, where="--out")
-    text = tables.render(tables.summarize(tables.collect(results_dir)), fmt, paper=paper)
+    text = tables.render(tables.summarize(collect(results_dir)), fmt, paper=paper)
     tables.write_table(text, out)
 
 

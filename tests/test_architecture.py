@@ -42,6 +42,8 @@ LAYERS = {
     # reading results back, benchmarks, launching, the command line
     "softmaso.reporting": 0,
     "softmaso.reporting.figure1": 4,
+    "softmaso.reporting.frame": 3,
+    "softmaso.reporting.paper": 0,
     "softmaso.reporting.tables": 4,
     "softmaso.reporting.curves": 5,
     "softmaso.reporting.report": 6,

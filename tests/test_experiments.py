@@ -58,7 +58,7 @@ def test_a_sweep_key_must_exist(tmp_path):
 
 def test_grid_json_records_each_runs_config_and_tables_read_it(tmp_path):
     """A missing run is placed from grid.json alone: the recipe file may be gone."""
-    from softmaso.reporting import tables
+    from softmaso.reporting.frame import collect
 
     recipe = tmp_path / "g.yaml"
     recipe.write_text(
@@ -71,5 +71,5 @@ def test_grid_json_records_each_runs_config_and_tables_read_it(tmp_path):
     grid = json.loads((root / runs.GRID).read_text())
     assert [r["config"]["optim"]["lr"] for r in grid["runs"]] == [0.002, 0.002]
     recipe.unlink()
-    frame = tables.collect(root)
+    frame = collect(root)
     assert list(frame["status"]) == ["missing", "missing"] and set(frame["optim.lr"]) == {0.002}

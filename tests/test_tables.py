@@ -12,6 +12,8 @@ from scipy.stats import ttest_ind
 from softmaso.config import RunConfig, dump_yaml
 from softmaso.errors import UserError
 from softmaso.reporting import tables
+from softmaso.reporting.frame import collect
+from softmaso.reporting.paper import PAPER_TABLE2, welch_p
 
 LRS = (0.001, 0.0005, 0.0001)
 MODES = ("none", "penalty")
@@ -76,7 +78,7 @@ def table2(tmp_path):
     for name in DATASETS:
         for mode in MODES:
             for lr in LRS:
-                paper = tables.PAPER_TABLE2[(name, mode, lr)][0]
+                paper = PAPER_TABLE2[(name, mode, lr)][0]
                 for seed, off in enumerate(OFFSETS):
                     acc = (paper + off) / 100
                     write_run(
@@ -111,11 +113,11 @@ def table2(tmp_path):
 
 
 def ours(name, mode, lr):
-    return [tables.PAPER_TABLE2[(name, mode, lr)][0] + off for off in OFFSETS]
+    return [PAPER_TABLE2[(name, mode, lr)][0] + off for off in OFFSETS]
 
 
 def test_collect_states_and_columns(table2):
-    df = tables.collect(table2)
+    df = collect(table2)
     assert len(df) == 54 + 3
     assert list(df.columns[:4]) == ["dir", "status", "acc", "smoke"]
     assert {"data.name", "optim.lr", "ortho.mode", "seed", "model.width"} <= set(df.columns)
@@ -133,7 +135,7 @@ def test_collect_states_and_columns(table2):
 
 
 def test_summarize_table2_layout_and_statistics(table2):
-    s = tables.summarize(tables.collect(table2))
+    s = tables.summarize(collect(table2))
     assert s.row_keys == ("data.name", "ortho.mode") and s.col_key == "optim.lr"
     assert s.cols == LRS  # descending, as in the paper
     assert s.rows == tuple((n, m) for n in DATASETS for m in MODES)
@@ -152,7 +154,7 @@ def test_summarize_table2_layout_and_statistics(table2):
 
 
 def test_markdown_cells_footnote_and_counts(table2):
-    text = tables.render(tables.summarize(tables.collect(table2)), "markdown")
+    text = tables.render(tables.summarize(collect(table2)), "markdown")
     lines = text.splitlines()
     assert lines[0].startswith("### table2") and "SMOKE" not in text
     header = next(line for line in lines if line.startswith("| data.name"))
@@ -176,7 +178,7 @@ def test_markdown_cells_footnote_and_counts(table2):
 
 
 def test_paper_columns_and_welch_test(table2):
-    s = tables.summarize(tables.collect(table2))
+    s = tables.summarize(collect(table2))
     cell = s.cell(("cifar10", "penalty"), 0.001)
     v = tables.versus(s, cell)
     assert (v.paper_mean, v.paper_std) == (84.0, 0.3)
@@ -199,14 +201,14 @@ def test_paper_columns_and_welch_test(table2):
 
 
 def test_welch_is_na_below_two_runs():
-    assert tables.welch_p((80.0,), (79.0, 79.5)) is None
-    assert tables.welch_p((80.0, 81.0), (79.0, 79.5)) == pytest.approx(
+    assert welch_p((80.0,), (79.0, 79.5)) is None
+    assert welch_p((80.0, 81.0), (79.0, 79.5)) == pytest.approx(
         ttest_ind([80.0, 81.0], [79.0, 79.5], equal_var=False).pvalue
     )
 
 
 def test_csv_and_json_round_trip(table2):
-    s = tables.summarize(tables.collect(table2))
+    s = tables.summarize(collect(table2))
     rows = list(csv.DictReader(io.StringIO(tables.render(s, "csv", paper=True))))
     assert len(rows) == 18
     assert list(rows[0])[:10] == [
@@ -244,7 +246,7 @@ def test_csv_and_json_round_trip(table2):
 
 
 def test_latex_is_booktabs_and_escaped(table2):
-    text = tables.render(tables.summarize(tables.collect(table2)), "latex", paper=True)
+    text = tables.render(tables.summarize(collect(table2)), "latex", paper=True)
     for part in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"$\pm$"):
         assert part in text
     assert "±" not in text and "—" not in text
@@ -286,7 +288,7 @@ def test_unfinished_cell_and_duplicate_seed(tmp_path):
         **settings("cifar10", "penalty", 0.001, 2),
     )
     write_grid(tmp_path, [("cifar10", "penalty", 0.001, s) for s in range(5)])
-    s = tables.summarize(tables.collect(tmp_path))
+    s = tables.summarize(collect(tmp_path))
     assert s.row_keys == ("ortho.mode",) and s.col_key is None  # one dataset, one lr
     text = tables.render(s, "markdown", paper=True)
     assert "| ortho (penalty) | — (2 started, 1 pending, 2 missing) |" in text
@@ -315,7 +317,7 @@ def test_smoke_is_labelled_everywhere(tmp_path):
                 )
                 entries.append((recipe, mode, 0.001, seed))
     write_grid(tmp_path, entries, smoke=True)
-    s = tables.summarize(tables.collect(tmp_path))
+    s = tables.summarize(collect(tmp_path))
     assert s.smoke and s.row_keys == ("recipe", "ortho.mode") and s.rows[0] == ("svhn", "none")
     md = tables.render(s, "markdown", paper=True)
     assert md.startswith("### SMOKE RUN") and md.count("(n=2)") == 4
@@ -335,7 +337,7 @@ def test_rows_come_from_the_varying_keys(tmp_path):
                 acc=0.6 + width / 10 + seed / 100,
                 **{"model.width": width, "seed": seed},
             )
-    s = tables.summarize(tables.collect(tmp_path))
+    s = tables.summarize(collect(tmp_path))
     assert (
         s.row_keys == ("model.width",) and s.col_key is None and s.rows == ((0.5,), (1.0,), (2.0,))
     )
@@ -348,24 +350,24 @@ def test_rows_come_from_the_varying_keys(tmp_path):
 
 def test_bad_directories_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist") as e:
-        tables.collect(tmp_path / "nope")
+        collect(tmp_path / "nope")
     assert e.value.where == "RESULTS_DIR"
     with pytest.raises(UserError, match="empty or not a softmaso results directory"):
-        tables.collect(tmp_path)
+        collect(tmp_path)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match="empty or not a softmaso results directory"):
-        tables.collect(tmp_path)
+        collect(tmp_path)
     (tmp_path / "grid.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="not a softmaso grid"):
-        tables.collect(tmp_path)
+        collect(tmp_path)
     with pytest.raises(UserError, match="--format"):
         tables.render(None, "html")
     (tmp_path / "grid.json").unlink()
     run = write_run(tmp_path, "run", recipe="table2")
     (run / "config.yaml").write_bytes(b"\xff\xfe\x00 binary")
     with pytest.raises(UserError, match="no readable run .*config.yaml cannot be read"):
-        tables.collect(tmp_path)
+        collect(tmp_path)
 
 
 def test_write_table_is_atomic_file_or_stdout(tmp_path, capsys):

@@ -12,6 +12,8 @@ from softmaso.analysis import STATISTICS, analyze_run
 from softmaso.errors import UserError
 from softmaso.io import atomic_group, check_output_dir
 from softmaso.reporting import tables
+from softmaso.reporting.frame import collect
+from softmaso.reporting.paper import welch_p
 
 LABELS = {
     "active_fraction": "decisions in the last (active) region",
@@ -65,7 +67,7 @@ def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
         status, result, _ = runs.status(target)
         acc = result["final_test_acc"] if status == "finished" else math.nan
         return [(target, {"acc": acc})], []
-    frame = tables.collect(target)  # UserError where there are no runs at all
+    frame = collect(target)  # UserError where there are no runs at all
     done = frame[frame["status"] == "finished"]
     done = done[[(target / d / runs.WEIGHTS).is_file() for d in done["dir"]]]
     if done.empty:
@@ -151,7 +153,7 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
                 cells.append(_mean_std(v))
             for name, _ in groups:
                 if name != base:
-                    p = tables.welch_p(values[name], values[base])
+                    p = welch_p(values[name], values[base])
                     cells.append("—" if p is None else f"{p:.2g}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -23,6 +23,7 @@ from softmaso import runs as rundir
 from softmaso.errors import UserError
 from softmaso.reporting import tables
 from softmaso.reporting.figure1 import save_figure
+from softmaso.reporting.frame import collect
 
 COLORS = {
     "none": "tab:blue",
@@ -72,7 +73,7 @@ def _curves(results_dir: Path):
     import pandas as pd
 
     root = Path(results_dir)
-    found = tables.collect(root)
+    found = collect(root)
     row_keys, col_key, _ = tables.table_keys(found)
     keys = [*row_keys, *([col_key] if col_key else [])]
     if "ortho.mode" not in keys:

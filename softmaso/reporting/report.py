@@ -8,11 +8,12 @@ from pathlib import Path
 from softmaso import runs
 from softmaso.errors import UserError
 from softmaso.reporting import curves, tables
+from softmaso.reporting.frame import collect
 
 
 def write_report(root: Path, *, paper: bool, command: str) -> list[Path]:
     """Write the table (markdown, LaTeX, CSV) and the learning curves of an experiment."""
-    summary = tables.summarize(tables.collect(root))
+    summary = tables.summarize(collect(root))
     stamp = f"Made by `{command}` at commit {runs.git_commit() or 'unknown'} on {runs.now()}."
     paths = []
     for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):

@@ -1,9 +1,5 @@
-"""Tables of runs: run directories -> one row per run -> mean ± std over seeds per cell.
-
-``collect(dir)`` finds every run directory under an experiment directory (any folder with a
-config.yaml) and, from ``grid.json``, the runs that were expected but never started. Each run
-gets a state: finished, diverged, started (no result yet: training, or interrupted), pending
-(config only) or missing. ``summarize`` picks the table's rows and columns from the config
+"""Tables of runs: a frame of runs (:func:`softmaso.reporting.frame.collect`) -> mean ± std
+over seeds per cell. ``summarize`` picks the table's rows and columns from the config
 keys that vary across runs (``optim.lr`` becomes the columns, as in the paper's Table 2), and
 ``render`` writes markdown, LaTeX, CSV or JSON, optionally beside the paper's Table 2.
 
@@ -23,12 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from softmaso import runs as rundir
 from softmaso.errors import UserError
+from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED
+from softmaso.reporting.paper import PAPER_SOURCE, paper_value, welch_p
 
-GRID = rundir.GRID
-UNFINISHED = ("diverged", "damaged", "started", "pending", "missing")
-BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed")
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
 # how often checkpoints are written and how evaluation is chunked [ours].
 NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size")
@@ -64,167 +58,8 @@ FOOTNOTE = (
     "counted in their cell, never averaged in."
 )
 
-# The paper's Table 2: (data.name, ortho.mode, optim.lr) -> (mean, std), accuracy in %, over
-# 5 runs. Typed from /work/shared/spec/paper-notes.md section 7 (Balestriero & Baraniuk,
-# "From Hard to Soft", ICLR 2019, Table 2); its "ortho" rows are the penalty of eq. 11.
-PAPER_SOURCE = "Balestriero & Baraniuk (ICLR 2019), Table 2"
-# The paper's setting besides those three keys: the full training set, largeCNN (App. D), ReLU.
-PAPER_SETUP = {"data.subset": None, "model.width": 1.0, "model.activation": "relu"}
-PAPER_TABLE2: dict[tuple[str, str, float], tuple[float, float]] = {
-    ("svhn", "none", 0.001): (94.3, 0.1),
-    ("svhn", "none", 0.0005): (94.4, 0.1),
-    ("svhn", "none", 0.0001): (93.4, 0.0),
-    ("svhn", "penalty", 0.001): (94.6, 0.2),
-    ("svhn", "penalty", 0.0005): (95.0, 0.2),
-    ("svhn", "penalty", 0.0001): (93.8, 0.1),
-    ("cifar10", "none", 0.001): (80.3, 0.4),
-    ("cifar10", "none", 0.0005): (80.2, 0.2),
-    ("cifar10", "none", 0.0001): (76.2, 0.3),
-    ("cifar10", "penalty", 0.001): (84.0, 0.3),
-    ("cifar10", "penalty", 0.0005): (82.3, 0.1),
-    ("cifar10", "penalty", 0.0001): (79.1, 0.2),
-    ("cifar100", "none", 0.001): (43.6, 0.2),
-    ("cifar100", "none", 0.0005): (44.1, 0.4),
-    ("cifar100", "none", 0.0001): (37.5, 0.5),
-    ("cifar100", "penalty", 0.001): (46.1, 0.2),
-    ("cifar100", "penalty", 0.0005): (46.3, 0.2),
-    ("cifar100", "penalty", 0.0001): (42.1, 0.3),
-}
-
 
 # ----------------------------------------------------------------------------------- collect
-def collect(results_dir: Path):
-    """One row per run, found or expected: dir, status, acc (fraction), smoke, config keys."""
-    import pandas as pd
-
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise UserError("RESULTS_DIR", f"{str(root)!r} does not exist or is not a directory")
-    grid = _read_grid(root)
-    smoke = bool(grid.get("smoke", False)) if grid else False
-    found, unplaced = [], []  # unplaced: damaged runs whose config cannot be read
-    for path in sorted(root.rglob(rundir.CONFIG)):
-        row = _read_run(root, path.parent, smoke)
-        (found if row.get("config") is not False else unplaced).append(row)
-    for row in found:
-        row.pop("config", None)
-    expected = _missing_runs(root, grid, found + unplaced) if grid else []
-    if not found and not expected:
-        if unplaced:
-            shown = "; ".join(f"{r['dir']}: {r['problem']}" for r in unplaced[:3])
-            raise UserError("RESULTS_DIR", f"no readable run in {str(root)!r} ({shown})")
-        raise UserError(
-            "RESULTS_DIR",
-            f"{str(root)!r} is empty or not a softmaso results directory "
-            f"(no run directory with {rundir.CONFIG}, no {GRID} listing runs)",
-        )
-    df = pd.DataFrame(found + expected)
-    keys = list(dict.fromkeys(k for row in found + expected for k in row))
-    df = df[[*BOOKKEEPING, *(k for k in keys if k not in BOOKKEEPING)]]
-    df["acc"] = df["acc"].astype(float)
-    df.attrs["name"] = (grid or {}).get("experiment") or root.resolve().name
-    df.attrs["unplaced"] = [f"{r['dir']}: {r['problem']}" for r in unplaced]
-    return df
-
-
-def _read_grid(root: Path) -> dict[str, Any] | None:
-    path = root / GRID
-    if not path.exists():
-        return None
-    grid = rundir.read_json(path)
-    if not isinstance(grid, dict) or not isinstance(grid.get("runs", []), list):
-        raise UserError(str(path), "not a softmaso grid (JSON object with a 'runs' list)")
-    entries = grid.get("runs", [])  # entries that are not {"dir": ...} objects are skipped
-    grid["runs"] = [e for e in entries if isinstance(e, dict) and isinstance(e.get("dir"), str)]
-    return grid
-
-
-def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
-    """A run's row: bookkeeping and config keys. A damaged run (unreadable result.json, an
-    accuracy outside [0, 1], ...) has status 'damaged' and its reason in 'problem'; one whose
-    config cannot be read has config False (it cannot be placed in the table)."""
-    rel = run_dir.relative_to(root).as_posix()
-    tree = rundir.read_config(run_dir)
-    if tree is None:
-        problem = f"{rundir.CONFIG} cannot be read (not a YAML mapping)"
-        return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
-    status, result, problem = rundir.status(run_dir)
-    row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke}
-    row.update(problem=problem, packed=False)
-    if result is not None:
-        row["packed"] = isinstance(result.get("packed_with"), int)
-        if isinstance(result.get("smoke"), bool):
-            row["smoke"] = result["smoke"]
-        if status == "finished":
-            row["acc"] = float(result["final_test_acc"])
-    return {**row, **rundir.flatten(tree)}
-
-
-def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
-    """Runs grid.json lists whose directory has no config.yaml, with their settings filled in."""
-    have = {row["dir"] for row in found}
-    smoke = bool(grid.get("smoke", False))
-    out = []
-    for entry in grid["runs"]:
-        rel = Path(str(entry.get("dir", ""))).as_posix()
-        if rel in have or (root / rel / rundir.CONFIG).exists():
-            continue
-        settings = {"recipe": entry.get("recipe"), **(entry.get("settings") or {})}
-        if isinstance(entry.get("config"), dict):  # recorded by the grid (since issue 15)
-            base = rundir.flatten(entry["config"])
-        else:  # an older grid.json: from the recipe's started runs, or its file
-            base = _recipe_values(
-                settings, found, grid.get("experiment"), smoke, grid.get("recipe_files")
-            )
-        out.append(
-            {
-                "dir": rel,
-                "status": "missing",
-                "acc": math.nan,
-                "smoke": smoke,
-                "problem": None,
-                "packed": False,
-                **base,
-                **settings,
-            }
-        )
-    return out
-
-
-def _recipe_values(
-    settings: dict[str, Any],
-    found: list[dict],
-    experiment: str | None,
-    smoke: bool,
-    recipe_files: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """The other config values of a missing run: those its recipe's started runs agree on,
-    or else the recipe file's (with the grid's smoke variant)."""
-    siblings = [row for row in found if row.get("recipe") == settings["recipe"]]
-    if siblings:
-        keys = [k for k in siblings[0] if k not in BOOKKEEPING]
-        return {
-            k: siblings[0][k]
-            for k in keys
-            if all(k in row and row[k] == siblings[0][k] for row in siblings)
-        }
-    from softmaso import recipes
-    from softmaso.config import read_recipe
-
-    files = [Path(f) for f in (recipe_files or {}).values()]
-    if not files:
-        files = [recipes.path_of(n) for n in recipes.EXPERIMENTS.get(experiment or "", [])]
-    for path in files:
-        if path.stem == settings["recipe"]:
-            point = {k: v for k, v in settings.items() if k != "recipe"}
-            try:
-                cfg = read_recipe(path).config(smoke=smoke, settings=point)
-            except UserError:
-                return {}
-            return rundir.flatten(cfg.to_dict())
-    return {}
-
-
 # --------------------------------------------------------------------------------- summarize
 @dataclass(frozen=True)
 class Cell:
@@ -431,35 +266,6 @@ class Versus:
     gain: float | None  # ours: this ortho mode's mean - the baseline's (same row, column)
     gain_paper: float | None  # the paper's ortho - baseline
     gain_p: float | None  # Welch's t-test of our gain, two-sided; None when a side has n < 2
-
-
-def paper_value(cell: Cell) -> tuple[float, float] | None:
-    """The paper's (mean, std) for a cell, if it is one of Table 2's 18 settings."""
-    s = cell.settings
-    lr = s.get("optim.lr")
-    if not isinstance(lr, (int, float)) or any(s.get(k) != v for k, v in PAPER_SETUP.items()):
-        return None
-    if s.get("ortho.mode") == "penalty" and s.get("ortho.weight") != 1.0:
-        return None
-    for (name, mode, paper_lr), value in PAPER_TABLE2.items():
-        same = s.get("data.name") == name and s.get("ortho.mode") == mode
-        if same and math.isclose(lr, paper_lr, rel_tol=1e-9):
-            return value
-    return None
-
-
-def welch_p(a: tuple[float, ...], b: tuple[float, ...]) -> float | None:
-    """Two-sided p-value of Welch's t-test; None when a side has fewer than 2 runs."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    import warnings
-
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():  # nearly equal samples: scipy warns, the p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(ttest_ind(a, b, equal_var=False).pvalue)
-    return None if math.isnan(p) else p
 
 
 def _baseline(summary: Summary, cell: Cell) -> Cell | None:

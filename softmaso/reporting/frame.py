@@ -1,0 +1,151 @@
+"""Runs as a DataFrame: every run directory under a results folder, and from ``grid.json``
+the runs that were expected but never started, one row each (``collect``).
+
+Each run gets a state: finished, diverged, damaged, started (no result yet: training, or
+interrupted), pending (config only) or missing; its config keys are columns (``optim.lr``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from softmaso import runs as rundir
+from softmaso.errors import UserError
+
+GRID = rundir.GRID
+UNFINISHED = ("diverged", "damaged", "started", "pending", "missing")
+BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed")
+
+
+def collect(results_dir: Path):
+    """One row per run, found or expected: dir, status, acc (fraction), smoke, config keys."""
+    import pandas as pd
+
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise UserError("RESULTS_DIR", f"{str(root)!r} does not exist or is not a directory")
+    grid = _read_grid(root)
+    smoke = bool(grid.get("smoke", False)) if grid else False
+    found, unplaced = [], []  # unplaced: damaged runs whose config cannot be read
+    for path in sorted(root.rglob(rundir.CONFIG)):
+        row = _read_run(root, path.parent, smoke)
+        (found if row.get("config") is not False else unplaced).append(row)
+    for row in found:
+        row.pop("config", None)
+    expected = _missing_runs(root, grid, found + unplaced) if grid else []
+    if not found and not expected:
+        if unplaced:
+            shown = "; ".join(f"{r['dir']}: {r['problem']}" for r in unplaced[:3])
+            raise UserError("RESULTS_DIR", f"no readable run in {str(root)!r} ({shown})")
+        raise UserError(
+            "RESULTS_DIR",
+            f"{str(root)!r} is empty or not a softmaso results directory "
+            f"(no run directory with {rundir.CONFIG}, no {GRID} listing runs)",
+        )
+    df = pd.DataFrame(found + expected)
+    keys = list(dict.fromkeys(k for row in found + expected for k in row))
+    df = df[[*BOOKKEEPING, *(k for k in keys if k not in BOOKKEEPING)]]
+    df["acc"] = df["acc"].astype(float)
+    df.attrs["name"] = (grid or {}).get("experiment") or root.resolve().name
+    df.attrs["unplaced"] = [f"{r['dir']}: {r['problem']}" for r in unplaced]
+    return df
+
+
+def _read_grid(root: Path) -> dict[str, Any] | None:
+    path = root / GRID
+    if not path.exists():
+        return None
+    grid = rundir.read_json(path)
+    if not isinstance(grid, dict) or not isinstance(grid.get("runs", []), list):
+        raise UserError(str(path), "not a softmaso grid (JSON object with a 'runs' list)")
+    entries = grid.get("runs", [])  # entries that are not {"dir": ...} objects are skipped
+    grid["runs"] = [e for e in entries if isinstance(e, dict) and isinstance(e.get("dir"), str)]
+    return grid
+
+
+def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
+    """A run's row: bookkeeping and config keys. A damaged run (unreadable result.json, an
+    accuracy outside [0, 1], ...) has status 'damaged' and its reason in 'problem'; one whose
+    config cannot be read has config False (it cannot be placed in the table)."""
+    rel = run_dir.relative_to(root).as_posix()
+    tree = rundir.read_config(run_dir)
+    if tree is None:
+        problem = f"{rundir.CONFIG} cannot be read (not a YAML mapping)"
+        return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
+    status, result, problem = rundir.status(run_dir)
+    row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke}
+    row.update(problem=problem, packed=False)
+    if result is not None:
+        row["packed"] = isinstance(result.get("packed_with"), int)
+        if isinstance(result.get("smoke"), bool):
+            row["smoke"] = result["smoke"]
+        if status == "finished":
+            row["acc"] = float(result["final_test_acc"])
+    return {**row, **rundir.flatten(tree)}
+
+
+def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
+    """Runs grid.json lists whose directory has no config.yaml, with their settings filled in."""
+    have = {row["dir"] for row in found}
+    smoke = bool(grid.get("smoke", False))
+    out = []
+    for entry in grid["runs"]:
+        rel = Path(str(entry.get("dir", ""))).as_posix()
+        if rel in have or (root / rel / rundir.CONFIG).exists():
+            continue
+        settings = {"recipe": entry.get("recipe"), **(entry.get("settings") or {})}
+        if isinstance(entry.get("config"), dict):  # recorded by the grid (since issue 15)
+            base = rundir.flatten(entry["config"])
+        else:  # an older grid.json: from the recipe's started runs, or its file
+            base = _recipe_values(
+                settings, found, grid.get("experiment"), smoke, grid.get("recipe_files")
+            )
+        out.append(
+            {
+                "dir": rel,
+                "status": "missing",
+                "acc": math.nan,
+                "smoke": smoke,
+                "problem": None,
+                "packed": False,
+                **base,
+                **settings,
+            }
+        )
+    return out
+
+
+def _recipe_values(
+    settings: dict[str, Any],
+    found: list[dict],
+    experiment: str | None,
+    smoke: bool,
+    recipe_files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The other config values of a missing run: those its recipe's started runs agree on,
+    or else the recipe file's (with the grid's smoke variant)."""
+    siblings = [row for row in found if row.get("recipe") == settings["recipe"]]
+    if siblings:
+        keys = [k for k in siblings[0] if k not in BOOKKEEPING]
+        return {
+            k: siblings[0][k]
+            for k in keys
+            if all(k in row and row[k] == siblings[0][k] for row in siblings)
+        }
+    from softmaso import recipes
+    from softmaso.config import read_recipe
+
+    files = [Path(f) for f in (recipe_files or {}).values()]
+    if not files:
+        files = [recipes.path_of(n) for n in recipes.EXPERIMENTS.get(experiment or "", [])]
+    for path in files:
+        if path.stem == settings["recipe"]:
+            point = {k: v for k, v in settings.items() if k != "recipe"}
+            try:
+                cfg = read_recipe(path).config(smoke=smoke, settings=point)
+            except UserError:
+                return {}
+            return rundir.flatten(cfg.to_dict())
+    return {}
