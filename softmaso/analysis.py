@@ -46,6 +46,7 @@ from softmaso.data import Preprocessor, load_data
 from softmaso.errors import UserError
 from softmaso.models import activation_spec, build_model
 from softmaso.orthogonality import apply_orthogonality
+from softmaso.theory.gmm import region_prior
 from softmaso.theory.specs import MaxAffineSpec
 
 STATISTICS = (
@@ -84,11 +85,8 @@ def fold(conv: nn.Conv2d, norm: nn.Module) -> Folded:
 
 def region_prior_last(layer: Folded, spec: MaxAffineSpec) -> float:
     """Thm. 2's prior of the last region, averaged over the layer's units."""
-    a = torch.tensor(spec.slopes, dtype=torch.float64)
-    c = torch.tensor(spec.offsets, dtype=torch.float64)
-    norms = (layer.weight * layer.weight).sum(1)  # ||w_k||^2
-    logits = a * layer.bias[:, None] + c + 0.5 * a**2 * norms[:, None]  # (K, R)
-    return torch.softmax(logits, dim=1)[:, -1].mean().item()
+    A, B = spec.as_maso(layer.weight, layer.bias)  # (K, R, D), (K, R)
+    return region_prior(A, B)[:, -1].mean().item()
 
 
 def joint_objective(scores: torch.Tensor, t: torch.Tensor, slopes, gram: torch.Tensor):

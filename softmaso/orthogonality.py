@@ -23,6 +23,7 @@ Symbols: W (C_out, n) flattened filters, G = W W^T (C_out, C_out) their Gram mat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
@@ -482,12 +483,18 @@ def srip(w: torch.Tensor) -> torch.Tensor:
     as in their code, so that a resumed run draws nothing a straight one would not.
     """
     m = _gram_minus_identity(w)
-    g = torch.Generator(device="cpu").manual_seed(m.shape[0])
-    v = torch.randn(m.shape[0], 1, generator=g, dtype=m.dtype).to(m.device)
+    v = _srip_start(m.shape[0], m.dtype, m.device)
     for _ in range(SRIP_ITERATIONS):
         u = m @ v
         v = u / u.norm().clamp_min(1e-12)
     return (m @ v).norm()
+
+
+@functools.cache
+def _srip_start(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """SRIP's start vector (n, 1): drawn once per size from a fixed seed, then reused."""
+    g = torch.Generator(device="cpu").manual_seed(n)
+    return torch.randn(n, 1, generator=g, dtype=dtype).to(device)
 
 
 LOSS_TERMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
