@@ -131,9 +131,14 @@ def _qr_reference(a: torch.Tensor) -> torch.Tensor:
     return (q * sign).mT
 
 
+@pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize("method", ["qr", "cholesky"])
 @pytest.mark.parametrize("shape", [(2, 5, 9), (3, 12, 12), (1, 96, 864)])
-def test_hand_written_backward_matches_autograd_through_qr(method, shape):
+def test_hand_written_backward_matches_autograd_through_qr(method, shape, blocked, monkeypatch):
+    """Also with the triangles' zero blocks skipped (`blocked`; m = 5: unequal halves)."""
+    from softmaso import orthogonality
+
+    monkeypatch.setattr(orthogonality, "_BLOCKED_MIN_MACS", 0 if blocked else 1 << 62)
     a = _randn(*shape, seed=13, dtype=torch.float64).requires_grad_()
     dq = _randn(*shape, seed=14, dtype=torch.float64)
     want = _qr_reference(a)
@@ -172,9 +177,13 @@ def test_gram_from_three_blocks_is_a_a_transposed(m):
     assert torch.allclose(_gram(a), a @ a.mT, rtol=1e-14, atol=1e-12)
 
 
+@pytest.mark.parametrize("blocked", [False, True])
 @pytest.mark.parametrize("method", ["qr", "cholesky"])
-def test_float32_backward_agrees_with_float64(method):
+def test_float32_backward_agrees_with_float64(method, blocked, monkeypatch):
     """The float32 path (oneDNN products on the CPU) against the float64 one (torch.matmul)."""
+    from softmaso import orthogonality
+
+    monkeypatch.setattr(orthogonality, "_BLOCKED_MIN_MACS", 0 if blocked else 1 << 62)
     a = _randn(2, 96, 864, seed=32, dtype=torch.float64)
     dq = _randn(2, 96, 864, seed=33, dtype=torch.float64)
     grads = []
