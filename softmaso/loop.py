@@ -51,8 +51,8 @@ class Stepper(Protocol):
 
     def lrs(self) -> list[float]: ...
 
-    def save(self, epoch: int) -> None:
-        """Each run's checkpoint after `epoch` epochs."""
+    def checkpoints(self, epoch: int) -> list[tuple[Path, dict]]:
+        """Each run's checkpoint after `epoch` epochs: (path, runs.checkpoint_state)."""
 
     def drop(self, bad: set[int]) -> Stepper | None:
         """The stepper without the runs at positions `bad` (None when none is left)."""
@@ -100,14 +100,16 @@ def run_epochs(
     )
     if start:
         rep.message(f"resuming after epoch {start} from {_checkpoints(stepper)}")
+    writer = runs.CheckpointWriter()
     try:
         peak_memory(stepper.device)  # the first epoch's peak starts here
         for epoch in range(start, cfg.train.epochs):
-            stepper, at = _epoch(stepper, at, epoch, rep, t0, ended)
+            stepper, at = _epoch(stepper, at, epoch, rep, t0, ended, writer)
             if stepper is None:
                 break
     finally:
         rep.close()
+        writer.close()  # the last checkpoints are on disk before any result is written
     if stepper is not None:
         stepper.export()
         for p, i in enumerate(at):
@@ -115,7 +117,7 @@ def run_epochs(
     return [ended[i] for i in range(n)]
 
 
-def _epoch(stepper, at, epoch, rep, t0, ended):
+def _epoch(stepper, at, epoch, rep, t0, ended, writer):
     """One epoch of every run; the stepper (and positions) left after dropping diverged runs."""
     cfg, device = stepper.cfgs[0], stepper.device
     t_start = time.perf_counter()
@@ -157,9 +159,8 @@ def _epoch(stepper, at, epoch, rep, t0, ended):
         history.append(row)
         rep.epoch(row, name=stepper.dirs[p].name if len(at) > 1 else None)
     if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-        stepper.save(epoch + 1)
-        for run_dir, history in zip(stepper.dirs, stepper.histories, strict=True):
-            runs.write_metrics(run_dir, history)
+        metrics = list(zip(stepper.dirs, stepper.histories, strict=True))
+        writer.submit(stepper.checkpoints(epoch + 1), metrics)  # written while training goes on
     return stepper, at
 
 

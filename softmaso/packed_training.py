@@ -254,20 +254,24 @@ class PackStepper:
             self.pack.model, self.pack.optimizer, adam_options=adam_options(self.device)
         )
 
-    def save(self, epoch: int) -> None:
+    def checkpoints(self, epoch: int) -> list[tuple[Path, dict]]:
         """Each run's single-run checkpoint (the pack split by unpack_state)."""
-        for cfg, run_dir, state, history in zip(
-            self.cfgs, self.dirs, self._states(), self.histories, strict=True
-        ):
-            runs.write_checkpoint(
+        return [
+            (
                 run_dir / runs.CHECKPOINT,
-                cfg=cfg,
-                data=self.data,
-                epoch=epoch,
-                history=history,
-                model=state["model"],
-                optimizer=state["optimizer"],
+                runs.checkpoint_state(
+                    cfg=cfg,
+                    data=self.data,
+                    epoch=epoch,
+                    history=history,
+                    model=state["model"],
+                    optimizer=state["optimizer"],
+                ),
             )
+            for cfg, run_dir, state, history in zip(
+                self.cfgs, self.dirs, self._states(), self.histories, strict=True
+            )
+        ]
 
     def drop(self, bad: set[int]) -> PackStepper | None:
         """The pack rebuilt without the runs in `bad` (their states are discarded)."""

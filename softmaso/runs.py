@@ -22,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,23 +233,84 @@ def status(run_dir: Path) -> tuple[str, dict[str, Any] | None, str | None]:
 CHECKPOINT_FORMAT = "softmaso-checkpoint-v1"
 
 
-def write_checkpoint(
-    path: Path, *, cfg: RunConfig, data, epoch: int, history: list[dict], model: dict, optimizer
-) -> None:
-    """One run's checkpoint (atomic): config, epoch, history, model and Adam state dicts."""
-    import torch
-
-    state = {
+def checkpoint_state(
+    *, cfg: RunConfig, data, epoch: int, history: list[dict], model: dict, optimizer: dict
+) -> dict[str, Any]:
+    """One run's checkpoint: config, epoch, history, model and Adam state dicts, as a snapshot
+    (tensors copied to the host, rows copied), so training can go on while it is written."""
+    return {
         "format": CHECKPOINT_FORMAT,
         "config": cfg.to_dict(),
         "num_classes": data.num_classes,
         "in_channels": int(data.x_train.shape[1]),
         "epoch": epoch,
-        "history": history,
-        "model": model,
-        "optimizer": optimizer,
+        "history": [dict(row) for row in history],
+        "model": _on_host(model),
+        "optimizer": _on_host(optimizer),
     }
+
+
+def _on_host(tree: Any) -> Any:
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _on_host(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_on_host(v) for v in tree)
+    return tree
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a :func:`checkpoint_state` to `path` atomically."""
+    import torch
+
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+class CheckpointWriter:
+    """Writes an epoch's checkpoints, then its metrics rows, on a background thread, so the
+    next epoch trains meanwhile (a 30-run pack at full width writes 30 files, 0.5 GB).
+
+    One batch at a time and in order: :meth:`submit` first waits for the batch before. An
+    error in a write is raised by the next :meth:`submit` or by :meth:`close`, which the
+    epoch loop always calls before it returns, so no process leaves a write half done (a
+    kill leaves the previous checkpoint, the truth on resume, and a temp file that
+    :func:`open_run` removes).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(
+        self, checkpoints: list[tuple[Path, dict]], metrics: list[tuple[Path, list[dict]]]
+    ) -> None:
+        """Write each (path, checkpoint_state) and then each (run_dir, rows) in the background."""
+        self.close()
+        metrics = [(run_dir, [dict(row) for row in rows]) for run_dir, rows in metrics]
+
+        def write() -> None:
+            try:
+                for path, state in checkpoints:
+                    write_checkpoint(path, state)
+                for run_dir, rows in metrics:
+                    write_metrics(run_dir, rows)
+            except BaseException as e:  # raised in the training thread by close()
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name="softmaso-checkpoints")
+        self._thread.start()
+
+    def close(self) -> None:
+        """Wait for the batch in flight; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -313,10 +313,9 @@ class RunStepper:
     def lrs(self) -> list[float]:
         return [self.s.optimizer.param_groups[0]["lr"]]
 
-    def save(self, epoch: int) -> None:
+    def checkpoints(self, epoch: int) -> list[tuple[Path, dict]]:
         s = self.s
-        runs.write_checkpoint(
-            self.dirs[0] / runs.CHECKPOINT,
+        state = runs.checkpoint_state(
             cfg=s.cfg,
             data=s.data,
             epoch=epoch,
@@ -324,6 +323,7 @@ class RunStepper:
             model=s.model.state_dict(),
             optimizer=s.optimizer.state_dict(),
         )
+        return [(self.dirs[0] / runs.CHECKPOINT, state)]
 
     def drop(self, bad: set[int]) -> None:
         return None  # a single run that diverged leaves nothing to train
