@@ -11,6 +11,8 @@ Checks, each timed and guarded (a failure is reported and the next check runs):
   table2_shape        a pack of 30 runs (2 in --small) at --width on a CIFAR-sized synthetic set
                       (--small: 500 images), one epoch with evaluation and checkpoints: time and
                       peak memory
+  pack_layout         training images/s of a 30-run pack (2 in --small) at --width in
+                      channels_last (the default) and in NCHW (cuDNN's grouped kernels)
   compiled            train.compile steps of none, exact and a pack, with inductor's count of
                       CUDA-graph skips (skipped with --skip compiled)
   reproduce_smoke     `softmaso reproduce table2 --smoke --runs 1` with default flags, in a
@@ -122,6 +124,36 @@ def table2_shape(device: torch.device, width: float, small: bool) -> dict:
     return out
 
 
+def pack_layout(device: torch.device, width: float, small: bool) -> dict:
+    """Training images/s of one pack (30 runs; --small: 2) in channels_last and in NCHW."""
+    from softmaso import packed_training
+
+    n, steps = (2, 3) if small else (30, 20)
+    cfgs = [config(width, 1000, seed=i) for i in range(n)]
+    s = training.build(cfgs[0], device)
+    batches = torch.stack([s.sampler.epoch(0)] * n, dim=1)  # (steps, P, B)
+    out, default = {}, packed_training.PACK_LAYOUT
+    try:
+        for name, layout in (("nhwc", torch.channels_last), ("nchw", torch.contiguous_format)):
+            packed_training.PACK_LAYOUT = layout
+            pack = new_pack(cfgs, s.data, device)
+            for i in range(steps + 3):
+                if i == 3:  # after warm-up (cuDNN's autotuning)
+                    sync(device)
+                    t0 = time.perf_counter()
+                idx = batches[i % len(batches)]
+                train_step_packed(pack, s.data, s.preprocess, idx, [None] * n)
+            sync(device)
+            out[f"{name}_images_per_s"] = n * steps * 50 / (time.perf_counter() - t0)
+            del pack
+    finally:
+        packed_training.PACK_LAYOUT = default
+    out["nchw_over_nhwc"] = out["nchw_images_per_s"] / out["nhwc_images_per_s"]
+    out["default"] = "nhwc" if default == torch.channels_last else "nchw"
+    out["ok"] = True  # a measurement: > 1 says the default layout should become NCHW
+    return out
+
+
 def compiled(device: torch.device, width: float, small: bool) -> dict:
     """train.compile steps of none, exact and a 3-run pack; inductor's CUDA-graph skips."""
     from torch._dynamo.utils import counters
@@ -178,6 +210,7 @@ CHECKS = {
     "eager_sync_free": eager_sync_free,
     "packed_vs_separate": packed_vs_separate,
     "table2_shape": table2_shape,
+    "pack_layout": pack_layout,
     "compiled": compiled,
     "reproduce_smoke": reproduce_smoke,
 }

@@ -106,6 +106,13 @@ def _seeded_state(cfg: RunConfig, data) -> dict[str, Any]:
     return {"model": make_model(cfg, data).state_dict()}
 
 
+# The memory layout of a pack's weights and inputs. channels_last (NHWC), as single runs:
+# oneDNN's and cuDNN's fast layout for dense convolutions; cuDNN's grouped weight-gradient
+# kernels are said to be slower in NHWC, and benchmarks/gpu_check.py (pack_layout) times a
+# pack in both layouts so that a GPU machine can tell (issue 16, finding 5).
+PACK_LAYOUT = torch.channels_last
+
+
 def _make_pack(
     cfgs: list[RunConfig],
     dirs: list[Path],
@@ -123,7 +130,7 @@ def _make_pack(
         in_channels=int(data.x_train.shape[1]),
     )
     apply_packed_orthogonality(model, [c.ortho for c in cfgs])
-    model = place(model, device)
+    model = place(model, device).to(memory_format=PACK_LAYOUT)
     opt = PackedAdam(
         model.parameters(),
         runs=len(cfgs),
@@ -165,7 +172,7 @@ def train_step_packed(
     if cfg.data.augment:  # each run its own draws, as alone
         x = torch.stack([augment(x[p], gens[p]) for p in range(P)])
     x = pack_inputs(x)  # (B, P*C, H, W)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=PACK_LAYOUT)
     y = data.y_train[idx]  # (P, B)
     total, per_run, correct = pack.forward(x, y)  # logits (B, P, K) inside
     if pack.penalty is not None:
@@ -209,7 +216,7 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
         for i in range(0, len(data.y_test), bs):
             x, y = prep(data.x_test[i : i + bs]), data.y_test[i : i + bs]
             x = x.repeat(1, P, 1, 1)  # every run sees the same images: (B, P*C, H, W)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=PACK_LAYOUT)
             with autocast(device, cfg.train.amp):
                 logits = pack.model(x).float()  # (B, P, K)
             ys = y.expand(P, -1)  # (P, B)

@@ -20,7 +20,10 @@ def test_the_gpu_check_dry_runs_on_a_cpu(tmp_path):
     assert _module().main([*args, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["compiled"]["status"] == "SKIPPED"
-    for name in ("eager_sync_free", "packed_vs_separate", "table2_shape", "reproduce_smoke"):
+    checks = ("eager_sync_free", "packed_vs_separate", "table2_shape", "pack_layout")
+    for name in (*checks, "reproduce_smoke"):
         assert report[name]["status"] == "OK", report[name]
     assert report["packed_vs_separate"]["max_relative_loss_difference"] < 1e-4
     assert report["table2_shape"]["checkpoints"] == 2
+    layouts = report["pack_layout"]
+    assert layouts["nhwc_images_per_s"] > 0 and layouts["nchw_images_per_s"] > 0
