@@ -103,7 +103,7 @@ def environment(device) -> dict[str, Any]:
         dev["cuda"] = torch.version.cuda
         dev["cudnn"] = torch.backends.cudnn.version()
     else:
-        dev["name"] = _cpu_name()
+        dev["name"] = cpu_name()
     return {
         "softmaso": __version__,
         "git_commit": git_commit(),
@@ -118,7 +118,8 @@ def environment(device) -> dict[str, Any]:
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo, else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
