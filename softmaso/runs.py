@@ -403,6 +403,25 @@ def saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
     return saved, flatten(tree)
 
 
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The epochs of a run's metrics.jsonl (unreadable lines, and lines without a whole epoch
+    number, skipped); [] if there is none."""
+    try:
+        text = (run_dir / METRICS).read_text(errors="replace")  # a garbled line is skipped
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        epoch = row.get("epoch") if isinstance(row, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1:
+            rows.append(row)
+    return rows
+
+
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     text = "".join(json.dumps(row) + "\n" for row in history)
     atomic_write(run_dir / METRICS, lambda tmp: tmp.write_text(text))

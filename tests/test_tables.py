@@ -441,3 +441,28 @@ def test_smoke_and_real_runs_together_are_labelled_by_row(cli, tmp_path):
     assert r.exit_code == 0
     assert "SMOKE RUN" not in r.stdout and "rows marked SMOKE" in r.stdout
     assert "| synthetic (SMOKE) |" in r.stdout and "| CIFAR-10 |" in r.stdout
+
+
+def test_training_seconds_per_epoch_get_their_own_table(tmp_path):
+    """Median over a run's epochs, mean ± std over a cell's finished runs; a started run and
+    a run without recorded times count for nothing."""
+    seconds = {0: [10.0, 12.0, 30.0], 1: [14.0, 14.0, 14.0]}  # medians 12 and 14
+    for seed, secs in seconds.items():
+        run = write_run(tmp_path, f"a/s{seed}", recipe="r", acc=0.9, seed=seed)
+        rows = [{"epoch": i + 1, "train_seconds": s} for i, s in enumerate(secs)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_run(tmp_path, "a/s2", recipe="r", acc=0.9, seed=2)  # finished, no metrics: not timed
+    write_run(tmp_path, "a/s3", recipe="r", status="started", seed=3)
+    summary = tables.summarize(collect(tmp_path))
+    (cell,) = summary.cells.values()
+    assert cell.epoch_s == (12.0, 14.0)
+    text = tables.render(summary, "markdown")
+    assert tables.TIME_NOTE in text
+    assert f"| 13.0 ± {statistics.stdev([12.0, 14.0]):.1f} |" in text
+    (rec,) = json.loads(tables.render(summary, "json"))["cells"]
+    assert rec["epoch_s"] == 13.0
+
+
+def test_no_time_table_without_recorded_times(tmp_path):
+    write_run(tmp_path, "a/s0", recipe="r", acc=0.9, seed=0)
+    assert tables.TIME_NOTE not in tables.render(tables.summarize(collect(tmp_path)), "markdown")

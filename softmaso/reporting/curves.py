@@ -15,7 +15,6 @@ seeds.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -34,24 +33,6 @@ COLORS = {
     "torch": "tab:olive",
 }
 COLUMNS = ("dir", "status", "seed", "epoch", "test_acc", "train_loss", "ortho_error_mean", "smoke")
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    """The epochs of a metrics.jsonl (unreadable lines skipped); [] if there is none."""
-    try:
-        text = path.read_text(errors="replace")  # a garbled line is skipped below
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        epoch = row.get("epoch") if isinstance(row, dict) else None
-        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1:
-            rows.append(row)  # a line without a whole epoch number is damaged: skipped
-    return rows
 
 
 def _number(value) -> float:
@@ -82,7 +63,7 @@ def _curves(results_dir: Path):
     for run in found.to_dict("records"):
         if run["status"] in ("pending", "missing", "damaged"):
             continue
-        for m in _read_metrics(root / run["dir"] / rundir.METRICS):
+        for m in rundir.read_metrics(root / run["dir"]):
             records.append(
                 {
                     **{k: tables.clean(run.get(k)) for k in keys},

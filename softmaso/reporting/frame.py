@@ -16,7 +16,7 @@ from softmaso.errors import UserError
 
 GRID = rundir.GRID
 UNFINISHED = ("diverged", "damaged", "started", "pending", "missing")
-BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed")
+BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed", "epoch_s")
 
 
 def collect(results_dir: Path):
@@ -75,7 +75,7 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
         problem = f"{rundir.CONFIG} cannot be read (not a YAML mapping)"
         return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
     status, result, problem = rundir.status(run_dir)
-    row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke}
+    row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke, "epoch_s": math.nan}
     row.update(problem=problem, packed=False)
     if result is not None:
         row["packed"] = isinstance(result.get("packed_with"), int)
@@ -83,7 +83,22 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
             row["smoke"] = result["smoke"]
         if status == "finished":
             row["acc"] = float(result["final_test_acc"])
+            row["epoch_s"] = _epoch_seconds(run_dir)
     return {**row, **rundir.flatten(tree)}
+
+
+def _epoch_seconds(run_dir: Path) -> float:
+    """The median training seconds of the run's epochs (metrics.jsonl's train_seconds); NaN
+    where no row has them (runs from before they were recorded)."""
+    import statistics
+
+    seconds = [
+        float(r["train_seconds"])
+        for r in rundir.read_metrics(run_dir)
+        if isinstance(r.get("train_seconds"), int | float)
+        and not isinstance(r["train_seconds"], bool)
+    ]
+    return statistics.median(seconds) if seconds else math.nan
 
 
 def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
@@ -110,6 +125,7 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
                 "smoke": smoke,
                 "problem": None,
                 "packed": False,
+                "epoch_s": math.nan,
                 **base,
                 **settings,
             }

@@ -73,6 +73,7 @@ class Cell:
     settings: dict[str, Any]  # every config key with one value over the cell's runs
     dirs: tuple[str, ...]
     packed: int = 0  # finished runs that trained in a pack
+    epoch_s: tuple[float, ...] = ()  # each finished run's median training seconds per epoch
 
     @property
     def n(self) -> int:
@@ -184,6 +185,7 @@ def _cell(row: tuple, col: Any, members: list[dict]) -> Cell:
         settings,
         tuple(r["dir"] for r in members),
         sum(bool(r.get("packed")) for r in done),
+        tuple(float(r["epoch_s"]) for r in done if clean(r.get("epoch_s")) is not None),
     )
 
 
@@ -454,6 +456,42 @@ def gain_lines(summary: Summary) -> list[list[str]]:
     return lines
 
 
+TIME_NOTE = (
+    "Training time per epoch (s): each run's median over its epochs of the training pass's "
+    "wall-clock seconds (metrics.jsonl's train_seconds, evaluation excluded), mean ± std over "
+    "the finished runs. Compare only runs that shared a machine and its load (env.json names it)."
+)
+
+
+def time_lines(summary: Summary) -> list[list[str]]:
+    """Per row: its labels, then the cell's mean ± std training seconds per epoch per column;
+    [] when no finished run recorded them."""
+    if not any(c.epoch_s for c in summary.cells.values()):
+        return []
+    return [
+        [
+            *(_row_labels(summary, row) or ["all"]),
+            *(_seconds_text(summary.cell(row, c)) for c in summary.cols),
+        ]
+        for row in summary.rows
+    ]
+
+
+def _seconds_text(cell: Cell | None) -> str:
+    if cell is None or not cell.epoch_s:
+        return "—"
+    mean = statistics.fmean(cell.epoch_s)
+    if len(cell.epoch_s) < 2:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(cell.epoch_s):.1f}"
+
+
+def _time_header(summary: Summary) -> list[str]:
+    if summary.col_key is None:
+        return [*(summary.row_keys or ["runs"]), "training s per epoch"]
+    return [*summary.row_keys, *(column_label(summary.col_key, c) for c in summary.cols)]
+
+
 def _gain_header(summary: Summary) -> list[str]:
     if summary.col_key is None:
         return [*summary.row_keys, "gain over the baseline (points)"]
@@ -532,6 +570,8 @@ def _markdown(summary: Summary, paper: bool) -> str:
         lines += ["", GAIN_NOTE, "", *_pipe_table(_gain_header(summary), gains, left)]
     if note := conv1_note(summary):
         lines += ["", note]
+    if times := time_lines(summary):
+        lines += ["", TIME_NOTE, "", *_pipe_table(_time_header(summary), times, left)]
     lines += [f"> Warning: {w}" for w in summary.warnings]
     if paper:
         lines += ["", *_markdown_paper(summary)]
@@ -654,6 +694,7 @@ def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]
                 rec[summary.col_key] = col
             rec.update(mean=_num(cell.mean, 6), std=_num(cell.std, 6), n=cell.n, **cell.counts)
             rec["smoke"] = summary.smoke or row in summary.smoke_rows
+            rec["epoch_s"] = _num(statistics.fmean(cell.epoch_s), 3) if cell.epoch_s else None
             v = versus(summary, cell)
             rec.update(gain=_num(v.gain, 6), gain_p=v.gain_p)  # vs the baseline, Welch
             if paper:
