@@ -153,6 +153,10 @@ def write_grid(
         doc["runs"] = [r for r in old.get("runs", []) if r["dir"] not in new_dirs] + doc["runs"]
         if doc["runs"] == old.get("runs"):
             return
+        # what the first launch recorded stays: its date, the pack choice, recipe files
+        doc = {**old, **doc, "created": old.get("created", doc["created"])}
+        if recipe_files or old.get("recipe_files"):
+            doc["recipe_files"] = {**old.get("recipe_files", {}), **doc.get("recipe_files", {})}
     runs.write_json(root / runs.GRID, doc)
 
 

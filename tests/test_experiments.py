@@ -73,3 +73,19 @@ def test_grid_json_records_each_runs_config_and_tables_read_it(tmp_path):
     recipe.unlink()
     frame = collect(root)
     assert list(frame["status"]) == ["missing", "missing"] and set(frame["optim.lr"]) == {0.002}
+
+
+def test_a_grid_that_grows_keeps_what_its_first_launch_recorded(tmp_path):
+    """More seeds later (or an older grid.json upgraded): the date and the pack choice stay."""
+    recipe = tmp_path / "g.yaml"
+    recipe.write_text("data:\n  name: synthetic\nmodel:\n  width: 0.0625\nsweep:\n  seed: [0]\n")
+    root = tmp_path / "res"
+    ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
+    assert ex.settle_pack(root, True)
+    first = json.loads((root / runs.GRID).read_text())
+    recipe.write_text(recipe.read_text().replace("[0]", "[0, 1]"))
+    ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
+    grown = json.loads((root / runs.GRID).read_text())
+    assert len(grown["runs"]) == 2
+    assert grown["created"] == first["created"] and grown["pack"] is True
+    assert ex.settle_pack(root, None)  # a restart without --pack packs as recorded
