@@ -107,12 +107,20 @@ def _panels(df, panel_keys: list[str], col_key: str | None):
             mask &= (df[k].map(tables.clean) == v).to_numpy()
         if col_key:
             mask &= (df[col_key] == col).to_numpy()
-        names = [tables.show(k, v) for k, v in zip(panel_keys, combo, strict=True)]
+        names = [_panel_label(k, v) for k, v in zip(panel_keys, combo, strict=True)]
         if col_key:
             names.append(tables.column_label(col_key, col))
         out.append((i // ncols, i % ncols, ", ".join(names) or "all runs", df[mask]))
     nrows = math.ceil(len(cells) / ncols)
     return out, (nrows, ncols)
+
+
+def _panel_label(key: str, value) -> str:
+    """A named value as the tables show it (CIFAR-10, baseline); others with their key's last
+    part (activation=beta, learn_beta=True), so a panel of several keys reads on its own."""
+    if key in tables.DISPLAY:
+        return tables.show(key, value)
+    return f"{key.rsplit('.', 1)[-1]}={tables.show(key, value)}"
 
 
 def _draw(ax, panel, column: str, scale: float) -> None:
