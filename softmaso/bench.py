@@ -504,7 +504,7 @@ def _step_rows(res: dict[str, Any]):
 
 
 def _ortho_rows(res: dict[str, Any]):
-    targets = {"penalty": " (target <= 5%)", "exact": " (target <= 10%)"}
+    targets = {"penalty": " (target <= 5%)", "exact": " (target <= 5%)"}
     for k, v in res["b_ortho"].items():
         if k != "none":
             lo, hi = v["overhead_range"]

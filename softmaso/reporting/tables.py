@@ -516,7 +516,8 @@ def conv1_note(summary: Summary) -> str | None:
     return (
         f"conv1 has more filters than values per filter ({', '.join(sorted(shapes))}), so its "
         "filters cannot be orthogonal: exact makes its columns orthonormal instead (and "
-        "ortho_error measures columns there); the penalty (eq. 11) acts on its rows and can "
+        "ortho_error measures columns there), as do so, srip and torch where they appear; "
+        "the penalty (eq. 11) acts on its rows and can "
         "lower itself by shrinking them, which batch norm undoes: compare filter_norm and "
         "row_energy per layer in each run's metrics.jsonl."
     )
