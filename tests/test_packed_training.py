@@ -70,6 +70,18 @@ def test_first_steps_agree_to_rounding(tmp_path):
         assert got["ortho_error"] == pytest.approx(want["ortho_error"], rel=1e-3, abs=1e-7)
 
 
+def test_a_pack_in_nchw_trains_as_in_channels_last(tmp_path, monkeypatch):
+    """PACK_LAYOUT is a memory layout only (the GPU check times both): the same first epoch."""
+    cfgs = _trio(**{"train.epochs": 1, "data.subset": 100})
+    fit_packed(cfgs, [tmp_path / f"cl{i}" for i in range(3)], device="cpu", live=False)
+    monkeypatch.setattr(packed_training, "PACK_LAYOUT", torch.contiguous_format)
+    fit_packed(cfgs, [tmp_path / f"nchw{i}" for i in range(3)], device="cpu", live=False)
+    for i in range(3):
+        got, want = _rows(tmp_path / f"nchw{i}")[0], _rows(tmp_path / f"cl{i}")[0]
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-5)
+        assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-5)
+
+
 def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
     cfgs = _trio()
     dirs = [tmp_path / f"r{i}" for i in range(3)]
