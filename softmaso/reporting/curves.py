@@ -22,7 +22,7 @@ from softmaso import runs as rundir
 from softmaso.errors import UserError
 from softmaso.reporting import tables
 from softmaso.reporting.figure1 import save_figure
-from softmaso.reporting.frame import collect
+from softmaso.reporting.frame import collect, number
 
 COLORS = {
     "none": "tab:blue",
@@ -35,16 +35,9 @@ COLORS = {
 COLUMNS = ("dir", "status", "seed", "epoch", "test_acc", "train_loss", "ortho_error_mean", "smoke")
 
 
-def _number(value) -> float:
-    """A metric as a float; NaN for anything that is not a real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return math.nan
-    return float(value)
-
-
 def _mean_error(errors) -> float:
     values = list(errors.values()) if isinstance(errors, dict) else []
-    values = [_number(v) for v in values]
+    values = [number(v) for v in values]
     values = [v for v in values if not math.isnan(v)]
     return math.fsum(values) / len(values) if values else math.nan
 
@@ -71,8 +64,8 @@ def _curves(results_dir: Path):
                     "status": run["status"],
                     "seed": run.get("seed"),
                     "epoch": int(m["epoch"]),
-                    "test_acc": _number(m.get("test_acc")),
-                    "train_loss": _number(m.get("train_loss")),
+                    "test_acc": number(m.get("test_acc")),
+                    "train_loss": number(m.get("train_loss")),
                     "ortho_error_mean": _mean_error(m.get("ortho_error")),
                     "smoke": bool(run["smoke"]),
                 }

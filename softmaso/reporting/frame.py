@@ -87,17 +87,21 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
     return {**row, **rundir.flatten(tree)}
 
 
+def number(value: Any) -> float:
+    """A metric (from metrics.jsonl, result.json) as a float; NaN for anything that is not a
+    real number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value)
+
+
 def _epoch_seconds(run_dir: Path) -> float:
     """The median training seconds of the run's epochs (metrics.jsonl's train_seconds); NaN
     where no row has them (runs from before they were recorded)."""
     import statistics
 
-    seconds = [
-        float(r["train_seconds"])
-        for r in rundir.read_metrics(run_dir)
-        if isinstance(r.get("train_seconds"), int | float)
-        and not isinstance(r["train_seconds"], bool)
-    ]
+    seconds = [number(r.get("train_seconds")) for r in rundir.read_metrics(run_dir)]
+    seconds = [s for s in seconds if not math.isnan(s)]
     return statistics.median(seconds) if seconds else math.nan
 
 

@@ -456,6 +456,7 @@ def gain_lines(summary: Summary) -> list[list[str]]:
     return lines
 
 
+GAIN_COLUMN = "gain over the baseline (points)"
 TIME_NOTE = (
     "Training time per epoch (s): each run's median over its epochs of the training pass's "
     "wall-clock seconds (metrics.jsonl's train_seconds, evaluation excluded), mean ± std over "
@@ -486,15 +487,11 @@ def _seconds_text(cell: Cell | None) -> str:
     return f"{mean:.1f} ± {statistics.stdev(cell.epoch_s):.1f}"
 
 
-def _time_header(summary: Summary) -> list[str]:
+def _side_header(summary: Summary, what: str) -> list[str]:
+    """The header of a table beside the main one: its rows' keys, then one column per column
+    of the main table, or one column `what` where it has none."""
     if summary.col_key is None:
-        return [*(summary.row_keys or ["runs"]), "training s per epoch"]
-    return [*summary.row_keys, *(column_label(summary.col_key, c) for c in summary.cols)]
-
-
-def _gain_header(summary: Summary) -> list[str]:
-    if summary.col_key is None:
-        return [*summary.row_keys, "gain over the baseline (points)"]
+        return [*(summary.row_keys or ["runs"]), what]
     return [*summary.row_keys, *(column_label(summary.col_key, c) for c in summary.cols)]
 
 
@@ -568,11 +565,16 @@ def _markdown(summary: Summary, paper: bool) -> str:
     if summary.folded_keys:
         lines.append(f"Also varying, fixed by the rows: {', '.join(summary.folded_keys)}.")
     if gains := gain_lines(summary):
-        lines += ["", GAIN_NOTE, "", *_pipe_table(_gain_header(summary), gains, left)]
+        lines += ["", GAIN_NOTE, "", *_pipe_table(_side_header(summary, GAIN_COLUMN), gains, left)]
     if note := conv1_note(summary):
         lines += ["", note]
     if times := time_lines(summary):
-        lines += ["", TIME_NOTE, "", *_pipe_table(_time_header(summary), times, left)]
+        lines += [
+            "",
+            TIME_NOTE,
+            "",
+            *_pipe_table(_side_header(summary, "training s per epoch"), times, left),
+        ]
     lines += [f"> Warning: {w}" for w in summary.warnings]
     if paper:
         lines += ["", *_markdown_paper(summary)]
@@ -647,7 +649,7 @@ def _latex(summary: Summary, paper: bool) -> str:
             r"\par\medskip",
             r"\begin{tabular}{" + "l" * left + "r" * len(summary.cols) + "}",
             r"\toprule",
-            *_tex_rows([_gain_header(summary)]),
+            *_tex_rows([_side_header(summary, GAIN_COLUMN)]),
             r"\midrule",
             *_tex_rows(gains),
             r"\bottomrule",
