@@ -139,8 +139,25 @@ def gram_penalty(w: torch.Tensor) -> torch.Tensor:
 
 def penalty(weights: Iterable[torch.Tensor]) -> torch.Tensor:
     """sum over layers of :func:`gram_penalty` (0-dim tensor; 0.0 for no layers)."""
-    terms = [gram_penalty(w) for w in weights]
+    return _summed(gram_penalty, weights)
+
+
+def _summed(term: Callable[[torch.Tensor], torch.Tensor], weights: Iterable[torch.Tensor]):
+    """sum over layers of a loss term (0-dim tensor; 0.0 for no layers)."""
+    terms = [term(w) for w in weights]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def _narrow(flat: torch.Tensor) -> torch.Tensor:
+    """(..., C_out, n) -> (..., m, n') with m <= n': the rows, or the columns where there are
+    more filters than values per filter (what ``exact`` makes orthonormal there)."""
+    return flat.mT if flat.shape[-2] > flat.shape[-1] else flat
+
+
+def _gram_minus_eye(flat: torch.Tensor) -> torch.Tensor:
+    """flat flat^T - I for flat (..., m, n)."""
+    gram = flat @ flat.mT
+    return gram - torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
 
 
 def orthogonality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
@@ -153,9 +170,7 @@ def orthogonality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
     A zero filter counts as orthogonal to everything.
     """
     with _no_autocast(w):
-        flat = at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
-        if flat.shape[1] > flat.shape[2]:
-            flat = flat.mT  # (P, n, C_out): measure the columns
+        flat = _narrow(at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1))  # (P, m, n)
         m = flat.shape[1]
         if m < 2:
             return flat.new_zeros(runs)
@@ -175,10 +190,8 @@ def orthonormality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
     """(P,) float64 max |Q Q^T - I| over each run's flattened filters Q (C_out, n), or their
     columns when C_out > n: how far from orthonormal ``exact``'s weight is (0 up to rounding).
     P = `runs` of a packed weight (run-major), 1 otherwise."""
-    q = w.detach().reshape(runs, w.shape[0] // runs, -1).double()  # (P, C_out, n)
-    q = q.mT if q.shape[1] > q.shape[2] else q  # (P, m, n), m <= n
-    eye = torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
-    return (q @ q.mT - eye).abs().amax(dim=(1, 2))
+    q = _narrow(w.detach().reshape(runs, w.shape[0] // runs, -1).double())  # (P, m, n)
+    return _gram_minus_eye(q).abs().amax(dim=(1, 2))
 
 
 def orthonormality_error(w: torch.Tensor) -> float:
@@ -490,8 +503,7 @@ def ortho_loss(convs: Sequence[nn.Module], cfg: OrthoConfig) -> torch.Tensor | N
     term = LOSS_TERMS.get(cfg.mode)
     if term is None:
         return None
-    terms = [term(m.weight) for m in convs]
-    return cfg.weight * (torch.stack(terms).sum() if terms else torch.zeros(()))
+    return cfg.weight * _summed(term, (m.weight for m in convs))
 
 
 def _gram_minus_identity(w: torch.Tensor) -> torch.Tensor:
@@ -499,11 +511,7 @@ def _gram_minus_identity(w: torch.Tensor) -> torch.Tensor:
     filters than values per filter (the identity is then the attainable target; Bansal et al.'s
     double soft orthogonality penalises both, and only this half can reach zero)."""
     with _no_autocast(w):
-        rows = at_least_fp32(w).reshape(w.shape[0], -1)  # (C_out, n)
-        if rows.shape[0] > rows.shape[1]:
-            rows = rows.T
-        gram = rows @ rows.T
-        return gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        return _gram_minus_eye(_narrow(at_least_fp32(w).reshape(w.shape[0], -1)))
 
 
 def soft_orthogonality(w: torch.Tensor) -> torch.Tensor:
