@@ -130,7 +130,7 @@ def _make_pack(
         in_channels=int(data.x_train.shape[1]),
     )
     apply_packed_orthogonality(model, [c.ortho for c in cfgs])
-    model = place(model, device).to(memory_format=PACK_LAYOUT)
+    model = place(model, device, PACK_LAYOUT)
     opt = PackedAdam(
         model.parameters(),
         runs=len(cfgs),

@@ -157,13 +157,16 @@ def make_model(cfg: RunConfig, data) -> torch.nn.Module:
     return model
 
 
-def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The model on the device, channels_last (faster on CUDA and on CPU with oneDNN)."""
+def place(
+    model: torch.nn.Module, device: torch.device, layout=torch.channels_last
+) -> torch.nn.Module:
+    """The model on the device in `layout`: channels_last (faster on CUDA and on CPU with
+    oneDNN) unless told otherwise (a pack: ``packed_training.PACK_LAYOUT``)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
         keep_freed_memory()
-    return model.to(device).to(memory_format=torch.channels_last)
+    return model.to(device).to(memory_format=layout)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
