@@ -44,6 +44,7 @@ LAYERS = {
     "softmaso.reporting.figure1": 4,
     "softmaso.reporting.frame": 3,
     "softmaso.reporting.paper": 0,
+    "softmaso.reporting.stats": 0,
     "softmaso.reporting.tables": 4,
     "softmaso.reporting.curves": 5,
     "softmaso.reporting.report": 6,

@@ -13,7 +13,8 @@ from softmaso.config import RunConfig, dump_yaml
 from softmaso.errors import UserError
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
-from softmaso.reporting.paper import PAPER_TABLE2, welch_p
+from softmaso.reporting.paper import PAPER_TABLE2
+from softmaso.reporting.stats import welch_p
 
 LRS = (0.001, 0.0005, 0.0001)
 MODES = ("none", "penalty")

@@ -13,7 +13,7 @@ from softmaso.errors import UserError
 from softmaso.io import atomic_group, check_output_dir
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
-from softmaso.reporting.paper import welch_p
+from softmaso.reporting.stats import welch_p
 
 LABELS = {
     "active_fraction": "decisions in the last (active) region",

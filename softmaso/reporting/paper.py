@@ -1,4 +1,4 @@
-"""The paper's Table 2, and the test that compares two sets of runs."""
+"""The paper's Table 2 (its numbers, and which of our cells are its settings)."""
 
 from __future__ import annotations
 
@@ -46,17 +46,3 @@ def paper_value(cell: Any) -> tuple[float, float] | None:
         if same and math.isclose(lr, paper_lr, rel_tol=1e-9):
             return value
     return None
-
-
-def welch_p(a: tuple[float, ...], b: tuple[float, ...]) -> float | None:
-    """Two-sided p-value of Welch's t-test; None when a side has fewer than 2 runs."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    import warnings
-
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():  # nearly equal samples: scipy warns, the p-value stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(ttest_ind(a, b, equal_var=False).pvalue)
-    return None if math.isnan(p) else p

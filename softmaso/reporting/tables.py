@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from softmaso.errors import UserError
 from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED
-from softmaso.reporting.paper import PAPER_SOURCE, paper_value, welch_p
+from softmaso.reporting.paper import PAPER_SOURCE, paper_value
+from softmaso.reporting.stats import compare
 
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
 # how often checkpoints are written and how evaluation is chunked [ours].
@@ -292,7 +293,7 @@ def versus(summary: Summary, cell: Cell) -> Versus:
     gain = gain_paper = p = None
     if base is not None:
         gain = _num(cell.mean - base.mean)
-        p = welch_p(cell.accs, base.accs)
+        p = getattr(compare(cell.accs, base.accs), "p", None)
         if paper and base_paper:
             gain_paper = paper[0] - base_paper[0]
     return Versus(
