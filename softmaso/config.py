@@ -248,6 +248,90 @@ def _validate(tree: dict, *, source: str, set_keys: set[str]) -> RunConfig:
         raise UserError(where, f"{allowed} (got {got!r})") from None
 
 
+# ----------------------------------------------------------------------------- endpoints
+@dataclass(frozen=True)
+class Endpoint:
+    """Which test accuracy of a run a table reports.
+
+    ``final``: after the last epoch (the default); ``best``: the highest over all evaluated
+    epochs (optimistic: it picks the epoch by the test set); ``last:K``: the mean over the
+    last K evaluated epochs (a run with fewer evaluated epochs has no value).
+    """
+
+    kind: Literal["final", "best", "last"]
+    k: int = 1
+
+    @property
+    def text(self) -> str:
+        return f"last:{self.k}" if self.kind == "last" else self.kind
+
+    @property
+    def label(self) -> str:
+        if self.kind == "final":
+            return "final test accuracy (%) after the last epoch"
+        if self.kind == "best":
+            return (
+                "best test accuracy (%) over the evaluated epochs "
+                "(optimistic: the epoch is chosen on the test set)"
+            )
+        return f"mean test accuracy (%) over the last {self.k} evaluated epochs"
+
+
+FINAL = Endpoint("final")
+
+
+def parse_endpoint(text: Any, *, where: str) -> Endpoint:
+    """'final' | 'best' | 'last:K' (K >= 1) -> Endpoint; UserError naming `where` otherwise."""
+    raw = str(text).strip()
+    if raw in ("final", "best"):
+        return Endpoint(raw)
+    head, sep, tail = raw.partition(":")
+    if head == "last" and sep and tail.isdigit() and int(tail) >= 1:
+        return Endpoint("last", int(tail))
+    raise UserError(where, f"endpoint {text!r} is not one of final, best, last:K (K >= 1)")
+
+
+def parse_setting(text: Any, *, where: str) -> tuple[str, Any]:
+    """'model.activation=relu' -> ('model.activation', 'relu'): a config key and a value,
+    the value parsed as YAML (as --set does); UserError naming `where` otherwise."""
+    key, sep, raw = str(text).partition("=")
+    key = key.strip()
+    if not sep or key not in valid_keys() or key == "recipe":
+        raise UserError(
+            where, f"{text!r} is not KEY=VALUE with a config key (e.g. ortho.mode=none)"
+        )
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(where, f"cannot parse the value of {text!r}") from None
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """A recipe's ``report:`` section: how its tables read its runs, declared with the
+    recipe (before its grid runs). ``endpoint``: see :class:`Endpoint`; ``baseline``: the
+    setting every gain is measured against (``ortho.mode=none`` unless given)."""
+
+    endpoint: Endpoint = FINAL
+    baseline: tuple[str, Any] | None = None
+
+
+def _report_section(tree: dict, path: Path) -> ReportSettings:
+    section = tree.pop("report", None) or {}
+    if not isinstance(section, dict):
+        raise UserError(str(path), "report: must map endpoint and baseline to values")
+    unknown = set(section) - {"endpoint", "baseline"}
+    if unknown:
+        raise UserError(
+            str(path), f"report: unknown key {sorted(unknown)[0]!r}; allowed: endpoint, baseline"
+        )
+    where = f"{path}: report"
+    endpoint = parse_endpoint(section.get("endpoint", "final"), where=f"{where}.endpoint")
+    baseline = section.get("baseline")
+    base = parse_setting(baseline, where=f"{where}.baseline") if baseline is not None else None
+    return ReportSettings(endpoint, base)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A recipe file: its base settings, and optionally a sweep and a smoke variant.
@@ -255,12 +339,14 @@ class Recipe:
     ``sweep:`` maps dotted keys to lists of values (``softmaso reproduce`` runs every
     combination); ``smoke:`` maps dotted keys to the values that turn the recipe into a tiny
     offline stand-in (``--smoke``). Both are checked against the config's keys when read.
+    ``report:`` declares how tables read the runs (:class:`ReportSettings`).
     """
 
     path: Path
     tree: dict[str, Any]
     sweep: dict[str, list[Any]]
     smoke: dict[str, Any]
+    report: ReportSettings = ReportSettings()
 
     @property
     def name(self) -> str:
@@ -355,7 +441,7 @@ def read_recipe(path: str | Path) -> Recipe:
         raise UserError(str(path), "a recipe is a mapping of keys (data:, model:, ...)")
     tree.setdefault("recipe", path.stem)
     sweep, smoke = _section(tree, "sweep", path), _section(tree, "smoke", path)
-    return Recipe(path, tree, sweep, smoke)
+    return Recipe(path, tree, sweep, smoke, _report_section(tree, path))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

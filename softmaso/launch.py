@@ -404,6 +404,7 @@ EVERYTHING = (
     "table2",
     "gs-cifar100",
     "fashion",
+    "table2-fashion",
     "activations",
     "ortho-methods",
 )

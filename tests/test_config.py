@@ -149,3 +149,41 @@ def test_booleans_are_not_numbers_and_numbers_are_finite(override, message):
     with pytest.raises(UserError, match=message) as e:
         RunConfig().with_overrides(**dict([parse_override(override)]))
     assert e.value.where.startswith("--set")
+
+
+def test_a_recipe_declares_its_endpoint_and_baseline(tmp_path):
+    from softmaso.config import Endpoint, read_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "data:\n  name: synthetic\nreport:\n  endpoint: last:5\n  baseline: model.activation=relu\n"
+    )
+    report = read_recipe(path).report
+    assert report.endpoint == Endpoint("last", 5)
+    assert report.endpoint.text == "last:5"
+    assert report.baseline == ("model.activation", "relu")
+    # the report section is not a config key: the run's config is untouched by it
+    assert "report" not in read_recipe(path).config().to_dict()
+    path.write_text("data:\n  name: synthetic\n")
+    assert read_recipe(path).report.endpoint.text == "final"
+
+
+@pytest.mark.parametrize(
+    ("section", "says"),
+    [
+        ("  endpoint: last:0\n", "endpoint 'last:0' is not one of final, best, last:K"),
+        ("  endpoint: mean\n", "endpoint 'mean' is not one of final, best, last:K"),
+        ("  baseline: ortho.mod=none\n", "is not KEY=VALUE with a config key"),
+        ("  baseline: none\n", "is not KEY=VALUE with a config key"),
+        ("  epochs: 3\n", "report: unknown key 'epochs'; allowed: endpoint, baseline"),
+    ],
+)
+def test_a_bad_report_section_is_one_clear_line(tmp_path, section, says):
+    from softmaso.config import read_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  name: synthetic\nreport:\n" + section)
+    with pytest.raises(UserError) as err:
+        read_recipe(path)
+    assert says in str(err.value)
+    assert str(path) in str(err.value)

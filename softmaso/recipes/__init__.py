@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, list[str]] = {
     "table2": ["table2/svhn", "table2/cifar10", "table2/cifar100"],
     "gs-cifar100": ["gs-cifar100"],
     "fashion": ["fashion"],
+    "table2-fashion": ["table2-fashion"],
     "activations": ["activations/relu", "activations/swish", "activations/beta"],
     "ortho-methods": ["ortho-methods/paper", "ortho-methods/bansal"],
 }
