@@ -481,20 +481,46 @@ def table(
         typer.Option("--paper", help="Add the paper's Table 2, our difference and Welch tests."),
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="final, best (optimistic) or last:K (mean of the last K evaluated epochs).",
+            show_default="the recipe's report.endpoint, else final",
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="KEY=VALUE: the setting gains are measured against (model.activation=relu).",
+            show_default="the recipe's report.baseline, else ortho.mode=none",
+        ),
+    ] = None,
 ) -> None:
     """Tabulate finished runs: mean +- std over seeds (ddof 1) with n, rows and columns from the
-    keys that vary; missing, started (unfinished) and diverged runs are shown, never averaged in."""
+    keys that vary, each gain with its 95% CI, Welch and Holm p and detectable effect; missing,
+    started (unfinished) and diverged runs are shown, never averaged in."""
+    from softmaso.config import parse_endpoint, parse_setting
     from softmaso.reporting import tables
-    from softmaso.reporting.frame import collect
+    from softmaso.reporting.frame import collect, declared_report
 
     if fmt not in ("markdown", "latex", "csv", "json"):
         raise UserError("--format", f"{fmt!r}; use markdown, latex, csv or json")
+    chosen = parse_endpoint(endpoint, where="--endpoint") if endpoint is not None else None
+    versus = parse_setting(baseline, where="--baseline") if baseline is not None else None
     if out is not None:
         from softmaso.io import check_output_file
 
         check_output_file(out, where="--out")
-    text = tables.render(tables.summarize(collect(results_dir)), fmt, paper=paper)
-    tables.write_table(text, out)
+    runs, report = collect(results_dir), declared_report(results_dir)
+    summary = tables.summarize(
+        runs, endpoint=chosen or report.endpoint, baseline=versus or report.baseline
+    )
+    if versus is not None and not summary.comparisons:
+        keys = ", ".join([*summary.row_keys, *([summary.col_key] if summary.col_key else [])])
+        raise UserError(
+            "--baseline", f"{baseline!r} matches no cell to compare with (table keys: {keys})"
+        )
+    tables.write_table(tables.render(summary, fmt, paper=paper), out)
 
 
 @app.command(epilog="Example: softmaso analyze results/fashion --threads 2")

@@ -174,8 +174,12 @@ def test_markdown_cells_footnote_and_counts(table2):
     ]
     assert order[-6:] == ["SVHN", "SVHN", "CIFAR-10", "CIFAR-10", "CIFAR-100", "CIFAR-100"]
     gains = text.split("\n\n")[4].splitlines()  # after the footnote and the gain note
-    assert gains[0] == "| data.name | ortho.mode | lr 0.001 | lr 0.0005 | lr 0.0001 |"
-    assert all("(p=" in line for line in gains[2:]) and len(gains) == 2 + 3
+    assert gains[0] == (
+        "| data.name | ortho.mode | lr | vs ortho.mode=none | gain | 95% CI | p | p (Holm) "
+        "| detectable (80%) |"
+    )
+    # one line per gain: 3 datasets x 3 learning rates, each with its interval
+    assert len(gains) == 2 + 9 and all(" | [" in line for line in gains[2:])
 
 
 def test_paper_columns_and_welch_test(table2):
@@ -198,7 +202,7 @@ def test_paper_columns_and_welch_test(table2):
         assert title in text
     assert "| ortho (penalty): paper | 84.0 ± 0.3 | 82.3 ± 0.1 | 79.1 ± 0.2 |" in text
     assert "| ortho (penalty): ours − paper | +0.1 | +0.1 | +0.1 |" in text
-    assert f"+3.7 (p={expected.pvalue:.2g})" in text
+    assert f"+3.7 (p={expected.pvalue:.3g})" in text
 
 
 def test_welch_is_na_below_two_runs():
@@ -467,3 +471,94 @@ def test_training_seconds_per_epoch_get_their_own_table(tmp_path):
 def test_no_time_table_without_recorded_times(tmp_path):
     write_run(tmp_path, "a/s0", recipe="r", acc=0.9, seed=0)
     assert tables.TIME_NOTE not in tables.render(tables.summarize(collect(tmp_path)), "markdown")
+
+
+def _with_epochs(run, accs):
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": i + 1, "test_acc": a}) + "\n" for i, a in enumerate(accs))
+    )
+
+
+@pytest.fixture
+def curves(tmp_path):
+    """Baseline and penalty, 3 seeds each, with per-epoch test accuracies; one penalty run
+    finished after 2 epochs only (too short for last:3)."""
+    per_epoch = {
+        "none": [[0.80, 0.90, 0.84, 0.86], [0.81, 0.88, 0.85, 0.85], [0.79, 0.92, 0.86, 0.84]],
+        "penalty": [[0.70, 0.80, 0.90, 0.88], [0.72, 0.83, 0.89, 0.91], [0.70, 0.81]],
+    }
+    for mode, runs in per_epoch.items():
+        for seed, accs in enumerate(runs):
+            run = write_run(
+                tmp_path, f"r/{mode}-{seed}", recipe="r", acc=accs[-1], seed=seed,
+                **{"ortho.mode": mode},
+            )  # fmt: skip
+            _with_epochs(run, accs)
+    return tmp_path
+
+
+def test_the_endpoint_decides_which_accuracy_a_run_contributes(curves):
+    from softmaso.config import Endpoint
+
+    df = collect(curves)
+    final = tables.summarize(df).cell(("penalty",), None)
+    assert final.accs == pytest.approx((88.0, 91.0, 81.0))
+    best = tables.summarize(df, endpoint=Endpoint("best"))
+    assert best.cell(("penalty",), None).accs == pytest.approx((90.0, 91.0, 81.0))
+    assert any("optimistic" in w for w in best.warnings)
+    last = tables.summarize(df, endpoint=Endpoint("last", 3))
+    cell = last.cell(("penalty",), None)
+    assert cell.accs == pytest.approx(((80 + 90 + 88) / 3, (83 + 89 + 91) / 3))
+    assert cell.counts["short"] == 1  # counted, not averaged in, not dropped
+    text = tables.render(last, "markdown")
+    assert "mean test accuracy (%) over the last 3 evaluated epochs" in text
+    assert "(endpoint last:3)" in text and "1 finished too short for the endpoint" in text
+    rec = json.loads(tables.render(last, "json"))
+    assert rec["endpoint"] == "last:3" and {c["short"] for c in rec["cells"]} == {0, 1}
+
+
+def test_every_gain_has_its_interval_holm_p_and_detectable_effect(table2):
+    s = tables.summarize(collect(table2))
+    rows = list(csv.DictReader(io.StringIO(tables.render(s, "csv"))))
+    with_gain = [r for r in rows if r["gain"]]
+    assert len(with_gain) == 9  # the penalty cell of each dataset and learning rate
+    ps = [float(r["gain_p"]) for r in with_gain]
+    holm = [float(r["gain_p_holm"]) for r in with_gain]
+    m = len(ps)
+    smallest = min(range(m), key=ps.__getitem__)
+    assert holm[smallest] == pytest.approx(m * ps[smallest])  # the smallest p times m
+    assert all(h >= p for h, p in zip(holm, ps, strict=True))
+    for r in with_gain:
+        assert float(r["gain_ci_low"]) < float(r["gain"]) < float(r["gain_ci_high"])
+        assert float(r["gain_detectable"]) > 0 and r["baseline"] == "ortho.mode=none"
+
+
+def test_the_baseline_can_be_any_setting(tmp_path):
+    for act, base in (("relu", 0.90), ("swish", 0.91), ("beta", 0.88)):
+        for seed, off in enumerate((0.0, 0.004, -0.003)):
+            write_run(
+                tmp_path, f"{act}/s{seed}", recipe=act, acc=base + off, seed=seed,
+                **{"model.activation": act},
+            )  # fmt: skip
+    runs = collect(tmp_path)
+    s = tables.summarize(runs, baseline=("model.activation", "relu"))
+    assert set(s.comparisons) == {(("swish",), None), (("beta",), None)}
+    (base_at, c) = s.comparisons[(("swish",), None)]
+    assert base_at == (("relu",), None) and c.gain == pytest.approx(1.0)
+    assert "| swish | relu | +1.00 |" in tables.render(s, "markdown")
+    # the default baseline (ortho.mode=none) is not a key here: no gains, no warning
+    assert tables.summarize(runs).comparisons == {}
+
+
+def test_table_cli_takes_an_endpoint_and_a_baseline(cli, curves):
+    r = cli("table", str(curves), "--endpoint", "last:3", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["endpoint"] == "last:3"
+    r = cli("table", str(curves), "--baseline", "ortho.mode=penalty")
+    assert r.exit_code == 0 and "| baseline | ortho (penalty) |" in r.stdout
+    for args, says in (
+        (["--endpoint", "last:x"], "--endpoint: endpoint 'last:x' is not one of final"),
+        (["--baseline", "model.activation=relu"], "--baseline: 'model.activation=relu' matches"),
+        (["--baseline", "nokey=1"], "is not KEY=VALUE with a config key"),
+    ):
+        r = cli("table", str(curves), *args)
+        assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1

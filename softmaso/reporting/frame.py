@@ -16,7 +16,9 @@ from softmaso.errors import UserError
 
 GRID = rundir.GRID
 UNFINISHED = ("diverged", "damaged", "started", "pending", "missing")
-BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed", "epoch_s")
+# acc: result.json's final test accuracy (fraction); test_accs: the test accuracy of every
+# evaluated epoch, in order (metrics.jsonl), from which a table takes its endpoint.
+BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed", "epoch_s", "test_accs")
 
 
 def collect(results_dir: Path):
@@ -76,14 +78,14 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
         return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
     status, result, problem = rundir.status(run_dir)
     row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke, "epoch_s": math.nan}
-    row.update(problem=problem, packed=False)
+    row.update(problem=problem, packed=False, test_accs=())
     if result is not None:
         row["packed"] = isinstance(result.get("packed_with"), int)
         if isinstance(result.get("smoke"), bool):
             row["smoke"] = result["smoke"]
         if status == "finished":
             row["acc"] = float(result["final_test_acc"])
-            row["epoch_s"] = _epoch_seconds(run_dir)
+            row["epoch_s"], row["test_accs"] = _epochs(run_dir)
     return {**row, **rundir.flatten(tree)}
 
 
@@ -95,14 +97,17 @@ def number(value: Any) -> float:
     return float(value)
 
 
-def _epoch_seconds(run_dir: Path) -> float:
-    """The median training seconds of the run's epochs (metrics.jsonl's train_seconds); NaN
-    where no row has them (runs from before they were recorded)."""
+def _epochs(run_dir: Path) -> tuple[float, tuple[float, ...]]:
+    """(median training seconds per epoch, test accuracy of each evaluated epoch in order)
+    from metrics.jsonl; the median is NaN where no row has train_seconds (runs from before
+    they were recorded). An epoch given twice counts once, as its last row."""
     import statistics
 
-    seconds = [number(r.get("train_seconds")) for r in rundir.read_metrics(run_dir)]
-    seconds = [s for s in seconds if not math.isnan(s)]
-    return statistics.median(seconds) if seconds else math.nan
+    by_epoch = {r["epoch"]: r for r in rundir.read_metrics(run_dir)}
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    seconds = [s for s in (number(r.get("train_seconds")) for r in rows) if not math.isnan(s)]
+    accs = tuple(a for a in (number(r.get("test_acc")) for r in rows) if not math.isnan(a))
+    return (statistics.median(seconds) if seconds else math.nan), accs
 
 
 def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
@@ -130,6 +135,7 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
                 "problem": None,
                 "packed": False,
                 "epoch_s": math.nan,
+                "test_accs": (),
                 **base,
                 **settings,
             }
@@ -169,3 +175,28 @@ def _recipe_values(
                 return {}
             return rundir.flatten(cfg.to_dict())
     return {}
+
+
+def declared_report(root: Path):
+    """The report settings its recipe declared for the experiment in `root` (grid.json's
+    recipe files, else its packaged recipes); the defaults where none declares any (or the
+    recipes cannot be read). The first recipe that declares settings gives them."""
+    from softmaso import recipes
+    from softmaso.config import ReportSettings, read_recipe
+
+    try:
+        grid = _read_grid(Path(root)) or {}
+    except UserError:
+        return ReportSettings()
+    files = [Path(str(f)) for f in (grid.get("recipe_files") or {}).values()]
+    if not files:
+        names = recipes.EXPERIMENTS.get(str(grid.get("experiment") or ""), [])
+        files = [recipes.path_of(n) for n in names]
+    for path in files:
+        try:
+            report = read_recipe(path).report
+        except UserError:
+            continue
+        if report != ReportSettings():
+            return report
+    return ReportSettings()

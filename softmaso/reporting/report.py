@@ -8,12 +8,14 @@ from pathlib import Path
 from softmaso import runs
 from softmaso.errors import UserError
 from softmaso.reporting import curves, tables
-from softmaso.reporting.frame import collect
+from softmaso.reporting.frame import collect, declared_report
 
 
 def write_report(root: Path, *, paper: bool, command: str) -> list[Path]:
-    """Write the table (markdown, LaTeX, CSV) and the learning curves of an experiment."""
-    summary = tables.summarize(collect(root))
+    """Write the table (markdown, LaTeX, CSV) and the learning curves of an experiment, at
+    the endpoint and against the baseline its recipe declares (report: section)."""
+    report = declared_report(root)
+    summary = tables.summarize(collect(root), endpoint=report.endpoint, baseline=report.baseline)
     stamp = f"Made by `{command}` at commit {runs.git_commit() or 'unknown'} on {runs.now()}."
     paths = []
     for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):

@@ -4,7 +4,12 @@ keys that vary across runs (``optim.lr`` becomes the columns, as in the paper's 
 ``render`` writes markdown, LaTeX, CSV or JSON, optionally beside the paper's Table 2.
 
 Every cell shows mean ± std over seeds (std with ddof=1) and n, the number of finished runs;
-diverged, started, pending and missing runs are counted in the cell, never averaged in.
+diverged, started, pending and missing runs are counted in the cell, never averaged in. The
+accuracy of a run is the table's endpoint (:class:`softmaso.config.Endpoint`: final, best or
+the mean of the last K evaluated epochs). Each cell that has a baseline (by default the
+``ortho.mode=none`` cell of its row group and column; any setting can be) gets a gain with its
+95% interval, Welch's p, Holm's p over the table's gains and the detectable effect
+(:mod:`softmaso.reporting.stats`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from softmaso.config import FINAL, Endpoint
 from softmaso.errors import UserError
 from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED
 from softmaso.reporting.paper import PAPER_SOURCE, paper_value
-from softmaso.reporting.stats import compare
+from softmaso.reporting.stats import Comparison, compare, holm
 
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
 # how often checkpoints are written and how evaluation is chunked [ours].
@@ -53,11 +59,17 @@ DISPLAY = {
     },
 }
 SMOKE_TITLE = "SMOKE RUN — synthetic stand-in data, not the paper's numbers"
-FOOTNOTE = (
-    "Final test accuracy (%) after the last epoch; mean ± std over seeds, std with ddof=1 "
-    "(none for n=1); n = finished runs. Diverged, started, pending and missing runs are "
-    "counted in their cell, never averaged in."
-)
+DEFAULT_BASELINE = ("ortho.mode", "none")
+SHORT = "short"  # finished runs with fewer evaluated epochs than the endpoint needs
+
+
+def footnote(endpoint: Endpoint) -> str:
+    label = endpoint.label[0].upper() + endpoint.label[1:]
+    return (
+        f"{label} (endpoint {endpoint.text}); mean ± std over seeds, std with ddof=1 "
+        "(none for n=1); n = finished runs. Diverged, started, pending and missing runs are "
+        "counted in their cell, never averaged in."
+    )
 
 
 # ----------------------------------------------------------------------------------- collect
@@ -68,9 +80,9 @@ class Cell:
 
     row: tuple
     col: Any
-    accs: tuple[float, ...]  # final test accuracy (%) of each finished run, by seed
+    accs: tuple[float, ...]  # the endpoint's test accuracy (%) of each finished run, by seed
     seeds: tuple[int, ...]  # their seeds
-    counts: dict[str, int]  # diverged, started, pending, missing -> number of runs
+    counts: dict[str, int]  # diverged, started, pending, missing, short -> number of runs
     settings: dict[str, Any]  # every config key with one value over the cell's runs
     dirs: tuple[str, ...]
     packed: int = 0  # finished runs that trained in a pack
@@ -104,6 +116,10 @@ class Summary:
     folded_keys: tuple[str, ...]  # varying keys that follow from the rows (e.g. batch size)
     warnings: tuple[str, ...]
     smoke_rows: frozenset = frozenset()  # rows of smoke runs, when smoke and real runs mix
+    endpoint: Endpoint = FINAL
+    baseline: tuple[str, Any] = DEFAULT_BASELINE  # (key, value) every gain is measured against
+    # (row, col) -> (baseline cell's (row, col), its comparison, Holm-adjusted across the table)
+    comparisons: dict[tuple[tuple, Any], tuple[tuple[tuple, Any], Comparison]] = None
 
     def cell(self, row: tuple, col: Any) -> Cell | None:
         return self.cells.get((row, col))
@@ -165,12 +181,26 @@ def rank(key: str | None, value: Any) -> tuple:
     return (1, 0, str(value))
 
 
-def _cell(row: tuple, col: Any, members: list[dict]) -> Cell:
+def endpoint_value(run: dict, endpoint: Endpoint) -> float | None:
+    """A finished run's accuracy (fraction) at `endpoint`; None where it has none (a run
+    with fewer evaluated epochs than last:K needs)."""
+    if endpoint.kind == "final":
+        return clean(run["acc"])
+    accs = tuple(run.get("test_accs") or ())
+    if endpoint.kind == "best":
+        return max(accs) if accs else None
+    return statistics.fmean(accs[-endpoint.k :]) if len(accs) >= endpoint.k else None
+
+
+def _cell(row: tuple, col: Any, members: list[dict], endpoint: Endpoint = FINAL) -> Cell:
+    finished = [r for r in members if r["status"] == "finished"]
+    at = {r["dir"]: endpoint_value(r, endpoint) for r in finished}
     done = sorted(
-        (r for r in members if r["status"] == "finished" and clean(r["acc"]) is not None),
+        (r for r in finished if at[r["dir"]] is not None),
         key=lambda r: rank("seed", clean(r.get("seed"))),
     )
     counts = {s: sum(r["status"] == s for r in members) for s in UNFINISHED}
+    counts[SHORT] = len(finished) - len(done)
     keys = [k for k in members[0] if k not in BOOKKEEPING]
     settings = {}
     for k in keys:
@@ -180,7 +210,7 @@ def _cell(row: tuple, col: Any, members: list[dict]) -> Cell:
     return Cell(
         row,
         col,
-        tuple(100.0 * float(r["acc"]) for r in done),
+        tuple(100.0 * float(at[r["dir"]]) for r in done),
         tuple(clean(r.get("seed")) for r in done),
         counts,
         settings,
@@ -202,8 +232,13 @@ def _duplicate_seeds(cell: Cell, members: list[dict], label: str) -> list[str]:
     ]
 
 
-def summarize(runs) -> Summary:
-    """Cells of mean ± std (ddof=1) over seeds, rows and columns from the varying keys."""
+def summarize(
+    runs, *, endpoint: Endpoint = FINAL, baseline: tuple[str, Any] | None = None
+) -> Summary:
+    """Cells of mean ± std (ddof=1) over seeds of each run's `endpoint`, rows and columns from
+    the varying keys, and each cell's gain over its `baseline` (key, value): the cell with that
+    value and otherwise the most row keys in common, in the same column (default
+    ortho.mode=none)."""
     if len(runs) == 0:
         raise UserError("RESULTS_DIR", "no runs to tabulate")
     row_keys, col_key, folded = table_keys(runs)
@@ -216,7 +251,7 @@ def summarize(runs) -> Summary:
     cols = sorted({col for _, col in groups}, key=lambda col: rank(col_key, col))
     cells, warnings = {}, []
     for (row, col), members in groups.items():
-        cells[(row, col)] = _cell(row, col, members)
+        cells[(row, col)] = _cell(row, col, members, endpoint)
         warnings += _duplicate_seeds(
             cells[(row, col)], members, _where(row_keys, row, col_key, col)
         )
@@ -224,7 +259,7 @@ def summarize(runs) -> Summary:
         if r["status"] == "damaged":
             warnings.append(f"damaged run {r['dir']}: {r['problem']}; not counted")
     warnings += [f"damaged run {u}; not counted" for u in runs.attrs.get("unplaced", [])]
-    return Summary(
+    summary = Summary(
         name=str(runs.attrs.get("name", "runs")),
         row_keys=row_keys,
         col_key=col_key,
@@ -234,8 +269,74 @@ def summarize(runs) -> Summary:
         smoke=bool(runs["smoke"].all()),
         smoke_rows=_smoke_rows(runs, row_keys),
         folded_keys=folded,
-        warnings=tuple(sorted(warnings)),
+        warnings=(),
+        endpoint=endpoint,
+        baseline=baseline or DEFAULT_BASELINE,
     )
+    comparisons, why = _comparisons(summary)
+    if baseline is not None and why:
+        warnings.append(why)
+    if endpoint.kind == "best":
+        warnings.append(
+            "endpoint best: each run's highest test accuracy over its epochs, chosen on the "
+            "test set itself, so it is optimistic"
+        )
+    from dataclasses import replace
+
+    return replace(summary, comparisons=comparisons, warnings=tuple(sorted(warnings)))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return not isinstance(a, bool) and not isinstance(b, bool) and math.isclose(a, b)
+    return a == b
+
+
+def _baseline_of(summary: Summary, row: tuple, col: Any) -> tuple[tuple, Any] | None:
+    """The (row, col) of the baseline cell of a cell: None for a baseline cell itself, or
+    when the table has no baseline cell for it (or two equally close)."""
+    key, value = summary.baseline
+    if key == summary.col_key:
+        if _same(col, value):
+            return None
+        match = [c for c in summary.cols if _same(c, value)]
+        return (row, match[0]) if match else None
+    if key not in summary.row_keys:
+        return None
+    i = summary.row_keys.index(key)
+    if _same(row[i], value):
+        return None
+    scored = [
+        (sum(a == b for j, (a, b) in enumerate(zip(r, row, strict=True)) if j != i), r)
+        for r in summary.rows
+        if _same(r[i], value) and summary.cell(r, col) is not None
+    ]
+    best = max((score for score, _ in scored), default=None)
+    closest = [r for score, r in scored if score == best]
+    return (closest[0], col) if len(closest) == 1 else None
+
+
+def _comparisons(summary: Summary):
+    """Every cell's comparison with its baseline, Holm-adjusted over the table; and why
+    there are none, where there are none."""
+    key, value = summary.baseline
+    if key != summary.col_key and key not in summary.row_keys:
+        return {}, f"baseline {key}={value}: {key} is not a row or column key of this table"
+    pairs = {}
+    for (row, col), cell in summary.cells.items():
+        base = _baseline_of(summary, row, col)
+        if base is not None and (c := compare(cell.accs, summary.cells[base].accs)):
+            pairs[(row, col)] = (base, c)
+    if not pairs:
+        return {}, f"baseline {key}={value}: no cell of this table has it"
+    order = list(pairs)
+    adjusted = holm([pairs[k][1].p for k in order])
+    from dataclasses import replace
+
+    return {
+        k: (pairs[k][0], replace(pairs[k][1], p_holm=adj))
+        for k, adj in zip(order, adjusted, strict=True)
+    }, None
 
 
 def _smoke_rows(runs, row_keys: tuple[str, ...]) -> frozenset:
@@ -271,15 +372,6 @@ class Versus:
     gain_p: float | None  # Welch's t-test of our gain, two-sided; None when a side has n < 2
 
 
-def _baseline(summary: Summary, cell: Cell) -> Cell | None:
-    if "ortho.mode" not in summary.row_keys:
-        return None
-    i = summary.row_keys.index("ortho.mode")
-    if cell.row[i] in (None, "none"):
-        return None
-    return summary.cell((*cell.row[:i], "none", *cell.row[i + 1 :]), cell.col)
-
-
 def _num(x: float | None, digits: int | None = None) -> float | None:
     """NaN -> None; optionally rounded (to `digits` decimals) for files people read."""
     if x is None or math.isnan(x):
@@ -288,12 +380,13 @@ def _num(x: float | None, digits: int | None = None) -> float | None:
 
 
 def versus(summary: Summary, cell: Cell) -> Versus:
-    paper, base = paper_value(cell), _baseline(summary, cell)
+    paper = paper_value(cell)
+    base_at, comparison = (summary.comparisons or {}).get((cell.row, cell.col), (None, None))
+    base = summary.cells[base_at] if base_at else None
     base_paper = paper_value(base) if base else None
     gain = gain_paper = p = None
-    if base is not None:
-        gain = _num(cell.mean - base.mean)
-        p = getattr(compare(cell.accs, base.accs), "p", None)
+    if comparison is not None:
+        gain, p = _num(comparison.gain), comparison.p
         if paper and base_paper:
             gain_paper = paper[0] - base_paper[0]
     return Versus(
@@ -345,14 +438,16 @@ def column_label(key: str | None, value: Any) -> str:
 
 
 def title(summary: Summary) -> str:
-    text = f"{summary.name}: final test accuracy (%)"
+    text = f"{summary.name}: {summary.endpoint.label}"
     if summary.smoke_rows:
         return f"{text}; rows marked SMOKE are synthetic stand-in data, not the paper's numbers"
     return f"{SMOKE_TITLE}. {text}" if summary.smoke else text
 
 
 def _notes(cell: Cell) -> str:
-    notes = [f"{cell.counts[s]} {s}" for s in UNFINISHED if cell.counts[s]]
+    notes = [f"{cell.counts[s]} {s}" for s in UNFINISHED if cell.counts.get(s)]
+    if cell.counts.get(SHORT):
+        notes.append(f"{cell.counts[SHORT]} finished too short for the endpoint")
     return ", ".join(notes + ([f"{cell.packed} packed"] if cell.packed else []))
 
 
@@ -373,12 +468,8 @@ def _signed(x: float | None) -> str:
     return "" if x is None else f"{x:+.1f}"
 
 
-def _p_text(v: Versus) -> str:
-    return "n/a" if v.gain_p is None else f"{v.gain_p:.2g}"
-
-
 def _gain_text(v: Versus | None) -> str:
-    return "" if v is None or v.gain is None else f"{_signed(v.gain)} (p={_p_text(v)})"
+    return "" if v is None or v.gain is None else f"{_signed(v.gain)} (p={p_text(v.gain_p)})"
 
 
 def _paper_text(v: Versus, pm: str) -> str:
@@ -435,29 +526,70 @@ PAPER_NOTE = (
 
 
 GAIN_NOTE = (
-    "Gain over the baseline at the same settings, in accuracy points: mean of the orthogonal "
-    "mode − mean of the baseline; p = Welch's t-test (two-sided, unequal variances) on the "
-    "runs' accuracies, n/a when a side has fewer than 2 runs."
+    "Gains over the baseline, in accuracy points: mean − the baseline cell's mean (its row "
+    "group and column); 95% CI: Welch's t interval; p: Welch's t-test, two-sided; Holm: p "
+    "adjusted by Holm's step-down method over this table's gains; detectable: the smallest "
+    "true gain these runs would detect with 80% power at alpha = 0.05 (noncentral t, the "
+    "same spread). n/a where a side has fewer than 2 runs."
 )
+GAIN_STATS = ("gain", "95% CI", "p", "p (Holm)", "detectable (80%)")
+
+
+def _fixed(x: float | None, digits: int = 2, signed: bool = True) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def p_text(p: float | None) -> str:
+    """A p-value as tables print it: 3 significant digits (n/a for none)."""
+    return "n/a" if p is None else f"{p:.3g}"
+
+
+def comparison_cells(c: Comparison) -> list[str]:
+    """gain, '[low, high]', p, Holm p, detectable: the cells of one gain line."""
+    ci = "n/a" if c.ci_low is None else f"[{_fixed(c.ci_low)}, {_fixed(c.ci_high)}]"
+    return [_fixed(c.gain), ci, p_text(c.p), p_text(c.p_holm), _fixed(c.detectable, 2, False)]
+
+
+def gain_header(summary: Summary) -> list[str]:
+    col = [("lr" if summary.col_key == COLUMN_KEY else summary.col_key)] if summary.col_key else []
+    return [*(summary.row_keys or ["runs"]), *col, f"vs {_baseline_text(summary)}", *GAIN_STATS]
+
+
+def _baseline_text(summary: Summary) -> str:
+    key, value = summary.baseline
+    return f"{key}={show(key, value) if key != 'ortho.mode' else value}"
 
 
 def gain_lines(summary: Summary) -> list[list[str]]:
-    """Per orthogonal row (not the baseline): its label, then '+0.3 (p=0.41)' per column."""
-    if "ortho.mode" not in summary.row_keys:
-        return []
-    i = summary.row_keys.index("ortho.mode")
+    """One line per cell with a baseline: its row labels (and column), the baseline's
+    labels, then gain, CI, p, Holm p and detectable effect."""
     lines = []
     for row in summary.rows:
-        if row[i] in (None, "none"):
-            continue
-        cells = [summary.cell(row, c) for c in summary.cols]
-        vs = [versus(summary, c) if c else None for c in cells]
-        if any(v and v.gain is not None for v in vs):
-            lines.append([*_row_labels(summary, row), *(_gain_text(v) for v in vs)])
+        for col in summary.cols:
+            if (found := (summary.comparisons or {}).get((row, col))) is None:
+                continue
+            (base_row, base_col), c = found
+            where = [show(summary.col_key, col)] if summary.col_key else []
+            versus_label = ", ".join(
+                show(k, v)
+                for k, v, mine in zip(summary.row_keys, base_row, row, strict=True)
+                if v != mine
+            )
+            if base_col != col:
+                versus_label = show(summary.col_key, base_col)
+            lines.append(
+                [
+                    *(_row_labels(summary, row) or ["all"]),
+                    *where,
+                    versus_label,
+                    *comparison_cells(c),
+                ]
+            )
     return lines
 
 
-GAIN_COLUMN = "gain over the baseline (points)"
 TIME_NOTE = (
     "Training time per epoch (s): each run's median over its epochs of the training pass's "
     "wall-clock seconds (metrics.jsonl's train_seconds, evaluation excluded), mean ± std over "
@@ -562,11 +694,13 @@ def _markdown(summary: Summary, paper: bool) -> str:
         ]
         for row in summary.rows
     ]
-    lines = [f"### {title(summary)}", "", *_pipe_table(header, body, left), "", FOOTNOTE]
+    lines = [f"### {title(summary)}", "", *_pipe_table(header, body, left), ""]
+    lines.append(footnote(summary.endpoint))
     if summary.folded_keys:
         lines.append(f"Also varying, fixed by the rows: {', '.join(summary.folded_keys)}.")
     if gains := gain_lines(summary):
-        lines += ["", GAIN_NOTE, "", *_pipe_table(_side_header(summary, GAIN_COLUMN), gains, left)]
+        header = gain_header(summary)
+        lines += ["", GAIN_NOTE, "", *_pipe_table(header, gains, len(header) - len(GAIN_STATS))]
     if note := conv1_note(summary):
         lines += ["", note]
     if times := time_lines(summary):
@@ -621,7 +755,7 @@ def _tex_rows(lines: list[list[str]]) -> list[str]:
 def _latex(summary: Summary, paper: bool) -> str:
     left = max(len(summary.row_keys), 1)
     header = _header(summary) if summary.row_keys else ["runs", *_header(summary)]
-    caption = f"{title(summary)}. {FOOTNOTE}"
+    caption = f"{title(summary)}. {footnote(summary.endpoint)}"
     if paper and _paper_groups(summary):
         caption += f" Below: {PAPER_NOTE}"
     lines = [
@@ -648,9 +782,12 @@ def _latex(summary: Summary, paper: bool) -> str:
             r"\par\medskip",
             tex_escape(GAIN_NOTE),
             r"\par\medskip",
-            r"\begin{tabular}{" + "l" * left + "r" * len(summary.cols) + "}",
+            r"\begin{tabular}{"
+            + "l" * (len(gain_header(summary)) - len(GAIN_STATS))
+            + "r" * len(GAIN_STATS)
+            + "}",
             r"\toprule",
-            *_tex_rows([_side_header(summary, GAIN_COLUMN)]),
+            *_tex_rows([gain_header(summary)]),
             r"\midrule",
             *_tex_rows(gains),
             r"\bottomrule",
@@ -699,8 +836,9 @@ def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]
             rec.update(mean=_num(cell.mean, 6), std=_num(cell.std, 6), n=cell.n, **cell.counts)
             rec["smoke"] = summary.smoke or row in summary.smoke_rows
             rec["epoch_s"] = _num(statistics.fmean(cell.epoch_s), 3) if cell.epoch_s else None
+            rec["endpoint"] = summary.endpoint.text
+            rec.update(_comparison_record(summary, row, col))
             v = versus(summary, cell)
-            rec.update(gain=_num(v.gain, 6), gain_p=v.gain_p)  # vs the baseline, Welch
             if paper:
                 rec.update(
                     paper_mean=v.paper_mean,
@@ -710,6 +848,23 @@ def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]
                 )
             out.append((rec, cell))
     return out
+
+
+def _comparison_record(summary: Summary, row: tuple, col: Any) -> dict[str, Any]:
+    """The gain columns of a cell's record (None where it has no baseline)."""
+    base_at, c = (summary.comparisons or {}).get((row, col), (None, None))
+    key, value = summary.baseline
+    if c is None:
+        c = Comparison(math.nan)
+    return {
+        "baseline": f"{key}={value}" if base_at else None,
+        "gain": _num(c.gain, 6),
+        "gain_ci_low": _num(c.ci_low, 6) if c.ci_low is not None else None,
+        "gain_ci_high": _num(c.ci_high, 6) if c.ci_high is not None else None,
+        "gain_p": c.p,
+        "gain_p_holm": c.p_holm,
+        "gain_detectable": _num(c.detectable, 6) if c.detectable is not None else None,
+    }
 
 
 def _csv(summary: Summary, paper: bool) -> str:
@@ -729,12 +884,15 @@ def _json(summary: Summary, paper: bool) -> str:
         "name": summary.name,
         "title": title(summary),
         "smoke": summary.smoke,
-        "unit": "final test accuracy, percent",
+        "unit": f"{summary.endpoint.label}, percent",
+        "endpoint": summary.endpoint.text,
+        "baseline": "=".join(map(str, summary.baseline)),
         "std_ddof": 1,
         "row_keys": list(summary.row_keys),
         "col_key": summary.col_key,
         "folded_keys": list(summary.folded_keys),
-        "footnote": FOOTNOTE,
+        "footnote": footnote(summary.endpoint),
+        "gain_note": GAIN_NOTE,
         "warnings": list(summary.warnings),
         "cells": cells,
     }
