@@ -58,6 +58,75 @@ def test_theory_passes_and_writes_json(cli, tmp_path):
         assert needed in ids
     assert "Table 1" in r.stdout and "swish" in r.stdout
     assert "ACTIVE" in next(c["note"] for c in doc["checks"] if c["id"] == "appC-prior-relu")
+    direction = next(c for c in doc["checks"] if c["id"] == "appC-prior-direction")
+    assert direction["verdict"] == "contradicted" and direction["refutes"]
+    assert "contradicted" in r.stdout  # the verdict column (rich may fold "paper contradicted")
+
+
+def _run(check_id: str, trials: int = 20):
+    return next(c for c in checks.CHECKS if c.id == check_id).run(0, trials)
+
+
+def test_the_special_betas_and_the_limit_are_checked_by_other_routes(monkeypatch):
+    """thm3-special compares with the LP optimum, the GMM posterior and 1/R: a beta_vq that is
+    wrong at beta = 1, or that does not tend to HVQ, fails it."""
+    assert _run("thm3-special").passed
+    real = checks.beta_vq
+
+    def wrong_at_one(s, beta):
+        return checks.soft_vq(s) if isinstance(beta, float) and beta == 1.0 else real(s, beta)
+
+    monkeypatch.setattr(checks, "beta_vq", wrong_at_one)
+    assert not _run("thm3-special").passed
+
+    def no_limit(s, beta):  # right at beta = 1, but eta capped: no continuity
+        if isinstance(beta, float) and 0.5 < beta < 1.0:
+            return real(s, 0.5)
+        return real(s, beta)
+
+    monkeypatch.setattr(checks, "beta_vq", no_limit)
+    assert not _run("thm3-special").passed
+
+
+def test_beta_pool_is_checked_against_eq8_solved_per_window(monkeypatch):
+    assert _run("beta-pool").passed
+
+    class Shifted(checks.BetaSoftmaxPool2d):  # off by 1e-6 at beta = 0.3 only
+        def forward(self, x):
+            out = super().forward(x)
+            return out + 1e-6 if self.beta.constant() == 0.3 else out
+
+    monkeypatch.setattr(checks, "BetaSoftmaxPool2d", Shifted)
+    assert not _run("beta-pool").passed
+    assert torch.is_tensor(Shifted(3, 2, beta=0.3)(torch.zeros(1, 1, 5, 5)))
+
+
+def test_the_penalty_check_tests_the_trainers_value_and_gradient(monkeypatch):
+    assert _run("eq11-penalty").passed
+    real = checks.gram_penalties
+
+    class HalfGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            ctx.save_for_backward(w)
+            return real(w.detach())
+
+        @staticmethod
+        def backward(ctx, grad):
+            (w,) = ctx.saved_tensors
+            with torch.enable_grad():
+                leaf = w.detach().requires_grad_()
+                (g,) = torch.autograd.grad(real(leaf).sum(), leaf)
+            return 0.5 * g * grad.sum()
+
+    monkeypatch.setattr(checks, "gram_penalties", HalfGradient.apply)
+    assert not _run("eq11-penalty").passed
+
+
+def test_the_wide_layer_check_tests_the_exact_parametrisation(monkeypatch):
+    assert _run("sec5-wide-layer").passed
+    monkeypatch.setattr(checks, "apply_orthogonality", lambda convs, cfg: None)
+    assert not _run("sec5-wide-layer").passed
 
 
 def test_theory_exits_1_when_a_claim_fails(cli, monkeypatch):

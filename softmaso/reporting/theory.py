@@ -13,6 +13,8 @@ from softmaso.theory.checks import TABLE1, CheckResult
 
 
 def _verdict(r: CheckResult) -> str:
+    if r.refutes:
+        return "[yellow]paper contradicted[/]" if r.passed else "[red]FAIL (not contradicted)[/]"
     if r.contrast:
         return "[green]pass (differs)[/]" if r.passed else "[red]FAIL (should differ)[/]"
     return "[green]pass[/]" if r.passed else "[red]FAIL[/]"
@@ -25,7 +27,7 @@ def checks_table(results: list[CheckResult]) -> Table:
             col, overflow="fold", justify="right" if col in ("max error", "tol") else "left"
         )
     for r in results:
-        op = ">" if r.contrast else "<="
+        op = ">" if r.contrast or r.refutes else "<="
         t.add_row(
             f"[bold]{r.id}[/]\n{escape(r.claim)}",
             escape(r.ref),
