@@ -75,7 +75,7 @@ def test_a_recipe_file_with_a_sweep_runs_as_a_grid(cli, tmp_path):
     run = res / "mine" / "mode-exact_seed-1"
     assert json.loads((run / runs.ENV).read_text())["device"]["threads"] == 1
     table = (res / "table.md").read_text()
-    assert "ortho (exact)" in table and "(n=2)" in table and "p=" in table
+    assert "ortho (exact)" in table and "(n=2)" in table and "p (Holm)" in table
     # rerun: everything skipped; an interrupted run resumes (its result removed)
     (run / runs.RESULT).unlink()
     r = cli("reproduce", recipe, "--results", res)
