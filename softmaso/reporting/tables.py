@@ -563,8 +563,9 @@ def _baseline_text(summary: Summary) -> str:
 
 
 def gain_lines(summary: Summary) -> list[list[str]]:
-    """One line per cell with a baseline: its row labels (and column), the baseline's
-    labels, then gain, CI, p, Holm p and detectable effect."""
+    """One line per cell with a baseline: its row labels (and column), the baseline row's
+    labels (its column where the baseline is a column), then gain, CI, p, Holm p and the
+    detectable effect."""
     lines = []
     for row in summary.rows:
         for col in summary.cols:
@@ -572,11 +573,7 @@ def gain_lines(summary: Summary) -> list[list[str]]:
                 continue
             (base_row, base_col), c = found
             where = [show(summary.col_key, col)] if summary.col_key else []
-            versus_label = ", ".join(
-                show(k, v)
-                for k, v, mine in zip(summary.row_keys, base_row, row, strict=True)
-                if v != mine
-            )
+            versus_label = ", ".join(_row_labels(summary, base_row))  # the baseline's row
             if base_col != col:
                 versus_label = show(summary.col_key, base_col)
             lines.append(
