@@ -29,6 +29,25 @@ every unit) this module measures, per layer:
   weights and for the same run's weights at initialisation (Appendix C).
 - ``learned_beta``: where the nonlinearity learns its beta (swish, ``model.learn_beta``), the
   mean over the layer's channels of what it converged to (NaN otherwise).
+
+What these measure, and what they do not:
+
+- The factorial model is taken per position: the K units that see the same input patch. The
+  cross terms between units at overlapping positions, and between one filter at shifted
+  positions (a convolution's patches overlap), are not measured, so a zero ``cross_ratio``
+  means the layer's joint VQ factorises over its units at each position, not over the whole
+  feature map.
+- ``svq_entropy``, ``prior_last`` and ``joint_map_changes`` depend on each channel's scale:
+  the model fixes sigma^2 = 1, and batch norm can rescale a channel (and the next layer undo
+  it) without changing what the network computes. Read them as properties of the trained
+  parametrisation, not of the function; ``active_fraction``, ``dead_units``,
+  ``constant_units``, ``firing_correlation`` and ``cross_ratio`` (a ratio of the same scale)
+  are scale-free per layer.
+- ``cross_ratio`` is the mean of |cross| / diagonal: the absolute value, so cross terms of
+  either sign count.
+- Every statistic is computed on a random subsample of at most ``decisions`` (default 20,000)
+  (image, position) pairs per layer, drawn with a fixed generator (seed 0); the priors use
+  the weights only.
 """
 
 from __future__ import annotations
