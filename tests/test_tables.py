@@ -550,6 +550,20 @@ def test_the_baseline_can_be_any_setting(tmp_path):
     assert tables.summarize(runs).comparisons == {}
 
 
+def test_a_boolean_baseline_matches_booleans_only(tmp_path):
+    for learn, acc in ((False, 0.90), (True, 0.91)):
+        for seed in (0, 1):
+            write_run(
+                tmp_path, f"b/{learn}-{seed}", recipe="b", acc=acc + seed / 1000, seed=seed,
+                **{"model.activation": "beta", "model.learn_beta": learn},
+            )  # fmt: skip
+    s = tables.summarize(collect(tmp_path), baseline=("model.learn_beta", False))
+    assert set(s.comparisons) == {((True,), None)}
+    assert s.comparisons[((True,), None)][1].gain == pytest.approx(1.0)
+    # 0 is not False: a number never matches a boolean setting
+    assert tables.summarize(collect(tmp_path), baseline=("model.learn_beta", 0)).comparisons == {}
+
+
 def test_table_cli_takes_an_endpoint_and_a_baseline(cli, curves):
     r = cli("table", str(curves), "--endpoint", "last:3", "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["endpoint"] == "last:3"

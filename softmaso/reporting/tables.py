@@ -287,8 +287,11 @@ def summarize(
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal settings: numbers up to rounding (0.001 == 1e-3), booleans only to booleans."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return not isinstance(a, bool) and not isinstance(b, bool) and math.isclose(a, b)
+        return math.isclose(a, b)
     return a == b
 
 
