@@ -4,8 +4,10 @@
 epoch). ``plot_curves(dir, out)`` draws two figures with one panel per combination of the
 keys that vary across runs, ortho.mode and seed aside (for Table 2: dataset x learning rate):
 
-    curves.png/.pdf        test accuracy (%) per epoch, mean line and ± std band over seeds
-                           (ddof=1), baseline (ortho.mode none) against each ortho mode
+    curves.png/.pdf        test accuracy (%) per epoch (solid) and training accuracy (dashed:
+                           the running accuracy of the epoch's training pass, in train mode),
+                           mean line and ± std band over seeds (ddof=1), baseline (ortho.mode
+                           none) against each ortho mode
     ortho_error.png/.pdf   mean over layers of the orthogonality error per epoch (log scale)
 
 Diverged runs are left out of the bands (their count is in the title); started runs (no result
@@ -32,7 +34,17 @@ COLORS = {
     "srip": "tab:brown",
     "torch": "tab:olive",
 }
-COLUMNS = ("dir", "status", "seed", "epoch", "test_acc", "train_loss", "ortho_error_mean", "smoke")
+COLUMNS = (
+    "dir",
+    "status",
+    "seed",
+    "epoch",
+    "test_acc",
+    "train_acc",
+    "train_loss",
+    "ortho_error_mean",
+    "smoke",
+)
 
 
 def _mean_error(errors) -> float:
@@ -65,6 +77,7 @@ def _curves(results_dir: Path):
                     "seed": run.get("seed"),
                     "epoch": int(m["epoch"]),
                     "test_acc": number(m.get("test_acc")),
+                    "train_acc": number(m.get("train_acc")),
                     "train_loss": number(m.get("train_loss")),
                     "ortho_error_mean": _mean_error(m.get("ortho_error")),
                     "smoke": bool(run["smoke"]),
@@ -76,7 +89,7 @@ def _curves(results_dir: Path):
 
 
 def load_curves(results_dir: Path):
-    """One row per (run, epoch): the varying keys, seed, epoch, test_acc, train_loss,
+    """One row per (run, epoch): the varying keys, seed, epoch, test_acc, train_acc, train_loss,
     ortho_error_mean (mean over layers), smoke; plus dir and status."""
     return _curves(results_dir)[0]
 
@@ -116,8 +129,9 @@ def _panel_label(key: str, value) -> str:
     return f"{key.rsplit('.', 1)[-1]}={tables.show(key, value)}"
 
 
-def _draw(ax, panel, column: str, scale: float) -> None:
-    """Mean line and ± std band (ddof=1) over seeds per epoch, one colour per ortho mode."""
+def _draw(ax, panel, column: str, scale: float, dashed: str | None = None) -> None:
+    """Mean line and ± std band (ddof=1) over seeds per epoch, one colour per ortho mode;
+    `dashed`, a second column drawn the same way with dashed lines (no legend entry)."""
     from matplotlib.ticker import MaxNLocator
 
     if panel.empty:
@@ -132,13 +146,27 @@ def _draw(ax, panel, column: str, scale: float) -> None:
         label = f"{tables.show('ortho.mode', mode)} (n={sub['dir'].nunique()})"
         ax.plot(x, mean, color=color, lw=1.6, label=label)
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        if dashed is not None and sub[dashed].notna().any():
+            more = sub.groupby("epoch")[dashed].agg(["mean", "std"]).sort_index() * scale
+            spread = more["std"].fillna(0.0)
+            ax.plot(more.index.to_numpy(), more["mean"], color=color, lw=1.2, ls="--")
+            ax.fill_between(
+                more.index.to_numpy(),
+                more["mean"] - spread,
+                more["mean"] + spread,
+                color=color,
+                alpha=0.1,
+                lw=0,
+            )
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
 
-def _figure(df, panel_keys, col_key, column, ylabel, suptitle, *, scale=1.0, log=False):
+def _figure(
+    df, panel_keys, col_key, column, ylabel, suptitle, *, scale=1.0, log=False, dashed=None
+):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +187,7 @@ def _figure(df, panel_keys, col_key, column, ylabel, suptitle, *, scale=1.0, log
         if mixed and bool(frame["smoke"].any()):
             name = f"{name} (SMOKE)"
         ax = axes[r][c]
-        _draw(ax, frame, column, scale)
+        _draw(ax, frame, column, scale, dashed)
         ax.set_title(name, fontsize=10)
         if c == 0:
             ax.set_ylabel(ylabel)
@@ -202,9 +230,10 @@ def plot_curves(results_dir: Path, out_dir: Path) -> list[Path]:
         panel_keys,
         col_key,
         "test_acc",
-        "test accuracy (%)",
-        _suptitle(name, "test accuracy", smoke, diverged),
+        "accuracy (%)",
+        _suptitle(name, "test (solid) and training (dashed) accuracy", smoke, diverged),
         scale=100.0,
+        dashed="train_acc",
     )
     err = _figure(
         df,
