@@ -60,8 +60,8 @@ def recipe_paths(experiment: str) -> list[Path]:
     if experiment not in recipes.EXPERIMENTS:
         raise UserError(
             "EXPERIMENT",
-            f"unknown experiment {experiment!r}; one of {', '.join(recipes.EXPERIMENTS)}, "
-            "or a recipe file with a sweep: (PATH.yaml)",
+            f"unknown experiment {experiment!r}; use {', '.join(recipes.EXPERIMENTS)}, "
+            "figure1, theory, all, or a recipe file with a sweep: (PATH.yaml)",
         )
     return [recipes.path_of(name) for name in recipes.EXPERIMENTS[experiment]]
 

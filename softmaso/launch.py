@@ -398,31 +398,20 @@ class Selection:
     overrides: tuple[str, ...] = ()
 
 
-EVERYTHING = (
-    "theory",
-    "figure1",
-    "table2",
-    "gs-cifar100",
-    "fashion",
-    "table2-fashion",
-    "activations",
-    "ortho-methods",
-)
+NOT_GRIDS = ("theory", "figure1")  # what `reproduce` runs besides the recipes' experiments
 
 
 def check_names(experiment: str) -> list[str]:
-    """The experiments `softmaso reproduce EXPERIMENT` runs; UserError for an unknown one."""
+    """The experiments `softmaso reproduce EXPERIMENT` runs (``all``: the checks, Figure 1,
+    then every experiment of :data:`softmaso.recipes.EXPERIMENTS` in order); UserError for an
+    unknown one."""
     from softmaso import recipes
 
-    names = list(EVERYTHING) if experiment == "all" else [experiment]
-    for name in names:
-        if name not in ("theory", "figure1", *recipes.EXPERIMENTS) and not ex.is_recipe_file(name):
-            raise UserError(
-                "EXPERIMENT",
-                f"unknown experiment {name!r}; use {', '.join(recipes.EXPERIMENTS)}, figure1, "
-                "theory, all, or a recipe file with a sweep: (PATH.yaml)",
-            )
-    return names
+    if experiment == "all":
+        return [*NOT_GRIDS, *recipes.EXPERIMENTS]
+    if experiment not in NOT_GRIDS:
+        ex.recipe_paths(experiment)  # the one "unknown experiment" error
+    return [experiment]
 
 
 def reproduce(

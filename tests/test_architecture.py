@@ -1,5 +1,6 @@
 """The package's layout, checked: layers that import only downwards, no private names across
-modules, short functions and thin CLI commands (README, Library)."""
+modules and thin CLI commands (docs/reference.md, Library). Library functions have no length
+rule: a 60-line cap once made helpers that only passed arguments on."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ LAYERS = {
     "softmaso.cli": 8,
     "softmaso.__main__": 9,
 }
-CLI_BODY_MAX, FUNCTION_MAX = 40, 60
+CLI_BODY_MAX = 40  # a command parses, builds its options, calls one function, prints
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -135,16 +136,6 @@ def _is_command(node) -> bool:
         isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
         for d in node.decorator_list
     )
-
-
-def test_library_functions_are_short():
-    long = [
-        f"{name}.{f.name}: {f.end_lineno - f.lineno + 1} lines"
-        for name, tree in MODULES.items()
-        for f in _functions(tree)
-        if not _is_command(f) and f.end_lineno - f.lineno + 1 > FUNCTION_MAX
-    ]
-    assert not long, "\n".join(long)
 
 
 def test_cli_commands_are_thin():
