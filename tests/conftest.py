@@ -1,6 +1,14 @@
+"""Fixtures and helpers shared by the tests: the CLI runner, a tiny training config, metrics
+rows without timings."""
+
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
+
+from softmaso import runs
+from softmaso.config import RunConfig
 
 torch.set_num_threads(2)
 
@@ -16,3 +24,26 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+def tiny(**over) -> RunConfig:
+    """A narrow model on a small synthetic set: seconds per epoch on 2 CPU cores."""
+    cfg = RunConfig.model_validate(
+        {
+            "recipe": "test",
+            "data": {"name": "synthetic", "synthetic_train": 1000, "subset": 600},
+            "model": {"width": 0.125},
+            "optim": {"lr": 0.003, "batch_size": 50},
+            "train": {"epochs": 3, "eval_batch_size": 500},
+        }
+    )
+    return cfg.with_overrides(**over) if over else cfg
+
+
+def metric_rows(run_dir):
+    """A run's metrics.jsonl rows without what differs between identical runs (timings, memory)."""
+    rows = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    for r in rows:  # timings and memory differ between runs; everything else must not
+        for key in ("seconds", "train_seconds", "eval_seconds", "images_per_s", "peak_rss_mib"):
+            r.pop(key)
+    return rows

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_training import tiny
+from conftest import tiny
 
 from softmaso import analysis, runs, training
 from softmaso.theory import absolute, relu

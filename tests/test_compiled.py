@@ -7,7 +7,7 @@ they differ by rounding (enough to flip a ReLU whose input is within rounding of
 
 import pytest
 import torch
-from test_training import _rows, tiny
+from conftest import metric_rows, tiny
 from torch._dynamo.utils import counters
 
 from softmaso import packed_training, training
@@ -131,7 +131,7 @@ def test_compiled_run_resumes_exactly(tmp_path, monkeypatch):
         training.fit(cfg, tmp_path / "r", device="cpu", live=False)
     monkeypatch.setattr(training, "evaluate", real)
     training.fit(cfg, tmp_path / "r", device="cpu", live=False)
-    assert _rows(tmp_path / "r") == _rows(tmp_path / "straight")
+    assert metric_rows(tmp_path / "r") == metric_rows(tmp_path / "straight")
 
 
 def test_compiled_pack_equals_eager_pack_in_float64():

@@ -380,7 +380,7 @@ def test_torch_mode_gives_orthonormal_filters_that_train():
 
 
 def test_new_modes_train_alone_and_never_pack(tmp_path):
-    from test_training import tiny
+    from conftest import tiny
 
     from softmaso import training
     from softmaso.packed_training import plan_units

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from test_training import _rows, tiny
+from conftest import metric_rows, tiny
 
 from softmaso import experiments as ex
 from softmaso import launch, packed_training, runs, training
@@ -43,7 +43,7 @@ def test_packed_runs_match_separate_runs(tmp_path):
         assert (tmp_path / f"p{i}" / runs.CONFIG).read_text() == (
             tmp_path / f"s{i}" / runs.CONFIG
         ).read_text()
-        got, want = _rows(tmp_path / f"p{i}"), _rows(tmp_path / f"s{i}")
+        got, want = metric_rows(tmp_path / f"p{i}"), metric_rows(tmp_path / f"s{i}")
         # float32 rounding differs between packed and separate kernels, and Adam amplifies
         # it over the epoch's 12 steps; the tight check is the next test's
         assert got[-1]["train_loss"] == pytest.approx(want[-1]["train_loss"], rel=2e-2)
@@ -64,7 +64,7 @@ def test_first_steps_agree_to_rounding(tmp_path):
     fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu", live=False)
     for i, cfg in enumerate(cfgs):
         training.fit(cfg, tmp_path / f"s{i}", device="cpu", live=False)
-        got, want = _rows(tmp_path / f"p{i}")[0], _rows(tmp_path / f"s{i}")[0]
+        got, want = metric_rows(tmp_path / f"p{i}")[0], metric_rows(tmp_path / f"s{i}")[0]
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-5)
         assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-5)
         assert got["ortho_error"] == pytest.approx(want["ortho_error"], rel=1e-3, abs=1e-7)
@@ -77,7 +77,7 @@ def test_a_pack_in_nchw_trains_as_in_channels_last(tmp_path, monkeypatch):
     monkeypatch.setattr(packed_training, "PACK_LAYOUT", torch.contiguous_format)
     fit_packed(cfgs, [tmp_path / f"nchw{i}" for i in range(3)], device="cpu", live=False)
     for i in range(3):
-        got, want = _rows(tmp_path / f"nchw{i}")[0], _rows(tmp_path / f"cl{i}")[0]
+        got, want = metric_rows(tmp_path / f"nchw{i}")[0], metric_rows(tmp_path / f"cl{i}")[0]
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-5)
         assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-5)
 
@@ -97,12 +97,12 @@ def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(packed_training, "_evaluate", interrupting)
     with pytest.raises(KeyboardInterrupt):
         fit_packed(cfgs, dirs, device="cpu", live=False)
-    assert [len(_rows(d)) for d in dirs] == [1, 1, 1]
+    assert [len(metric_rows(d)) for d in dirs] == [1, 1, 1]
     assert not any((d / runs.RESULT).exists() for d in dirs)
     monkeypatch.setattr(packed_training, "_evaluate", real)
     fit_packed(cfgs, dirs, device="cpu", live=False)
     for i, d in enumerate(dirs):
-        assert _rows(d) == _rows(tmp_path / f"straight{i}")
+        assert metric_rows(d) == metric_rows(tmp_path / f"straight{i}")
 
 
 def test_a_diverged_run_leaves_the_pack(tmp_path, monkeypatch):
@@ -144,7 +144,7 @@ def test_runs_at_different_epochs_train_in_separate_packs(tmp_path, monkeypatch)
     res = fit_packed(cfgs, [tmp_path / f"r{i}" for i in range(3)], device="cpu", live=False)
     assert [r["status"] for r in res] == ["finished"] * 3
     assert [r["packed_with"] for r in res] == [1, 2, 2]
-    assert [r["epoch"] for r in _rows(tmp_path / "r0")] == [1, 2]
+    assert [r["epoch"] for r in metric_rows(tmp_path / "r0")] == [1, 2]
 
 
 def test_runs_that_differ_in_shape_do_not_pack(tmp_path):

@@ -5,32 +5,10 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import metric_rows, tiny
 
 from softmaso import runs, training
-from softmaso.config import RunConfig
 from softmaso.errors import UserError
-
-
-def tiny(**over) -> RunConfig:
-    """A narrow model on a small synthetic set: seconds per epoch on 2 CPU cores."""
-    cfg = RunConfig.model_validate(
-        {
-            "recipe": "test",
-            "data": {"name": "synthetic", "synthetic_train": 1000, "subset": 600},
-            "model": {"width": 0.125},
-            "optim": {"lr": 0.003, "batch_size": 50},
-            "train": {"epochs": 3, "eval_batch_size": 500},
-        }
-    )
-    return cfg.with_overrides(**over) if over else cfg
-
-
-def _rows(run_dir):
-    rows = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
-    for r in rows:  # timings and memory differ between runs; everything else must not
-        for key in ("seconds", "train_seconds", "eval_seconds", "images_per_s", "peak_rss_mib"):
-            r.pop(key)
-    return rows
 
 
 def test_synthetic_training_learns_above_chance(tmp_path):
@@ -46,7 +24,7 @@ def test_synthetic_training_learns_above_chance(tmp_path):
         runs.RESULT,
         runs.WEIGHTS,
     }
-    row = _rows(tmp_path / "run")[-1]
+    row = metric_rows(tmp_path / "run")[-1]
     assert set(row) >= {"epoch", "train_loss", "train_acc", "test_acc", "ortho_error", "lr"}
     assert len(row["ortho_error"]) == 8
     env = json.loads((tmp_path / "run" / runs.ENV).read_text())
@@ -76,11 +54,11 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         training.fit(cfg, tmp_path / "resumed", device="cpu", live=False)
     assert not (tmp_path / "resumed" / runs.RESULT).exists()
-    assert len(_rows(tmp_path / "resumed")) == 1  # epoch 1 was saved, epoch 2 was not
+    assert len(metric_rows(tmp_path / "resumed")) == 1  # epoch 1 was saved, epoch 2 was not
     monkeypatch.setattr(training, "evaluate", real_evaluate)
     res = training.fit(cfg, tmp_path / "resumed", device="cpu", live=False)
     assert res["status"] == "finished"
-    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "straight")
+    assert metric_rows(tmp_path / "resumed") == metric_rows(tmp_path / "straight")
 
 
 def test_divergence_stops_with_status_diverged(tmp_path, monkeypatch):
@@ -156,7 +134,7 @@ def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
     assert res["status"] == "finished"
     w = load_file(str(tmp_path / runs.WEIGHTS))["features.3.0.weight"].flatten(1).double()
     assert torch.allclose(w @ w.T, torch.eye(w.shape[0], dtype=torch.float64), atol=1e-5)
-    assert max(_rows(tmp_path)[-1]["ortho_error"].values()) < 1e-6
+    assert max(metric_rows(tmp_path)[-1]["ortho_error"].values()) < 1e-6
 
 
 def test_exact_weights_are_all_orthonormalised_before_the_forward_with_the_same_result():
@@ -265,11 +243,11 @@ def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch
     monkeypatch.setattr(runs, "write_metrics", killed)
     with pytest.raises(KeyboardInterrupt):
         training.fit(cfg, tmp_path, device="cpu", live=False)
-    assert len(_rows(tmp_path)) == 1 and not (tmp_path / runs.RESULT).exists()
+    assert len(metric_rows(tmp_path)) == 1 and not (tmp_path / runs.RESULT).exists()
     monkeypatch.setattr(runs, "write_metrics", real)
     res = training.fit(cfg, tmp_path, device="cpu", live=False)
     assert res["status"] == "finished" and res["epochs"] == 2
-    assert [r["epoch"] for r in _rows(tmp_path)] == [1, 2]
+    assert [r["epoch"] for r in metric_rows(tmp_path)] == [1, 2]
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -280,7 +258,7 @@ def test_bf16_autocast_trains_on_a_cpu(tmp_path):
         tiny(**{"train.epochs": 1, "train.amp": True}), tmp_path / "b", device="cpu", live=False
     )
     assert fp32["status"] == bf16["status"] == "finished"
-    loss = [_rows(tmp_path / d)[0]["train_loss"] for d in ("a", "b")]
+    loss = [metric_rows(tmp_path / d)[0]["train_loss"] for d in ("a", "b")]
     assert loss[0] != loss[1] and abs(loss[0] - loss[1]) < 0.1  # bf16 rounding, same training
     s = training.build(tiny(**{"train.amp": True}), torch.device("cpu"))
     assert all(p.dtype == torch.float32 for p in s.model.parameters())
