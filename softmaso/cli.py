@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from softmaso import __version__
 from softmaso.errors import UserError
+from softmaso.fast import flag_help_without_type
 
 # click's ClickException (Typer vendors click in recent releases, so find it through Typer).
 _CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -48,16 +49,7 @@ class _Group(TyperGroup):
         return code
 
 
-def _flag_type(display_type_rich):
-    """A flag (--smoke, --pack/--no-pack, --help) takes no value: the help shows no `<bool>`."""
-
-    def display(self, ctx):
-        return "" if self.is_flag else display_type_rich(self, ctx)
-
-    return display
-
-
-typer.core.TyperOption.display_type_rich = _flag_type(typer.core.TyperOption.display_type_rich)
+flag_help_without_type()  # a flag's --help shows no <bool>
 
 
 app = typer.Typer(

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from softmaso.fast import compile_settings, mark_static
 from softmaso.orthogonality import at_least_fp32
 
 _TEMPLATES: dict[tuple, nn.Module] = {}
@@ -58,10 +59,7 @@ def template_for(model: nn.Module) -> nn.Module:
         for p in template.parameters():
             p.requires_grad_(False)  # never trained; the run's own tensors replace these
         _TEMPLATES[key] = template
-        # one cache entry per structure; make room beyond dynamo's default of 8
-        config = torch._dynamo.config
-        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, name, max(getattr(config, name), 2 * len(_TEMPLATES) + 8))
+        compile_settings(templates=len(_TEMPLATES), cuda_graphs=False)  # a cache entry each
     return _TEMPLATES[key]
 
 
@@ -78,18 +76,7 @@ def _compiled(mode: str | None) -> Callable:
     warnings.filterwarnings("ignore", r"`torch\._prims_common\.check` is deprecated", FutureWarning)
     # "No CUDA runtime is found", on the CPU: true, and beside the point
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    # a pack compiled after a single run in one process (the packing probe, bench) would
-    # otherwise become a dynamic-shape graph ("size mismatch at index 1"): each shape gets
-    # its own static graph instead
-    torch._dynamo.config.automatic_dynamic_shapes = False
-    if mode == "reduce-overhead":
-        from torch._inductor import config as inductor
-
-        # each run's tensors re-record the graphs once; past this limit (128 by default)
-        # inductor would quietly stop using CUDA graphs for the rest of a grid
-        limit = getattr(inductor.triton, "cudagraph_unexpected_rerecord_limit", None)
-        if limit is not None:
-            inductor.triton.cudagraph_unexpected_rerecord_limit = max(limit, 1 << 16)
+    compile_settings(templates=len(_TEMPLATES), cuda_graphs=mode == "reduce-overhead")
     return torch.compile(_forward, mode=mode)
 
 
@@ -116,7 +103,7 @@ class CompiledForward:
             # them update batch norm's statistics (a graph that mutates any other input is
             # run without CUDA graphs). guard=False: a new run's tensors at other addresses
             # re-record the graphs (once per run) instead of recompiling.
-            torch._dynamo.mark_static_address(t, guard=False)
+            mark_static(t)
         self.outputs = outputs
         self.cuda = device.type == "cuda"
         self.amp = amp

@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from softmaso.config import OrthoConfig
+from softmaso.fast import matmul_nt, parametrize_cache
 
 Method = Literal["cholesky", "qr"]
 CL = torch.channels_last
@@ -51,51 +52,6 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 
 def _no_autocast(t: torch.Tensor):
     return torch.autocast(t.device.type, enabled=False)
-
-
-_ONEDNN_MIN_MACS = 1 << 20  # below ~1M multiply-adds MKL's call overhead is lower
-
-
-def _onednn_linear() -> Callable | None:
-    """oneDNN's float32 matmul (``torch.ops.mkldnn._linear_pointwise``), or None where absent.
-
-    On the CPU ``torch.matmul`` calls MKL, whose sgemm does not take its AVX-512 path on AMD
-    CPUs: 2.0-2.5x slower than oneDNN for the products below (2-core AMD EPYC, 192 x 1728 x 192:
-    0.64 ms against 0.26-0.30 ms), and oneDNN's is the same float32 arithmetic. The op is
-    inductor's (a private one), so its absence falls back to ``torch.matmul``.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return None
-    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-
-_LINEAR = _onednn_linear()
-
-
-def matmul_nt(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (..., r, k) @ w (..., c, k)^T -> (..., r, c); the batch dims of x and w equal.
-
-    Through oneDNN for large float32 CPU products (w may be a transposed view: oneDNN reorders
-    its weight anyway), else ``torch.matmul``; under ``torch.compile`` always ``torch.matmul``,
-    which inductor lowers to its own GEMMs or MKL.
-    """
-    r, k = x.shape[-2:]
-    fast = (
-        _LINEAR is not None
-        and not torch.compiler.is_compiling()  # inductor lowers the op for constant weights only
-        and x.device.type == "cpu"
-        and x.dtype == w.dtype == torch.float32
-        and r * w.shape[-2] * k >= _ONEDNN_MIN_MACS
-    )
-    if not fast:
-        return x @ w.mT
-    if x.dim() == 2:
-        return _LINEAR(x, w, None, "none", [], "")
-    lead = x.shape[:-2]
-    xs, ws = x.reshape(-1, r, k), w.reshape(-1, *w.shape[-2:])
-    out = [_LINEAR(xi, wi, None, "none", [], "") for xi, wi in zip(xs, ws, strict=True)]
-    batch = out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)  # a single run: no copy
-    return batch.reshape(*lead, r, w.shape[-2])
 
 
 class _OffDiagonalEnergy(torch.autograd.Function):
@@ -391,13 +347,11 @@ def prefill_orthonormal(modules: Iterable[nn.Module]) -> None:
     ``module.weight`` then reads; the other layers are left to their parametrisation.
 
     Fewer, larger factorisations; the same values as layer by layer, up to the rounding of
-    batched products. Uses parametrize's cache (keyed by module and tensor name).
+    batched products. Uses parametrize's cache (:func:`softmaso.fast.parametrize_cache`).
     """
-    cache_enabled = getattr(parametrize, "_cache_enabled", None)
-    if cache_enabled is None or not hasattr(parametrize, "_cache"):
+    cache = parametrize_cache()
+    if cache is None:
         return  # another torch: each layer computes its own weight, as before
-    if not cache_enabled:
-        raise RuntimeError("prefill_orthonormal belongs inside parametrize.cached()")
     groups: dict[tuple, list[nn.Module]] = {}
     for m in modules:
         chain = m.parametrizations["weight"] if parametrize.is_parametrized(m, "weight") else []
@@ -411,7 +365,7 @@ def prefill_orthonormal(modules: Iterable[nn.Module]) -> None:
         stacked = torch.cat([m.parametrizations["weight"].original for m in members])
         q = orthonormalise(stacked, method, runs=len(members))
         for m, w in zip(members, q.split(shape[0]), strict=True):
-            parametrize._cache[(id(m), "weight")] = w
+            cache[(id(m), "weight")] = w
 
 
 def sgs_reference(w: torch.Tensor) -> torch.Tensor:

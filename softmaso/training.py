@@ -14,7 +14,6 @@ each step go through ``torch.compile`` (:mod:`softmaso.compiled`); the rest stay
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from softmaso.compiled import CompiledForward, single_outputs
 from softmaso.config import RunConfig, TrainConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.errors import UserError
+from softmaso.fast import keep_freed_memory
 from softmaso.loop import EpochStats, run_epochs
 from softmaso.models import build_model, check_input_size
 from softmaso.orthogonality import (
@@ -167,27 +167,6 @@ def place(
     else:
         keep_freed_memory()
     return model.to(device).to(memory_format=layout)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed blocks for reuse rather than hand them back to the OS.
-
-    A CPU training step frees and reallocates ~100 MB of activations. With glibc's defaults
-    they are unmapped and mapped again, ~25,000 page faults per full-width step (measured on
-    2 cores: up to 0.1 s of system time on a 0.19 s step, and most of the step-to-step
-    noise). With blocks up to 32 MiB (glibc's largest setting) served from the heap and the
-    heap trimmed only above 1 GiB free, a step takes no page faults once warm. Process-wide;
-    False where the C library is not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def build(

@@ -5,6 +5,7 @@ rule: a 60-line cap once made helpers that only passed arguments on."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "softmaso"
@@ -14,6 +15,7 @@ LAYERS = {
     # foundations: no softmaso imports beyond these
     "softmaso": 0,
     "softmaso.errors": 0,
+    "softmaso.fast": 0,
     "softmaso.io": 1,
     "softmaso.ui": 0,
     "softmaso.timing": 0,
@@ -159,3 +161,26 @@ def test_the_benchmark_is_a_leaf():
         if "softmaso.bench" in _targets(module, names) and name != "softmaso.cli"
     ]
     assert not users, users
+
+
+# Private APIs of torch, glibc and typer live in softmaso.fast only, each with its fallback.
+PRIVATE_API = re.compile(
+    r"torch\._(?!_version__)\w+|torch\.ops\.|parametrize\._|\bctypes\b|typer\.core\.TyperOption"
+)
+# What still uses one elsewhere, and why.
+PRIVATE_API_ELSEWHERE = {
+    "softmaso/packing.py": "torch._foreach_*: the packed Adam, to move out with packing itself",
+}
+
+
+def test_private_apis_sit_behind_one_door():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        if rel in ("softmaso/fast.py", *PRIVATE_API_ELSEWHERE):
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if PRIVATE_API.search(code) and not code.strip().startswith(('"', "'", "``")):
+                found.append(f"{rel}:{i}: {line.strip()}")
+    assert not found, "\n".join(found)

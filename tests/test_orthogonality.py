@@ -151,12 +151,12 @@ def test_hand_written_backward_matches_autograd_through_qr(method, shape, blocke
 
 @pytest.mark.parametrize("lead", [(), (2,)])
 def test_matmul_nt_is_x_times_w_transposed_through_onednn(lead, monkeypatch):
-    from softmaso import orthogonality
+    from softmaso import fast
 
     calls = []
-    if orthogonality._LINEAR is not None:  # count the oneDNN calls
-        fast = orthogonality._LINEAR
-        monkeypatch.setattr(orthogonality, "_LINEAR", lambda *a: calls.append(1) or fast(*a))
+    onednn = fast.onednn_linear()
+    if onednn is not None:  # count the oneDNN calls
+        monkeypatch.setattr(fast, "onednn_linear", lambda: lambda *a: calls.append(1) or onednn(*a))
     x64, w64 = (
         _randn(*lead, 96, 864, seed=30, dtype=torch.float64),
         _randn(*lead, 120, 864, seed=31, dtype=torch.float64),
@@ -166,9 +166,41 @@ def test_matmul_nt_is_x_times_w_transposed_through_onednn(lead, monkeypatch):
         want = x64 @ w64.mT
         assert got.dtype == torch.float32 and got.shape == want.shape
         assert (got - want).abs().max() < 1e-5 * want.abs().max()
-    assert len(calls) == (2 * math.prod(lead) if orthogonality._LINEAR is not None else 0)
+        # the public fallback gives the same float32 product, to float32 rounding
+        assert torch.allclose(got, x.float() @ w.float().mT, rtol=1e-5, atol=1e-4)
+    assert len(calls) == (2 * math.prod(lead) if onednn is not None else 0)
     small = matmul_nt(x64[..., :8, :16].float(), w64[..., :8, :16].float())  # MKL
     assert torch.allclose(small, (x64[..., :8, :16] @ w64[..., :8, :16].mT).float(), atol=1e-5)
+
+
+def test_without_onednn_matmul_nt_falls_back_to_matmul(monkeypatch):
+    from softmaso import fast
+
+    x, w = _randn(96, 864, seed=32), _randn(120, 864, seed=33)
+    monkeypatch.setattr(fast, "onednn_linear", lambda: None)
+    assert torch.equal(matmul_nt(x, w), x @ w.mT)
+
+
+def test_prefill_without_parametrize_cache_gives_the_same_weights(monkeypatch):
+    """The private cache is a shortcut: without it each layer computes its own weight."""
+    from torch.nn.utils import parametrize
+
+    from softmaso import fast, orthogonality
+    from softmaso.config import OrthoConfig
+
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(8, 8, 3).double() for _ in range(3)]
+    orthogonality.apply_orthogonality(convs, OrthoConfig(mode="exact"))
+    with parametrize.cached():
+        orthogonality.prefill_orthonormal(convs)
+        batched = [c.weight.clone() for c in convs]
+    monkeypatch.setattr(fast, "parametrize_cache", lambda: None)
+    monkeypatch.setattr(orthogonality, "parametrize_cache", lambda: None)
+    with parametrize.cached():
+        orthogonality.prefill_orthonormal(convs)
+        alone = [c.weight.clone() for c in convs]
+    for a, b in zip(batched, alone, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
 
 
 @pytest.mark.parametrize("m", [1, 2, 5, 96])
