@@ -190,7 +190,7 @@ def test_on_cuda_a_grid_of_runs_keeps_its_cuda_graphs():
 
 @pytest.mark.parametrize("method", ["qr", "cholesky"])
 def test_float32_orthonormalise_compiles_where_eager_uses_onednn(method):
-    """At full-width sizes eager float32 takes oneDNN's op (orthogonality.matmul_nt), which
+    """At full-width sizes eager float32 takes oneDNN's op (fast.matmul_nt), which
     inductor cannot lower for a weight that is not a constant: compiled, it must use matmul."""
     from softmaso.orthogonality import orthonormalise
 

@@ -171,9 +171,9 @@ def test_exact_weights_are_all_orthonormalised_before_the_forward_with_the_same_
 
 _KEPT = """
 import os, sys, torch
-from softmaso import training
+from softmaso import fast
 if sys.argv[1] == "keep":
-    training.keep_freed_memory()
+    fast.keep_freed_memory()
 def rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -190,7 +190,9 @@ def test_cpu_training_keeps_freed_memory_on_glibc():
     import sys
 
     on_glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert training.keep_freed_memory() is on_glibc  # mallopt accepted both settings
+    from softmaso import fast
+
+    assert fast.keep_freed_memory() is on_glibc  # mallopt accepted both settings
     if not on_glibc:
         return
     run = [sys.executable, "-c", _KEPT]
