@@ -476,6 +476,6 @@ def _grid(name, label, root, launch: Launch, select: Selection, command: str, ec
     echo(f"{label}: {len(todo)} runs in {root}{smoke_note}")
     outcomes = run_grid(todo, launch, folder=root / ".submitit")
     echo(f"{label}: {summary_line(outcomes)}")
-    for path in write_report(root, paper=name == "table2", command=command):
+    for path in write_report(root, paper=name.startswith("table2"), command=command):
         echo(f"wrote {path}")
     return not any(o in FAILED for o in outcomes.values())

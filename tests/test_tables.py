@@ -576,3 +576,17 @@ def test_table_cli_takes_an_endpoint_and_a_baseline(cli, curves):
     ):
         r = cli("table", str(curves), *args)
         assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_table_off_the_papers_settings_shows_its_gains_per_learning_rate(tmp_path):
+    for lr in LRS:
+        for mode in MODES:
+            for seed in (0, 1):
+                write_run(
+                    tmp_path, f"f/{lr}-{mode}-{seed}", recipe="f", acc=0.9 + seed / 100,
+                    seed=seed, **{"data.name": "fashion-mnist", "ortho.mode": mode, "optim.lr": lr},
+                )  # fmt: skip
+    md = tables.render(tables.summarize(collect(tmp_path)), "markdown", paper=True)
+    assert "No cell of this table has a counterpart" in md
+    assert "| CIFAR-10 (paper) | +3.7 | +2.1 | +2.9 |" in md
+    assert "| CIFAR-100 (paper) | +2.5 | +2.2 | +4.6 |" in md

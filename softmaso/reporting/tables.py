@@ -716,10 +716,51 @@ def _markdown(summary: Summary, paper: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+PAPER_GAINS_NOTE = (
+    f"The paper's gains at this table's learning rates ({PAPER_SOURCE}: its ortho row − its "
+    "baseline, in points, on its datasets; our runs above are not among its settings)."
+)
+
+
+def paper_gain_lines(summary: Summary) -> list[list[str]]:
+    """Where the table's columns are learning rates of Table 2 (and it holds a penalty
+    comparison): a line per dataset of Table 2 with the paper's gain per column; else []."""
+    from softmaso.reporting.paper import PAPER_TABLE2
+
+    has_penalty = any(c.settings.get("ortho.mode") == "penalty" for c in summary.cells.values())
+    if summary.col_key != COLUMN_KEY or not has_penalty:
+        return []
+    lines = []
+    for name in DATASETS:
+        cells = []
+        for lr in summary.cols:
+            key = _paper_lr(lr)
+            ortho, base = (
+                PAPER_TABLE2.get((name, "penalty", key)),
+                PAPER_TABLE2.get((name, "none", key)),
+            )
+            cells.append(_signed(ortho[0] - base[0]) if ortho and base else "")
+        if any(cells):
+            lines.append([f"{show('data.name', name)} (paper)", *cells])
+    return lines
+
+
+def _paper_lr(lr: Any) -> float | None:
+    from softmaso.reporting.paper import PAPER_TABLE2
+
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        return None
+    return next((p for (_, _, p) in PAPER_TABLE2 if math.isclose(lr, p)), None)
+
+
 def _markdown_paper(summary: Summary) -> list[str]:
     groups = _paper_groups(summary)
     if not groups:
-        return [f"No cell of this table has a counterpart in {PAPER_SOURCE}."]
+        lines = [f"No cell of this table has a counterpart in {PAPER_SOURCE}."]
+        if gains := paper_gain_lines(summary):
+            header = ["", *(column_label(summary.col_key, c) for c in summary.cols)]
+            lines += ["", PAPER_GAINS_NOTE, "", *_pipe_table(header, gains, 1)]
+        return lines
     lines = [f"**{PAPER_NOTE}**"]
     for key, rows in groups:
         header = [_group_title(summary, key, rows)]
