@@ -403,7 +403,9 @@ def reproduce(
     table2: 3 datasets x {baseline, ortho penalty} x 3 learning rates x 5 seeds = 90 runs, then
     the table beside the paper's numbers and the learning curves. gs-cifar100: exact
     orthogonality + swish on CIFAR-100, 5 seeds. fashion: baseline, penalty and exact on
-    Fashion-MNIST, 5 seeds, sized for a 2-core CPU. activations: relu, swish and beta-VQ
+    Fashion-MNIST, 5 seeds, sized for a 2-core CPU. table2-fashion: Table 2's protocol on a
+    10,000-image Fashion-MNIST subset, 3 learning rates x baseline and penalty x 5 seeds, 24
+    epochs, endpoint the mean of the last 5. activations: relu, swish and beta-VQ
     units (the paper's future work). ortho-methods: the paper's penalty and exact against SO,
     SRIP and torch's orthogonal parametrisation. A recipe file with a sweep: runs as a grid the
     same way (results/STEM/). figure1, theory: the theory half. all: every one of them.
@@ -414,6 +416,10 @@ def reproduce(
     from softmaso.launch import reproduce as run
 
     names = check_names(experiment)
+    if launcher == "local":
+        from softmaso.training import check_threads
+
+        check_threads(threads)  # SLURM's nodes have their own cores
     slurm = Slurm(
         slurm_cluster, slurm_partition, slurm_time, slurm_parallelism, slurm_gpus, slurm_cpus
     )

@@ -78,7 +78,9 @@ class ModelConfig(_Strict):
     width: float = Field(
         1.0,
         gt=0,
-        description="channel multiplier (x 96/192 channels); 1.0 = the paper's largeCNN [paper]",
+        le=16,
+        description="channel multiplier (x 96/192 channels), at most 16; 1.0 = the paper's "
+        "largeCNN [paper]",
     )
     activation: Literal["relu", "swish", "beta"] = Field(
         "relu",
@@ -167,7 +169,10 @@ class TrainConfig(_Strict):
 class RunConfig(_Strict):
     recipe: str = Field("custom", description="recipe name, taken from the file name")
     seed: int = Field(
-        0, ge=0, description="seed of the initialisation, data order and augmentation [ours]"
+        0,
+        ge=0,
+        lt=2**32,
+        description="seed of the initialisation, data order and augmentation, below 2^32 [ours]",
     )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -70,7 +70,18 @@ def set_threads(threads: int | None) -> None:
     times over (benchmarks/RESULTS.md), so a grid of CPU
     workers gives each a share."""
     if threads is not None:
+        check_threads(threads)
         torch.set_num_threads(threads)
+
+
+def check_threads(threads: int | None) -> None:
+    """UserError unless `threads` is None or 1 ..= the cores this process may run on (more
+    threads than cores only slow a CPU run down; far more crash torch)."""
+    cores = cpu_cores()
+    if threads is not None and not 1 <= threads <= cores:
+        raise UserError(
+            "--threads", f"{threads} is not between 1 and {cores} (the cores this machine gives us)"
+        )
 
 
 def cpu_cores() -> int:

@@ -145,6 +145,8 @@ def test_duplicate_keys_and_empty_recipes_are_errors(tmp_path):
         ("optim.lr=.inf", "finite number"),
         ("optim.lr=.nan", "finite number"),
         ("ortho.weight=.inf", "finite number"),
+        ("model.width=1000", "less than or equal to 16"),  # would allocate ~331 GB
+        ("seed=99999999999999999999", "less than 4294967296"),  # torch's seed overflows
     ],
 )
 def test_booleans_are_not_numbers_and_numbers_are_finite(override, message):
@@ -189,3 +191,13 @@ def test_a_bad_report_section_is_one_clear_line(tmp_path, section, says):
         read_recipe(path)
     assert says in str(err.value)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("command", [["train", "smoke"], ["reproduce", "fashion", "--smoke"]])
+def test_threads_beyond_the_machine_are_one_line(cli, command, tmp_path):
+    from softmaso.training import cpu_cores
+
+    r = cli(*command, "--threads", str(cpu_cores() + 1), "--results" if "reproduce" in command
+            else "--out", str(tmp_path / "x"))  # fmt: skip
+    assert r.exit_code == 2 and "--threads" in r.stderr and "between 1 and" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
