@@ -159,7 +159,7 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
         lines.append("")
     lines.append(
         "Mean ± std over runs (ddof = 1), n runs; p: Welch's two-sided t-test. Statistics as "
-        "defined in softmaso/analysis.py and the README (Trained networks)."
+        "defined in softmaso/analysis.py and docs/reference.md (softmaso analyze)."
     )
     return "\n".join(lines) + "\n"
 
