@@ -120,20 +120,31 @@ def _groups(frame, keys: list[str]):
     return out
 
 
-def _baseline(frame, keys: list[str]):
-    """The group the others are compared with: ortho.mode none, or the first."""
+def _baselines(frame, keys: list[str]) -> dict[str, str]:
+    """Each compared group -> the group it is compared with: the ortho.mode none group with
+    the same other settings (the same learning rate, say), as in `softmaso table`; where
+    ortho.mode does not vary, the first group. Baseline groups themselves are left out."""
     groups = _groups(frame, keys)
-    for name, group in groups:
-        if "ortho.mode" in keys and (group["ortho.mode"] == "none").all():
-            return name
-    return groups[0][0]
+    if "ortho.mode" not in keys:
+        return {name: groups[0][0] for name, _ in groups[1:]}
+    others = [k for k in keys if k != "ortho.mode"]
+
+    def setting(group) -> tuple:
+        return tuple(tables.clean(group[k].iloc[0]) for k in others)
+
+    bases = {setting(g): name for name, g in groups if (g["ortho.mode"] == "none").all()}
+    return {
+        name: bases[setting(g)]
+        for name, g in groups
+        if not (g["ortho.mode"] == "none").all() and setting(g) in bases
+    }
 
 
 def markdown(frame, keys: list[str], *, title: str) -> str:
     """One table per statistic: a row per layer, a column per group (mean +- std over runs,
-    n), and Welch's p of each group against the baseline group."""
+    n), and Welch's p of each group against its baseline (the ortho.mode none group with its other settings)."""
     groups = _groups(frame, keys)
-    base = _baseline(frame, keys)
+    versus = _baselines(frame, keys)
     lines = [f"### {title}", ""]
     accuracy = [
         f"{name}: {_mean_std(tuple(g.groupby('run')['acc'].first()))}" for name, g in groups
@@ -143,7 +154,7 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
     for stat in _present(frame):
         lines += [f"#### {stat}: {LABELS[stat]}", ""]
         head = ["layer", *(name for name, _ in groups)]
-        head += [f"p, {name} vs {base}" for name, _ in groups if name != base]
+        head += [f"p, {name} vs {base}" for name, base in versus.items()]
         lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for layer in layers:
             cells, values = [layer], {}
@@ -151,10 +162,9 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
                 v = tuple(x for x in group.loc[group["layer"] == layer, stat] if not math.isnan(x))
                 values[name] = v
                 cells.append(_mean_std(v))
-            for name, _ in groups:
-                if name != base:
-                    p = welch_p(values[name], values[base])
-                    cells.append("—" if p is None else f"{p:.2g}")
+            for name, base in versus.items():
+                p = welch_p(values[name], values[base])
+                cells.append("—" if p is None else f"{p:.2g}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines.append(
