@@ -142,7 +142,8 @@ def _baselines(frame, keys: list[str]) -> dict[str, str]:
 
 def markdown(frame, keys: list[str], *, title: str) -> str:
     """One table per statistic: a row per layer, a column per group (mean +- std over runs,
-    n), and Welch's p of each group against its baseline (the ortho.mode none group with its other settings)."""
+    n), and Welch's p of each group against its baseline (the ortho.mode none group with its
+    other settings)."""
     groups = _groups(frame, keys)
     versus = _baselines(frame, keys)
     lines = [f"### {title}", ""]
