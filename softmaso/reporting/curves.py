@@ -140,28 +140,25 @@ def _draw(ax, panel, column: str, scale: float, dashed: str | None = None) -> No
     modes = sorted(set(panel["ortho.mode"]), key=lambda m: tables.rank("ortho.mode", m))
     for mode in modes:
         sub = panel[panel["ortho.mode"] == mode]
-        stats = sub.groupby("epoch")[column].agg(["mean", "std"]).sort_index() * scale
-        x, mean, std = stats.index.to_numpy(), stats["mean"], stats["std"].fillna(0.0)
         color = COLORS.get(mode, "tab:purple")
         label = f"{tables.show('ortho.mode', mode)} (n={sub['dir'].nunique()})"
-        ax.plot(x, mean, color=color, lw=1.6, label=label)
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        _band(ax, sub, column, scale, color, label=label)
         if dashed is not None and sub[dashed].notna().any():
-            more = sub.groupby("epoch")[dashed].agg(["mean", "std"]).sort_index() * scale
-            spread = more["std"].fillna(0.0)
-            ax.plot(more.index.to_numpy(), more["mean"], color=color, lw=1.2, ls="--")
-            ax.fill_between(
-                more.index.to_numpy(),
-                more["mean"] - spread,
-                more["mean"] + spread,
-                color=color,
-                alpha=0.1,
-                lw=0,
-            )
+            _band(ax, sub, dashed, scale, color, dashed=True)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _band(ax, runs, column: str, scale: float, color, *, label=None, dashed=False) -> None:
+    """One column's mean line and ± std band (ddof=1) over the runs, per epoch."""
+    stats = runs.groupby("epoch")[column].agg(["mean", "std"]).sort_index() * scale
+    x, mean, std = stats.index.to_numpy(), stats["mean"], stats["std"].fillna(0.0)
+    ax.plot(
+        x, mean, color=color, lw=1.2 if dashed else 1.6, ls="--" if dashed else "-", label=label
+    )
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.1 if dashed else 0.2, lw=0)
 
 
 def _figure(

@@ -33,16 +33,28 @@ PAPER_TABLE2: dict[tuple[str, str, float], tuple[float, float]] = {
 }
 
 
+def _lookup(name: Any, mode: Any, lr: Any) -> tuple[float, float] | None:
+    """Table 2's (mean, std) for a dataset, ortho mode and learning rate; None if absent."""
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        return None
+    for (n, m, paper_lr), value in PAPER_TABLE2.items():
+        if n == name and m == mode and math.isclose(lr, paper_lr, rel_tol=1e-9):
+            return value
+    return None
+
+
 def paper_value(cell: Any) -> tuple[float, float] | None:
     """The paper's (mean, std) for a cell, if it is one of Table 2's 18 settings."""
     s = cell.settings
-    lr = s.get("optim.lr")
-    if not isinstance(lr, (int, float)) or any(s.get(k) != v for k, v in PAPER_SETUP.items()):
+    if any(s.get(k) != v for k, v in PAPER_SETUP.items()):
         return None
     if s.get("ortho.mode") == "penalty" and s.get("ortho.weight") != 1.0:
         return None
-    for (name, mode, paper_lr), value in PAPER_TABLE2.items():
-        same = s.get("data.name") == name and s.get("ortho.mode") == mode
-        if same and math.isclose(lr, paper_lr, rel_tol=1e-9):
-            return value
-    return None
+    return _lookup(s.get("data.name"), s.get("ortho.mode"), s.get("optim.lr"))
+
+
+def paper_gain(name: str, lr: Any) -> float | None:
+    """The paper's ortho - baseline gain (points) on dataset `name` at learning rate `lr`;
+    None where Table 2 has no such column."""
+    ortho, base = _lookup(name, "penalty", lr), _lookup(name, "none", lr)
+    return ortho[0] - base[0] if ortho and base else None

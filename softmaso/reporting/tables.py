@@ -20,14 +20,14 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from softmaso.config import FINAL, Endpoint
 from softmaso.errors import UserError
 from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED
-from softmaso.reporting.paper import PAPER_SOURCE, paper_value
+from softmaso.reporting.paper import PAPER_SOURCE, paper_gain, paper_value
 from softmaso.reporting.stats import Comparison, compare, holm
 
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
@@ -119,7 +119,9 @@ class Summary:
     endpoint: Endpoint = FINAL
     baseline: tuple[str, Any] = DEFAULT_BASELINE  # (key, value) every gain is measured against
     # (row, col) -> (baseline cell's (row, col), its comparison, Holm-adjusted across the table)
-    comparisons: dict[tuple[tuple, Any], tuple[tuple[tuple, Any], Comparison]] = None
+    comparisons: dict[tuple[tuple, Any], tuple[tuple[tuple, Any], Comparison]] = field(
+        default_factory=dict
+    )
 
     def cell(self, row: tuple, col: Any) -> Cell | None:
         return self.cells.get((row, col))
@@ -281,8 +283,6 @@ def summarize(
             "endpoint best: each run's highest test accuracy over its epochs, chosen on the "
             "test set itself, so it is optimistic"
         )
-    from dataclasses import replace
-
     return replace(summary, comparisons=comparisons, warnings=tuple(sorted(warnings)))
 
 
@@ -334,8 +334,6 @@ def _comparisons(summary: Summary):
         return {}, f"baseline {key}={value}: no cell of this table has it"
     order = list(pairs)
     adjusted = holm([pairs[k][1].p for k in order])
-    from dataclasses import replace
-
     return {
         k: (pairs[k][0], replace(pairs[k][1], p_holm=adj))
         for k, adj in zip(order, adjusted, strict=True)
@@ -384,7 +382,7 @@ def _num(x: float | None, digits: int | None = None) -> float | None:
 
 def versus(summary: Summary, cell: Cell) -> Versus:
     paper = paper_value(cell)
-    base_at, comparison = (summary.comparisons or {}).get((cell.row, cell.col), (None, None))
+    base_at, comparison = summary.comparisons.get((cell.row, cell.col), (None, None))
     base = summary.cells[base_at] if base_at else None
     base_paper = paper_value(base) if base else None
     gain = gain_paper = p = None
@@ -572,7 +570,7 @@ def gain_lines(summary: Summary) -> list[list[str]]:
     lines = []
     for row in summary.rows:
         for col in summary.cols:
-            if (found := (summary.comparisons or {}).get((row, col))) is None:
+            if (found := summary.comparisons.get((row, col))) is None:
                 continue
             (base_row, base_col), c = found
             where = [show(summary.col_key, col)] if summary.col_key else []
@@ -725,32 +723,15 @@ PAPER_GAINS_NOTE = (
 def paper_gain_lines(summary: Summary) -> list[list[str]]:
     """Where the table's columns are learning rates of Table 2 (and it holds a penalty
     comparison): a line per dataset of Table 2 with the paper's gain per column; else []."""
-    from softmaso.reporting.paper import PAPER_TABLE2
-
     has_penalty = any(c.settings.get("ortho.mode") == "penalty" for c in summary.cells.values())
     if summary.col_key != COLUMN_KEY or not has_penalty:
         return []
     lines = []
     for name in DATASETS:
-        cells = []
-        for lr in summary.cols:
-            key = _paper_lr(lr)
-            ortho, base = (
-                PAPER_TABLE2.get((name, "penalty", key)),
-                PAPER_TABLE2.get((name, "none", key)),
-            )
-            cells.append(_signed(ortho[0] - base[0]) if ortho and base else "")
+        cells = [_signed(paper_gain(name, lr)) for lr in summary.cols]
         if any(cells):
             lines.append([f"{show('data.name', name)} (paper)", *cells])
     return lines
-
-
-def _paper_lr(lr: Any) -> float | None:
-    from softmaso.reporting.paper import PAPER_TABLE2
-
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        return None
-    return next((p for (_, _, p) in PAPER_TABLE2 if math.isclose(lr, p)), None)
 
 
 def _markdown_paper(summary: Summary) -> list[str]:
@@ -893,7 +874,7 @@ def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]
 
 def _comparison_record(summary: Summary, row: tuple, col: Any) -> dict[str, Any]:
     """The gain columns of a cell's record (None where it has no baseline)."""
-    base_at, c = (summary.comparisons or {}).get((row, col), (None, None))
+    base_at, c = summary.comparisons.get((row, col), (None, None))
     key, value = summary.baseline
     if c is None:
         c = Comparison(math.nan)
