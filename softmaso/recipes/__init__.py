@@ -21,6 +21,7 @@ EXPERIMENTS: dict[str, list[str]] = {
     "gs-cifar100": ["gs-cifar100"],
     "fashion": ["fashion"],
     "table2-fashion": ["table2-fashion"],
+    "gs-fashion": ["gs-fashion"],
     "activations": ["activations/relu", "activations/swish", "activations/beta"],
     "ortho-methods": ["ortho-methods/paper", "ortho-methods/bansal"],
 }
