@@ -248,7 +248,7 @@ def train(
         typer.echo(f"interrupted: rerun the same command to resume {run_dir}", err=True)
         raise typer.Exit(130) from None
     if result.get("skipped"):
-        typer.echo(f"already finished: {run_dir} (delete its result.json to redo it)")
+        typer.echo(f"already {result['status']}: {run_dir} (delete its result.json to redo it)")
     acc = result["final_test_acc"]
     acc_text = "n/a" if acc is None else f"{acc:.4f}"
     typer.echo(f"{result['status']}: final test accuracy {acc_text} -> {run_dir}")

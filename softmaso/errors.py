@@ -22,6 +22,10 @@ class RunConflict(UserError):
     """A run directory already holds a run with a different config (another recipe version)."""
 
 
+class RunBusy(UserError):
+    """Another process holds the run's lock: it is training that run now."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (for one-line reports), or "no message"."""
     lines = str(e).strip().splitlines()

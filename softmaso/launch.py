@@ -13,18 +13,17 @@ decides. How to launch is one frozen :class:`Launch`, passed whole to every hop.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from softmaso import experiments as ex
 from softmaso import runs
-from softmaso.errors import RunConflict, UserError
+from softmaso.errors import RunBusy, RunConflict, UserError
 
 Log = Callable[[str], None]
 FAILED = ("diverged", "conflict", "damaged")  # outcomes that make `reproduce` exit 1
@@ -61,7 +60,7 @@ class Launch:
 
 
 # ------------------------------------------------------------------------------- one unit
-def run_unit(
+def train_unit(
     unit: list[ex.Run],
     launch: Launch,
     device: str = "auto",
@@ -69,90 +68,44 @@ def run_unit(
     progress=None,
     log: Log | None = None,
 ) -> dict[Path, str]:
-    """Train the runs of a unit that are neither done nor claimed elsewhere: as one pack
-    (``fit_packed``) or one by one (``fit``); ``launch.pack`` None measures whether packing
-    pays on this device. Returns each run's outcome: finished, diverged, busy, skipped-...,
-    conflict, damaged."""
-    out: dict[Path, str] = {}
-    with contextlib.ExitStack() as stack:
-        mine = []
-        for run in unit:
-            if not stack.enter_context(runs.claim(run.dir)):
-                out[run.dir] = "busy"
-            elif (why := _outcome_before(run, log)) is not None:
-                out[run.dir] = why
-            else:
-                mine.append(run)
-        pack, data = _decide(mine, launch, device, log)
-        kw = {"device": device, "data_dir": launch.data_dir, "live": False, "progress": progress}
-        kw |= {"quiet": True, "extra": {"smoke": launch.smoke}}  # epochs: in metrics.jsonl
-        if pack:
-            out.update(_train_pack(mine, kw, data, log))
-        else:
-            del data  # each run loads its own: do not hold a second copy meanwhile
-            out.update(_train_apart(mine, kw, log))
-    return {run.dir: out[run.dir] for run in unit}
+    """Train a unit's runs one by one (:func:`softmaso.training.fit`, which takes each run's
+    lock and checks its directory once, under the lock), or a unit that packing planned as one
+    pack (:func:`softmaso.packed_training.train_pack`). Each run's outcome: finished, diverged,
+    busy, skipped-finished, skipped-diverged, conflict or damaged."""
+    log = log or _stderr
+    if len(unit) > 1:  # only packing plans units of several runs
+        from softmaso.packed_training import train_pack
 
-
-def _outcome_before(run: ex.Run, log: Log | None) -> str | None:
-    """Why a claimed run will not train now (skipped, conflict or damaged, with the reason
-    sent to `log`), or None if it will."""
-    try:
-        runs.check_unfinished(run.cfg, run.dir)  # finished runs too: same config, or a conflict
-    except RunConflict as e:
-        _say(log, f"conflict: {e.message}")
-        return "conflict"
-    except UserError as e:  # a damaged result.json
-        _say(log, f"damaged: {run.dir.name}: {e}")
-        return "damaged"
-    before = runs.status(run.dir)[0]
-    return f"skipped-{before}" if before in ("finished", "diverged") else None
-
-
-def _decide(mine: list[ex.Run], launch: Launch, device: str, log: Log | None):
-    """(pack these runs?, the dataset the packing probe loaded or None)."""
-    from softmaso.packed_training import decide_pack, measures_packing
-
-    if len(mine) < 2 or launch.pack is False:
-        return False, None
-    if launch.pack:
-        return True, None
-    if not measures_packing([device]):
-        return False, None  # packing has never been faster on a CPU (softmaso bench)
-    pack, why, data = decide_pack([r.cfg for r in mine], device, launch.data_dir)
-    _say(log, why)
-    return pack, data
-
-
-def _train_pack(mine: list[ex.Run], kw: dict, data, log: Log | None) -> dict[Path, str]:
-    from softmaso.packed_training import fit_packed
-
-    try:
-        results = fit_packed([r.cfg for r in mine], [r.dir for r in mine], **kw, data=data)
-    except UserError as e:  # a damaged checkpoint of one run: the pack cannot start
-        _say(log, f"damaged: pack of {len(mine)} runs: {e}")
-        return {r.dir: "damaged" for r in mine}
-    return {r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)}
-
-
-def _train_apart(mine: list[ex.Run], kw: dict, log: Log | None) -> dict[Path, str]:
+        kw = {"pack": launch.pack, "data_dir": launch.data_dir, "smoke": launch.smoke}
+        if (packed := train_pack(unit, device, **kw, progress=progress, log=log)) is not None:
+            return packed
     from softmaso.training import fit
 
-    out = {}
-    for run in mine:
+    out: dict[Path, str] = {}
+    for run in unit:
         try:
-            out[run.dir] = str(fit(run.cfg, run.dir, **kw)["status"])
-        except RunConflict:
-            raise
+            result = fit(
+                run.cfg,
+                run.dir,
+                device=device,
+                data_dir=launch.data_dir,
+                lock=True,
+                live=False,
+                progress=progress,
+                quiet=True,  # epochs: in metrics.jsonl
+                extra={"smoke": launch.smoke},
+            )
+            skipped = "skipped-" if result.get("skipped") else ""
+            out[run.dir] = f"{skipped}{result['status']}"
+        except RunBusy:
+            out[run.dir] = "busy"
+        except RunConflict as e:
+            log(f"conflict: {e.message}")
+            out[run.dir] = "conflict"
         except UserError as e:  # damaged run files: this run fails, the grid goes on
-            _say(log, f"damaged: {run.dir.name}: {e}")
+            log(f"damaged: {run.dir.name}: {e}")
             out[run.dir] = "damaged"
     return out
-
-
-def _say(log: Log | None, text: str) -> None:
-    if log is not None:
-        log(text)
 
 
 def _stderr(text: str) -> None:
@@ -180,7 +133,7 @@ def _pool_init(devices: tuple[str, ...], counter, threads: int | None) -> None:
 
 
 def _pool_task(unit: list[ex.Run], launch: Launch) -> dict[Path, str]:
-    return run_unit(unit, launch, _worker_device, log=_stderr)
+    return train_unit(unit, launch, _worker_device, log=_stderr)
 
 
 def launch_local(
@@ -189,13 +142,17 @@ def launch_local(
     """In this process, in order; or one worker process per device (one unit per GPU, or per
     listed cpu), each with ``launch.threads`` CPU threads (None: the cores shared out).
 
-    Units are single runs or packs (``packed_training.plan_units``)."""
-    from softmaso.packed_training import measures_packing, plan_units
-
+    Units are single runs, or packs where packing is asked for or measured (on CUDA:
+    ``packed_training.plan_units``)."""
     devices = launch.devices
-    if launch.pack is None and not measures_packing(list(devices) or ["auto"]):
-        launch = _with(launch, pack=False)  # never faster on a CPU: one unit per run
-    units = plan_units(todo, pack=launch.pack, size=launch.pack_size, devices=len(devices) or 1)
+    units = [[run] for run in todo]
+    if launch.pack is not False:
+        from softmaso.packed_training import measures_packing, plan_units
+
+        if launch.pack or measures_packing(list(devices) or ["auto"]):
+            units = plan_units(
+                todo, pack=launch.pack, size=launch.pack_size, devices=len(devices) or 1
+            )
     outcomes: dict[Path, str] = {}
 
     def record(unit: list[ex.Run], got: dict[Path, str]) -> None:
@@ -210,7 +167,7 @@ def launch_local(
         set_threads(launch.threads)
         log = _stderr if progress is None else progress.console.print
         for unit in units:
-            record(unit, run_unit(unit, launch, *devices, progress=progress, log=log))
+            record(unit, train_unit(unit, launch, *devices, progress=progress, log=log))
         return outcomes
     for unit, got in _pool(units, launch):
         record(unit, got)
@@ -236,12 +193,6 @@ def _pool(units: list[list[ex.Run]], launch: Launch):
             yield futures[fut], fut.result()
 
 
-def _with(launch: Launch, **changes) -> Launch:
-    from dataclasses import replace
-
-    return replace(launch, **changes)
-
-
 # ---------------------------------------------------------------------------------- slurm
 class SubmititTask:
     """A submitit job: train one unit (a run or a pack); on preemption or timeout, requeue and
@@ -251,7 +202,7 @@ class SubmititTask:
         self.unit, self.launch = unit, launch
 
     def __call__(self) -> dict[Path, str]:
-        return run_unit(self.unit, self.launch, log=_stderr)
+        return train_unit(self.unit, self.launch, log=_stderr)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -374,20 +325,6 @@ class GridLog:
             self.progress.stop()
 
 
-def run_grid(
-    todo: list[ex.Run], launch: Launch, *, folder: Path | None = None, live: bool | None = None
-) -> dict[Path, str]:
-    """Launch every run (finished ones are skipped inside) and show the grid's progress;
-    `folder`: where submitit keeps its files (SLURM)."""
-    if launch.launcher == "slurm":
-        return launch_slurm(todo, launch, folder=folder or Path(".submitit"))
-    log = GridLog(len(todo), sys.stderr.isatty() if live is None else live)
-    try:
-        return launch_local(todo, launch, progress=log.progress, on_done=log)
-    finally:
-        log.close()
-
-
 # ------------------------------------------------------------------------------ reproduce
 @dataclass(frozen=True)
 class Selection:
@@ -424,23 +361,52 @@ def reproduce(
     echo: Log = print,
 ) -> bool:
     """Run each experiment (a grid, the theory checks, or Figure 1) and write its report;
-    True when all went well (no run diverged, conflicted or was damaged, every claim held)."""
+    True when all went well (no run diverged, conflicted or was damaged, every claim held).
+
+    A grid, in order: its runs expanded from the recipes' sweeps, checked against what the
+    results folder holds (before anything is written), recorded in grid.json, trained (finished
+    runs are skipped, interrupted ones resume), then its table and figures written."""
     from softmaso.io import check_output_dir
+    from softmaso.reporting.report import write_report
 
     if launch.launcher == "slurm":
         check_slurm(launch.slurm.cluster)
-    smoke = launch.smoke
     base = check_output_dir(
-        results or Path("results/smoke" if smoke else "results"), where="--results"
+        results or Path("results/smoke" if launch.smoke else "results"), where="--results"
     )
     ok = True
     for name in names:
-        if name in ("theory", "figure1"):
+        if name in NOT_GRIDS:
             ok &= _theory_half(name, base, echo)
             continue
         label = ex.experiment_name(name)
         root = results if results and len(names) == 1 else base / label
-        ok &= _grid(name, label, root, launch, select, command, echo)
+        todo = ex.expand(
+            name,
+            root,
+            smoke=launch.smoke,
+            datasets=select.datasets,
+            seeds=select.seeds,
+            overrides=list(select.overrides),
+        )
+        files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
+        ex.check_grid(todo)
+        ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
+        how = replace(launch, pack=ex.settle_pack(root, launch.pack))
+        smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
+        echo(f"{label}: {len(todo)} runs in {root}{smoke_note}")
+        if how.launcher == "slurm":
+            outcomes = launch_slurm(todo, how, folder=root / ".submitit")
+        else:  # a bar on a terminal, else a line per run
+            log = GridLog(len(todo), sys.stderr.isatty())
+            try:
+                outcomes = launch_local(todo, how, progress=log.progress, on_done=log)
+            finally:
+                log.close()
+        echo(f"{label}: {summary_line(outcomes)}")
+        for path in write_report(root, paper=name.startswith("table2"), command=command):
+            echo(f"wrote {path}")
+        ok &= not any(o in FAILED for o in outcomes.values())
     return ok
 
 
@@ -454,28 +420,3 @@ def _theory_half(name: str, base: Path, echo: Log) -> bool:
     for path in write_figure1(figure1_spec(), base / "figures"):
         echo(f"wrote {path}")
     return True
-
-
-def _grid(name, label, root, launch: Launch, select: Selection, command: str, echo: Log) -> bool:
-    """One experiment's grid: checked, recorded in grid.json, trained, reported."""
-    from softmaso.reporting.report import write_report
-
-    todo = ex.expand(
-        name,
-        root,
-        smoke=launch.smoke,
-        datasets=select.datasets,
-        seeds=select.seeds,
-        overrides=list(select.overrides),
-    )
-    files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
-    ex.check_grid(todo)
-    ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
-    launch = _with(launch, pack=ex.settle_pack(root, launch.pack))
-    smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
-    echo(f"{label}: {len(todo)} runs in {root}{smoke_note}")
-    outcomes = run_grid(todo, launch, folder=root / ".submitit")
-    echo(f"{label}: {summary_line(outcomes)}")
-    for path in write_report(root, paper=name.startswith("table2"), command=command):
-        echo(f"wrote {path}")
-    return not any(o in FAILED for o in outcomes.values())

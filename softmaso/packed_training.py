@@ -18,7 +18,10 @@ and leaves the pack; the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +33,7 @@ from torch.nn.utils import parametrize
 from softmaso import runs
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
-from softmaso.errors import UserError
-from softmaso.loop import EpochStats, run_epochs
+from softmaso.errors import RunConflict, UserError
 from softmaso.orthogonality import layer_diagnostics
 from softmaso.packing import (
     PACK_MIN_SPEEDUP,
@@ -50,11 +52,14 @@ from softmaso.timing import interleaved
 from softmaso.training import (
     adam_options,
     autocast,
+    epoch_row,
     make_forward,
     make_model,
+    peak_memory,
     place,
     resolve_device,
 )
+from softmaso.ui import Reporter
 
 T = TypeVar("T")
 # A pack evaluates P runs on each chunk of test images: chunks shrink with P so that a chunk
@@ -231,8 +236,129 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
     ]
 
 
+# ------------------------------------------------------------------------ the pack's loop
+@dataclass(frozen=True)
+class EpochStats:
+    """An epoch's training pass, read once to the host: per run summed loss and correct count."""
+
+    losses: list[float]
+    correct: list[int]
+    steps: int
+    images: int  # per run
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a run's training ended: its status (finished or diverged), rows and wall time."""
+
+    status: str
+    history: list[dict]
+    wall_seconds: float
+
+    def fields(self, device, extra: dict[str, Any] | None) -> dict[str, Any]:
+        """The keywords of :func:`softmaso.runs.finish_run` for this end."""
+        return {
+            "history": self.history,
+            "status": self.status,
+            "wall_seconds": self.wall_seconds,
+            "device": device,
+            "extra": extra,
+        }
+
+
+def run_epochs(
+    stepper: PackStepper, *, start: int, title: str, live=None, progress=None, quiet=False
+) -> list[Ended]:
+    """Epochs `start`..end of the pack's runs; how each ended, in the pack's order (the epoch
+    loop of :func:`softmaso.training.fit`, for P runs, of which any may diverge and leave)."""
+    cfg, n = stepper.cfgs[0], len(stepper.cfgs)
+    at = list(range(n))  # at[p]: the original position of the stepper's run p
+    now = time.perf_counter()  # t0[i]: when run i would have started, counting past epochs
+    t0 = [now - sum(r["seconds"] for r in h) for h in stepper.histories]
+    ended: dict[int, Ended] = {}
+    rep = Reporter(
+        title,
+        cfg.train.epochs,
+        stepper.steps_per_epoch,
+        start_epoch=start,
+        live=live,
+        progress=progress,
+        quiet=quiet,
+    )
+    if start:
+        rep.message(f"resuming after epoch {start} from {_checkpoints(stepper)}")
+    writer = runs.CheckpointWriter()
+    try:
+        peak_memory(stepper.device)  # the first epoch's peak starts here
+        for epoch in range(start, cfg.train.epochs):
+            stepper, at = _epoch(stepper, at, epoch, rep, t0, ended, writer)
+            if stepper is None:
+                break
+    finally:
+        rep.close()
+        writer.close()  # the last checkpoints are on disk before any result is written
+    if stepper is not None:
+        stepper.export()
+        for p, i in enumerate(at):
+            ended[i] = Ended("finished", stepper.histories[p], time.perf_counter() - t0[i])
+    return [ended[i] for i in range(n)]
+
+
+def _epoch(stepper, at, epoch, rep, t0, ended, writer):
+    """One epoch of every run; the stepper (and positions) left after dropping diverged runs."""
+    cfg, device = stepper.cfgs[0], stepper.device
+    t_start = time.perf_counter()
+    st = stepper.train_epoch(epoch, rep.step)
+    bad = {p for p, v in enumerate(st.losses) if not math.isfinite(v)}
+    for p in sorted(bad):
+        rest = ", the other runs go on" if len(bad) < len(at) else ""
+        rep.message(
+            f"{stepper.dirs[p].name}: epoch {epoch + 1} loss is {st.losses[p]}; "
+            f"stopping (diverged){rest}"
+        )
+        ended[at[p]] = Ended("diverged", stepper.histories[p], time.perf_counter() - t0[at[p]])
+    if bad:
+        keep = [p for p in range(len(at)) if p not in bad]
+        at = [at[p] for p in keep]
+        st = EpochStats(
+            [st.losses[p] for p in keep], [st.correct[p] for p in keep], st.steps, st.images
+        )
+        stepper = stepper.drop(bad)
+        if stepper is None:
+            return None, at
+    t_train = time.perf_counter()
+    tests, diagnostics, lrs = stepper.evaluate(), stepper.diagnostics(), stepper.lrs()
+    t_eval, memory = time.perf_counter(), peak_memory(device)
+    for p, history in enumerate(stepper.histories):
+        row = epoch_row(
+            epoch + 1,
+            loss_sum=st.losses[p],
+            steps=st.steps,
+            correct=st.correct[p],
+            images=st.images,
+            test=tests[p],
+            diagnostics=diagnostics[p],
+            lr=lrs[p],
+            train_seconds=t_train - t_start,
+            eval_seconds=t_eval - t_train,
+            memory=memory,
+        )
+        history.append(row)
+        rep.epoch(row, name=stepper.dirs[p].name if len(at) > 1 else None)
+    if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+        metrics = list(zip(stepper.dirs, stepper.histories, strict=True))
+        writer.submit(stepper.checkpoints(epoch + 1), metrics)  # written while training goes on
+    return stepper, at
+
+
+def _checkpoints(stepper) -> str:
+    if len(stepper.dirs) == 1:
+        return str(stepper.dirs[0] / runs.CHECKPOINT)
+    return f"the {len(stepper.dirs)} runs' checkpoints"
+
+
 class PackStepper:
-    """A pack as a :class:`softmaso.loop.Stepper`: P runs, one network, per-run bookkeeping."""
+    """A pack for :func:`run_epochs`: P runs, one network, per-run bookkeeping."""
 
     def __init__(self, pack: Pack, data, prep: Preprocessor, device: torch.device):
         self.pack, self.data, self.prep, self.device = pack, data, prep, device
@@ -317,13 +443,15 @@ def fit_packed(
     progress=None,
     data=None,
     quiet: bool = False,
+    checked: bool = False,
 ) -> list[dict[str, Any]]:
     """Train (or resume, or skip if finished) P runs as packs; one result.json content each
     (`quiet`: no line per run and epoch, as :func:`softmaso.training.fit`).
 
     The runs must share :func:`pack_key`. `extra` is merged into every result.json. Results
     come back in the order of `cfgs`. `data`: their dataset, already loaded (on any device),
-    else it is loaded here.
+    else it is loaded here. `checked`: the caller holds the runs' locks and has checked their
+    directories (:func:`train_pack`), so they are not checked again.
     """
     cfgs, run_dirs = list(cfgs), [Path(d) for d in run_dirs]
     if len(cfgs) != len(run_dirs) or not cfgs:
@@ -333,7 +461,7 @@ def fit_packed(
         raise UserError("pack", "these runs differ in more than seed, lr, weight decay, penalty")
     results: dict[int, dict[str, Any]] = {}  # finished runs are skipped
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        if skipped := runs.check_unfinished(cfg, run_dir):
+        if not checked and (skipped := runs.check_unfinished(cfg, run_dir)):
             results[i] = skipped
     todo = [i for i in range(len(cfgs)) if i not in results]
     if not todo:
@@ -375,6 +503,71 @@ def _dataset(cfg: RunConfig, data, data_dir: Path | None, device: torch.device):
             f"{cfg.optim.batch_size} is larger than the {len(data.y_train)} training images",
         )
     return data
+
+
+# --------------------------------------------------------------- a grid's packed unit
+def train_pack(
+    unit: Sequence[Any],
+    device: str,
+    *,
+    pack: bool | None,
+    data_dir: Path | None,
+    smoke: bool,
+    progress=None,
+    log: Callable[[str], None] = print,
+) -> dict[Path, str] | None:
+    """A grid's unit of runs (anything with ``.cfg`` and ``.dir``) trained as one pack: each
+    run's outcome (finished, diverged, busy, skipped-..., conflict, damaged). None, for the
+    caller to train them one by one, when `pack` is False, when fewer than two runs are left to
+    train, or when `pack` is None and packing is not measured on this device
+    (:func:`measures_packing`: CPUs) or measures no faster (:func:`decide_pack`)."""
+    if pack is False or (pack is None and not measures_packing([device])):
+        return None
+    out: dict[Path, str] = {}
+    with contextlib.ExitStack() as stack:
+        mine = []
+        for run in unit:
+            if not stack.enter_context(runs.claim(run.dir)):
+                out[run.dir] = "busy"
+                continue
+            try:  # once per run, under its lock
+                skipped = runs.check_unfinished(run.cfg, run.dir)
+            except RunConflict as e:
+                log(f"conflict: {e.message}")
+                out[run.dir] = "conflict"
+                continue
+            except UserError as e:  # a damaged result.json
+                log(f"damaged: {run.dir.name}: {e}")
+                out[run.dir] = "damaged"
+                continue
+            if skipped:
+                out[run.dir] = f"skipped-{skipped['status']}"
+            else:
+                mine.append(run)
+        if len(mine) < 2:
+            return None  # nothing left to pack: the caller trains what is left, alone
+        data = None
+        if pack is None:
+            chosen, why, data = decide_pack([r.cfg for r in mine], device, data_dir)
+            log(why)
+            if not chosen:
+                return None
+        kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
+        try:
+            results = fit_packed(
+                [r.cfg for r in mine],
+                [r.dir for r in mine],
+                **kw,
+                data=data,
+                quiet=True,
+                extra={"smoke": smoke},
+                checked=True,
+            )
+        except UserError as e:  # a damaged checkpoint of one run: the pack cannot start
+            log(f"damaged: pack of {len(mine)} runs: {e}")
+            return {**out, **{r.dir: "damaged" for r in mine}}
+        out.update({r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)})
+    return {run.dir: out[run.dir] for run in unit}
 
 
 # ------------------------------------------------------------------ whether to pack

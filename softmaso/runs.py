@@ -174,8 +174,10 @@ def claim(run_dir: Path) -> Iterator[bool]:
 
     An exclusive ``fcntl.flock`` on ``run_dir/.lock``: `softmaso train` and `softmaso
     reproduce` both take it, so two processes never train one run; the kernel drops it when its
-    process dies, so a killed run leaves no stale lock.
+    process dies, so a killed run leaves no stale lock. A directory the claim made is removed
+    again if nothing but the lock was written in it.
     """
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -189,6 +191,9 @@ def claim(run_dir: Path) -> Iterator[bool]:
         try:
             yield True
         finally:
+            if made and [p.name for p in run_dir.iterdir()] == [LOCK]:
+                (run_dir / LOCK).unlink()  # nothing was written (bad data, say): leave no trace
+                run_dir.rmdir()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -478,16 +483,16 @@ def finish_run(
 
 
 def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The skipped-run result if the run is finished; RunConflict if the directory is another's;
-    UserError if its result.json is damaged (not a JSON object with a known status)."""
+    """The skipped-run result if the run has ended (finished or diverged: a diverged run would
+    diverge again); RunConflict if the directory is another's; UserError if its result.json is
+    damaged (not a JSON object with a known status)."""
     state, done, problem = status(run_dir)
     if state == "damaged":
         raise UserError(
             str(run_dir / RESULT),
             f"damaged result.json ({problem}); delete it to resume the run from its checkpoint",
         )
-    finished = state == "finished"
-    check_run_dir(cfg, run_dir, finished)
-    if finished:
+    check_run_dir(cfg, run_dir, state == "finished")
+    if done is not None:
         return {**done, "skipped": True}
     return None

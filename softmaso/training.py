@@ -1,21 +1,26 @@
-"""Training and evaluation of the largeCNN: ``fit(cfg, run_dir)`` -> result dict.
+"""One run of the largeCNN, whole: ``fit(cfg, run_dir)`` -> result dict.
 
-The loop is ``train_one_epoch`` + ``evaluate``, run once per epoch. The whole dataset sits on
-the training device as uint8; each step indexes a batch, preprocesses it on the device, and
-steps Adam. Nothing in the step synchronises with the host: losses and correct counts are
-summed on the device and read once per epoch, which is also when divergence (a NaN or infinite
-loss) is detected. After each epoch the run directory gets an atomic checkpoint and the
-metrics; rerunning the same command resumes from the checkpoint, and a finished run is not
+Read top to bottom: the device, :func:`build` (data, seeded model, Adam, sampler),
+:func:`train_step`, :func:`evaluate`, and :func:`fit`, which holds the epoch loop. The whole
+dataset sits on the training device as uint8; each step indexes a batch, preprocesses it on the
+device, and steps Adam. Nothing in the step synchronises with the host: losses and correct
+counts are summed on the device and read once per epoch, which is also when divergence (a NaN
+or infinite loss) is detected. After each epoch the run directory gets an atomic checkpoint and
+the metrics; rerunning the same command resumes from the checkpoint, and a finished run is not
 redone. Data order and augmentation depend only on (seed, epoch), so a resumed run draws
 exactly the batches an uninterrupted one would. With ``train.compile`` the forward and loss of
 each step go through ``torch.compile`` (:mod:`softmaso.compiled`); the rest stays eager.
+Packing (P runs as one network, :mod:`softmaso.packed_training`) wraps these pieces; nothing
+here knows about it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +34,8 @@ from softmaso import runs
 from softmaso.compiled import CompiledForward, single_outputs
 from softmaso.config import RunConfig, TrainConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
-from softmaso.errors import UserError
+from softmaso.errors import RunBusy, UserError
 from softmaso.fast import keep_freed_memory
-from softmaso.loop import EpochStats, run_epochs
 from softmaso.models import build_model, check_input_size
 from softmaso.orthogonality import (
     apply_orthogonality,
@@ -39,6 +43,7 @@ from softmaso.orthogonality import (
     ortho_loss,
     prefill_orthonormal,
 )
+from softmaso.ui import Reporter
 
 
 # ------------------------------------------------------------------------------------ device
@@ -147,8 +152,8 @@ def make_forward(
     train: TrainConfig,
     outputs: Callable[..., Any] = single_outputs,
 ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
-    """(x, y) -> outputs(model(x), y), the training forward and loss (a single run's, or a
-    pack's with ``packed_outputs``): compiled with ``train.compile``, else eager."""
+    """(x, y) -> outputs(model(x), y), the training forward and loss (`outputs`: the loss and
+    correct count of a single run by default): compiled with ``train.compile``, else eager."""
     if train.compile:
         return CompiledForward(model, device, outputs, amp=train.amp)
     return functools.partial(_eager_forward, model, parametrised(model), device, train.amp, outputs)
@@ -172,7 +177,7 @@ def place(
     model: torch.nn.Module, device: torch.device, layout=torch.channels_last
 ) -> torch.nn.Module:
     """The model on the device in `layout`: channels_last (faster on CUDA and on CPU with
-    oneDNN) unless told otherwise (a pack: ``packed_training.PACK_LAYOUT``)."""
+    oneDNN) unless told otherwise."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
@@ -216,7 +221,7 @@ def build(
     )
 
 
-# -------------------------------------------------------------------------------------- loop
+# -------------------------------------------------------------------------------------- step
 def _prepare(s: Setup, x: torch.Tensor) -> torch.Tensor:
     x = s.preprocess(x)
     return x.contiguous(memory_format=torch.channels_last)
@@ -238,23 +243,6 @@ def train_step(
     total.backward()
     s.optimizer.step()
     return loss.detach(), correct
-
-
-def train_one_epoch(s: Setup, epoch: int, on_step: Callable[[], None] | None = None) -> dict:
-    """One pass over the sampler's batches; returns device-summed statistics (no host sync)."""
-    s.model.train()
-    batches = s.sampler.epoch(epoch)  # (steps, batch) indices on the device
-    gen = torch.Generator(device=s.device).manual_seed(s.cfg.seed * 1_000_003 + epoch)
-    loss_sum = torch.zeros((), device=s.device)
-    correct = torch.zeros((), device=s.device, dtype=torch.long)
-    for idx in batches:
-        loss, right = train_step(s, idx, gen)
-        loss_sum += loss
-        correct += right
-        if on_step is not None:
-            on_step()
-    n = batches.shape[0]
-    return {"loss_sum": loss_sum, "correct": correct, "steps": n, "images": batches.numel()}
 
 
 @torch.no_grad()
@@ -280,51 +268,6 @@ def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------- fit
-class RunStepper:
-    """One run as a :class:`softmaso.loop.Stepper`: its setup, run directory and rows."""
-
-    def __init__(self, s: Setup, run_dir: Path, history: list[dict]):
-        self.s, self.device = s, s.device
-        self.cfgs, self.dirs, self.histories = [s.cfg], [run_dir], [history]
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.s.sampler.steps_per_epoch
-
-    def train_epoch(self, epoch: int, on_step) -> EpochStats:
-        st = train_one_epoch(self.s, epoch, on_step)
-        return EpochStats(
-            [st["loss_sum"].item()], [st["correct"].item()], st["steps"], st["images"]
-        )
-
-    def evaluate(self) -> list[dict[str, float]]:
-        return [evaluate(self.s, "test")]
-
-    def diagnostics(self) -> list[dict[str, dict[str, float]]]:
-        return layer_diagnostics([m.weight for m in self.s.convs], self.s.names)
-
-    def lrs(self) -> list[float]:
-        return [self.s.optimizer.param_groups[0]["lr"]]
-
-    def checkpoints(self, epoch: int) -> list[tuple[Path, dict]]:
-        s = self.s
-        state = runs.checkpoint_state(
-            cfg=s.cfg,
-            data=s.data,
-            epoch=epoch,
-            history=self.histories[0],
-            model=s.model.state_dict(),
-            optimizer=s.optimizer.state_dict(),
-        )
-        return [(self.dirs[0] / runs.CHECKPOINT, state)]
-
-    def drop(self, bad: set[int]) -> None:
-        return None  # a single run that diverged leaves nothing to train
-
-    def export(self) -> None:
-        runs.export_weights(self.s.model, self.dirs[0] / runs.WEIGHTS)
-
-
 def fit(
     cfg: RunConfig,
     run_dir: Path,
@@ -339,40 +282,166 @@ def fit(
 ) -> dict[str, Any]:
     """Train (or resume, or skip if finished) the run; returns the result.json content.
 
-    `extra` is merged into result.json (e.g. {"smoke": true}); `progress` is a shared rich
-    Progress (a grid's) to show this run's bar in, instead of a bar of its own. `lock` takes
-    the run's lock (:func:`softmaso.runs.claim`; a grid holds it already) once the data are
-    loaded, and refuses a run another process is training. `quiet`: no line per epoch (a grid's
-    log has a line per run; the epochs are in metrics.jsonl).
+    The whole of a run: its lock, the check of its directory, the build, the epoch loop
+    (train, detect divergence, evaluate, log, checkpoint in the background), the final weights
+    and result.json. `extra` is merged into result.json (e.g. {"smoke": true}); `progress` is a
+    shared rich Progress (a grid's) to show this run's bar in, instead of a bar of its own.
+    `lock` takes the run's lock (:func:`softmaso.runs.claim`) and raises RunBusy if another
+    process holds it. `quiet`: no line per epoch (a grid's log has a line per run; the epochs
+    are in metrics.jsonl).
     """
     run_dir = Path(run_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    skipped = runs.check_unfinished(cfg, run_dir)
-    if skipped:
-        return skipped
-    s = build(cfg, device, data_dir)  # data errors surface before anything is written
     with runs.claim(run_dir) if lock else contextlib.nullcontext(True) as mine:
         if not mine:
-            raise UserError(
+            raise RunBusy(
                 "--out",
                 f"{run_dir} is being trained by another process (it holds {runs.LOCK}); wait "
                 "for it to finish, or choose another run directory",
             )
-        skipped = runs.check_unfinished(cfg, run_dir)  # it may have finished while we loaded
-        if skipped:
+        if skipped := runs.check_unfinished(cfg, run_dir):  # once, under the lock
             return skipped
+        s = build(cfg, device, data_dir)  # data errors surface before anything is written
         runs.open_run(cfg, run_dir, device)
         state = runs.resume_state(run_dir, device)
         if state is not None:
             s.model.load_state_dict(state["model"])
             s.optimizer.load_state_dict(state["optimizer"])
-        stepper = RunStepper(s, run_dir, state["history"] if state else [])
-        start = len(stepper.histories[0])
-        title = runs.run_name(cfg)
-        [end] = run_epochs(
-            stepper, start=start, title=title, live=live, progress=progress, quiet=quiet
+        history: list[dict] = state["history"] if state else []
+        epochs, steps = cfg.train.epochs, s.sampler.steps_per_epoch
+        rep = Reporter(
+            runs.run_name(cfg),
+            epochs,
+            steps,
+            start_epoch=len(history),
+            live=live,
+            progress=progress,
+            quiet=quiet,
         )
-        return runs.finish_run(cfg, run_dir, **end.fields(device, extra))
+        if history:
+            rep.message(f"resuming after epoch {len(history)} from {run_dir / runs.CHECKPOINT}")
+        t0 = time.perf_counter() - sum(row["seconds"] for row in history)  # past epochs count
+        writer, status = runs.CheckpointWriter(), "finished"
+        try:
+            peak_memory(device)  # the first epoch's peak starts here
+            for epoch in range(len(history), epochs):
+                t_start = time.perf_counter()
+                s.model.train()
+                gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
+                loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync
+                correct = torch.zeros((), device=device, dtype=torch.long)
+                batches = s.sampler.epoch(epoch)  # (steps, batch) indices on the device
+                for idx in batches:
+                    loss, right = train_step(s, idx, gen)
+                    loss_sum += loss
+                    correct += right
+                    rep.step()
+                if not math.isfinite(train_loss := loss_sum.item()):
+                    rep.message(f"epoch {epoch + 1} loss is {train_loss}; stopping (diverged)")
+                    status = "diverged"
+                    break
+                t_train = time.perf_counter()
+                test = evaluate(s, "test")
+                diagnostics = layer_diagnostics([m.weight for m in s.convs], s.names)[0]
+                t_eval = time.perf_counter()
+                row = epoch_row(
+                    epoch + 1,
+                    loss_sum=train_loss,
+                    steps=len(batches),
+                    correct=correct.item(),
+                    images=batches.numel(),
+                    test=test,
+                    diagnostics=diagnostics,
+                    lr=s.optimizer.param_groups[0]["lr"],
+                    train_seconds=t_train - t_start,
+                    eval_seconds=t_eval - t_train,
+                    memory=peak_memory(device),
+                )
+                history.append(row)
+                rep.epoch(row)
+                if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs:
+                    checkpoint = runs.checkpoint_state(
+                        cfg=cfg,
+                        data=s.data,
+                        epoch=epoch + 1,
+                        history=history,
+                        model=s.model.state_dict(),
+                        optimizer=s.optimizer.state_dict(),
+                    )
+                    # written while the next epoch trains
+                    writer.submit([(run_dir / runs.CHECKPOINT, checkpoint)], [(run_dir, history)])
+        finally:
+            rep.close()
+            writer.close()  # the last checkpoint is on disk before the result is written
+        if status == "finished":
+            runs.export_weights(s.model, run_dir / runs.WEIGHTS)
+        return runs.finish_run(
+            cfg,
+            run_dir,
+            history=history,
+            status=status,
+            device=device,
+            wall_seconds=time.perf_counter() - t0,
+            extra=extra,
+        )
+
+
+def epoch_row(
+    epoch: int,
+    *,
+    loss_sum: float,
+    steps: int,
+    correct: int,
+    images: int,
+    test: dict[str, float],
+    diagnostics: dict[str, dict[str, float]],
+    lr: float,
+    train_seconds: float,
+    eval_seconds: float,
+    memory: dict[str, float],
+) -> dict[str, Any]:
+    """One line of metrics.jsonl (`epoch` counts from 1), for a run or each run of a pack.
+
+    ``images_per_s`` is training throughput (the training pass only); ``seconds`` is the whole
+    epoch: training, evaluation and the per-layer diagnostics
+    (:func:`~softmaso.orthogonality.layer_diagnostics`: ``ortho_error``, ``row_energy``,
+    ``filter_norm``, ``orthonormality``, each {layer: value}); ``memory``: peak MiB in the epoch.
+    """
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / steps,
+        "train_acc": correct / images,
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        **diagnostics,
+        "lr": lr,
+        "seconds": train_seconds + eval_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "images_per_s": images / train_seconds,
+        **memory,
+    }
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory since the previous call, in MiB, and the peaks reset for the next one.
+
+    ``peak_rss_mib``: the process's peak resident set (Linux VmHWM; reset by writing 5 to
+    /proc/self/clear_refs, so a reading covers one epoch; where that is refused it is the peak
+    since the process started). ``peak_cuda_mib``: torch's peak CUDA allocation, on CUDA.
+    """
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mib"] = round(int(line.split()[1]) / 1024, 1)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, ValueError, IndexError):
+        pass
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 def evaluate_saved(

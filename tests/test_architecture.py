@@ -37,7 +37,6 @@ LAYERS = {
     # run directories, experiments, training
     "softmaso.runs": 2,
     "softmaso.experiments": 3,
-    "softmaso.loop": 3,
     "softmaso.compiled": 3,
     "softmaso.packing": 5,
     "softmaso.training": 5,
@@ -184,3 +183,42 @@ def test_private_apis_sit_behind_one_door():
             if PRIVATE_API.search(code) and not code.strip().startswith(('"', "'", "``")):
                 found.append(f"{rel}:{i}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_the_path_from_reproduce_to_a_training_step_is_short(tmp_path, monkeypatch):
+    """At most 8 frames of softmaso code from the console script's `softmaso reproduce` to
+    the training step, counted on a real call (one run of a one-run grid, in this process)."""
+    import inspect
+    import sys
+
+    import pytest
+
+    from softmaso import cli, training
+
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(
+        "data: {name: synthetic, synthetic_train: 100}\nmodel: {width: 0.0625}\n"
+        "optim: {batch_size: 50}\ntrain: {epochs: 1}\nsweep: {seed: [0]}\n"
+    )
+    paths, step = [], training.train_step
+
+    def watched(*args, **kwargs):
+        if not paths:
+            frames = inspect.stack()[1:]  # from the step's caller outwards
+            here = [f for f in frames if Path(f.filename).is_relative_to(PACKAGE)]
+            names = (
+                f"{Path(f.filename).stem}.{getattr(f.frame.f_code, 'co_qualname', f.function)}"
+                for f in here
+            )
+            paths.extend(reversed(list(names)))
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", watched)
+    argv = ["softmaso", "reproduce", str(recipe), "--results", str(tmp_path / "r")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 0
+    chain = [*paths, "training.train_step"]
+    assert chain[0] == "cli.main" and chain[-2] == "training.fit", chain
+    assert len(chain) <= 8, " -> ".join(chain)

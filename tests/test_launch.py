@@ -17,16 +17,16 @@ from softmaso.errors import UserError
 FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 
 
-def test_run_unit_skips_finished_and_reports_conflicts(tmp_path):
+def test_train_unit_skips_finished_and_reports_conflicts(tmp_path):
     run = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0]
     smoke = launch.Launch(smoke=True)
-    assert launch.run_unit([run], smoke, "cpu") == {run.dir: "finished"}
-    assert launch.run_unit([run], smoke, "cpu") == {run.dir: "skipped-finished"}
+    assert launch.train_unit([run], smoke, "cpu") == {run.dir: "finished"}
+    assert launch.train_unit([run], smoke, "cpu") == {run.dir: "skipped-finished"}
     assert json.loads((run.dir / runs.RESULT).read_text())["smoke"] is True
     other = ex.Run(run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir)
     (run.dir / runs.RESULT).unlink()
     said = []
-    got = launch.run_unit([other], launch.Launch(pack=False), "cpu", log=said.append)
+    got = launch.train_unit([other], launch.Launch(pack=False), "cpu", log=said.append)
     assert got == {run.dir: "conflict"}
     assert said == [
         f"conflict: {run.dir} holds a run with a different config (optim.lr: "

@@ -192,13 +192,13 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, pa
         for i in range(2)
     ]
     said = []
-    out = launch.run_unit(unit, launch.Launch(), "cpu", log=said.append)
+    out = launch.train_unit(unit, launch.Launch(), "cpu", log=said.append)
     assert set(out.values()) == {"finished"}
     assert said and said[0].startswith("packing" if packs else "not packing")
     assert len(loads) == (1 if packs else 3)  # the probe's data trains the pack
     packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == ({2} if packs else {None})
-    assert set(launch.run_unit(unit, launch.Launch(), "cpu").values()) == {"skipped-finished"}
+    assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"skipped-finished"}
 
 
 def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch):
@@ -208,7 +208,7 @@ def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch):
         for i in range(2)
     ]
     said = []
-    assert set(launch.run_unit(unit, launch.Launch(), "cpu", log=said.append).values()) == {
+    assert set(launch.train_unit(unit, launch.Launch(), "cpu", log=said.append).values()) == {
         "finished"
     }
     assert said == []
