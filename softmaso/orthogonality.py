@@ -19,6 +19,12 @@ does not say how overlapping positions enter), this module gives
 * ``orthogonality_error`` / ``layer_diagnostics``: how far a layer is from (11), logged per epoch.
 
 Symbols: W (C_out, n) flattened filters, G = W W^T (C_out, C_out) their Gram matrix.
+
+The plural functions (``gram_penalties``, ``orthogonality_errors``, ``orthonormality_errors``,
+``orthonormalise``, ``layer_diagnostics``) take one weight, (C_out, C_in, kh, kw) or (C_out,
+n), or a stack of G same-shaped weights, (G, C_out, C_in, kh, kw) or (G, C_out, n), and give
+one value per weight: batched linear algebra, as torch.linalg's leading dimensions. Same-shaped
+layers of one network are orthonormalised as such a stack (:func:`prefill_orthonormal`).
 """
 
 from __future__ import annotations
@@ -75,16 +81,16 @@ class _OffDiagonalEnergy(torch.autograd.Function):
         return matmul_nt(off * (4 * grad)[..., None, None], rows.mT)  # (..., m, n)
 
 
-def gram_penalties(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
-    """(P,) sum_{k != k'} <W_k, W_k'>^2 of each run's filters (eq. 11); P = `runs` of a packed
-    weight (run-major), 1 otherwise.
+def gram_penalties(w: torch.Tensor) -> torch.Tensor:
+    """(G,) sum_{k != k'} <W_k, W_k'>^2 of each weight's filters (eq. 11); G = 1 for one
+    weight, else the stack's length.
 
     Summed from the off-diagonal Gram entries rather than as ||W W^T||_F^2 - sum_k ||W_k||^4:
     same value, never negative, no cancellation when the filters are nearly orthogonal. In
     fp32 or fp64 even under autocast.
     """
     with _no_autocast(w):
-        rows, _ = filter_rows(at_least_fp32(w), runs)  # (P, C_out, n)
+        rows, _ = filter_rows(at_least_fp32(w))  # (G, C_out, n)
         return _OffDiagonalEnergy.apply(rows)
 
 
@@ -116,9 +122,9 @@ def _gram_minus_eye(flat: torch.Tensor) -> torch.Tensor:
     return gram - torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
 
 
-def orthogonality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
-    """(P,) mean over k != k' of cos^2(W_k, W_k') of each run's filters: 0 when orthogonal, 1
-    when all parallel; P = `runs` of a packed weight (run-major), 1 otherwise.
+def orthogonality_errors(w: torch.Tensor) -> torch.Tensor:
+    """(G,) mean over k != k' of cos^2(W_k, W_k') of each weight's filters: 0 when orthogonal,
+    1 when all parallel.
 
     The off-diagonal energy of the Gram matrix of the unit-normalised filters, in [0, 1].
     If C_out > n the rows cannot be orthogonal, so the columns of W (C_out, n) are measured
@@ -126,13 +132,13 @@ def orthogonality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
     A zero filter counts as orthogonal to everything.
     """
     with _no_autocast(w):
-        flat = _narrow(at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1))  # (P, m, n)
+        flat = _narrow(stacked_rows(at_least_fp32(w)))  # (G, m, n)
         m = flat.shape[1]
         if m < 2:
-            return flat.new_zeros(runs)
+            return flat.new_zeros(flat.shape[0])
         tiny = torch.finfo(flat.dtype).tiny
-        unit = flat / flat.norm(dim=2, keepdim=True).clamp_min(tiny)  # (P, m, n)
-        cos = unit @ unit.mT  # (P, m, m)
+        unit = flat / flat.norm(dim=2, keepdim=True).clamp_min(tiny)  # (G, m, n)
+        cos = unit @ unit.mT  # (G, m, m)
         off = cos - torch.diag_embed(cos.diagonal(dim1=-2, dim2=-1))
         return (off * off).sum(dim=(1, 2)) / (m * (m - 1))
 
@@ -142,11 +148,10 @@ def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
     return orthogonality_errors(w)[0]
 
 
-def orthonormality_errors(w: torch.Tensor, runs: int = 1) -> torch.Tensor:
-    """(P,) float64 max |Q Q^T - I| over each run's flattened filters Q (C_out, n), or their
-    columns when C_out > n: how far from orthonormal ``exact``'s weight is (0 up to rounding).
-    P = `runs` of a packed weight (run-major), 1 otherwise."""
-    q = _narrow(w.detach().reshape(runs, w.shape[0] // runs, -1).double())  # (P, m, n)
+def orthonormality_errors(w: torch.Tensor) -> torch.Tensor:
+    """(G,) float64 max |Q Q^T - I| over each weight's flattened filters Q (C_out, n), or their
+    columns when C_out > n: how far from orthonormal ``exact``'s weight is (0 up to rounding)."""
+    q = _narrow(stacked_rows(w.detach()).double())  # (G, m, n)
     return _gram_minus_eye(q).abs().amax(dim=(1, 2))
 
 
@@ -156,20 +161,39 @@ def orthonormality_error(w: torch.Tensor) -> float:
 
 
 # -------------------------------------------------------------- exact reparametrisation
-def filter_rows(w: torch.Tensor, runs: int = 1) -> tuple[torch.Tensor, Callable]:
-    """w's filters as (P, C_out, n) rows, P = `runs` (packed weights, run-major), and the map
-    that puts (P, C_out, n) rows back into w's shape and memory layout.
+def is_stack(w: torch.Tensor) -> bool:
+    """Whether `w` is a stack of weights, (G, C_out, C_in, kh, kw) or (G, C_out, n), rather than
+    one conv (4-D) or linear (2-D) weight."""
+    if w.dim() not in (2, 3, 4, 5):
+        raise ValueError(f"a weight is 2-D or 4-D, a stack of them 3-D or 5-D; got {w.dim()}-D")
+    return w.dim() in (3, 5)
+
+
+def stacked_rows(w: torch.Tensor) -> torch.Tensor:
+    """(G, C_out, n) flattened filters in canonical (C_in, kh, kw) order; G = 1 for one weight."""
+    return w.flatten(2) if is_stack(w) else w.reshape(1, w.shape[0], -1)
+
+
+def filter_rows(w: torch.Tensor) -> tuple[torch.Tensor, Callable]:
+    """w's filters as (G, C_out, n) rows (G = 1 for one weight), and the map that puts
+    (G, C_out, n) rows back into w's shape and memory layout.
 
     No copy where w's layout allows one: the entries of a row come in memory order, (C_in, kh,
-    kw) for a contiguous conv weight, (kh, kw, C_in) for a channels_last one. Gram matrices of
-    rows, and so the penalty and the Gram-Schmidt of rows, do not depend on that order.
+    kw) for a contiguous conv weight, (kh, kw, C_in) for a channels_last one (or a stack of
+    channels_last weights, as ``torch.cat`` of them viewed with ``unflatten``). Gram matrices
+    of rows, and so the penalty and the Gram-Schmidt of rows, do not depend on that order.
     """
-    c_out = w.shape[0] // runs
-    if w.dim() == 4 and not w.is_contiguous() and w.is_contiguous(memory_format=CL):
-        _, c_in, kh, kw = w.shape
-        rows = w.permute(0, 2, 3, 1).reshape(runs, c_out, -1)  # a view
-        return rows, lambda r: r.reshape(w.shape[0], kh, kw, c_in).permute(0, 3, 1, 2)
-    return w.reshape(runs, c_out, -1), lambda r: same_layout(r.reshape(w.shape), w)
+    stack = w if is_stack(w) else w[None]
+    if stack.dim() == 5 and stack.stride(2) == 1 and not stack.is_contiguous():
+        g, c_out, c_in, kh, kw = stack.shape
+        rows = stack.permute(0, 1, 3, 4, 2).reshape(g, c_out, -1)  # a view
+        back = lambda r: r.reshape(g, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)  # noqa: E731
+    else:
+        rows = stack.flatten(2)
+        back = lambda r: r.reshape(stack.shape)  # noqa: E731
+    if is_stack(w):
+        return rows, back
+    return rows, lambda r: same_layout(back(r)[0], w)
 
 
 def _lower_inverse(lower: torch.Tensor) -> torch.Tensor:
@@ -276,25 +300,26 @@ class _GramSchmidt(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dq: torch.Tensor):
-        q, l_inv = ctx.saved_tensors  # (P, m, n), (P, m, m)
-        low = _lower_of_product(dq, q).tril()  # tril(M), M = dq q^T: (P, m, m)
+        q, l_inv = ctx.saved_tensors  # (G, m, n), (G, m, m)
+        low = _lower_of_product(dq, q).tril()  # tril(M), M = dq q^T: (G, m, m)
         sym = low + low.tril(-1).mT
         return _upper_times(l_inv.mT, dq - matmul_nt(sym, q.mT)), None
 
 
-def orthonormalise(w: torch.Tensor, method: Method = "cholesky", runs: int = 1) -> torch.Tensor:
-    """Gram-Schmidt of each run's filters (rows) if C_out <= n, else of its columns; the shape,
-    dtype and layout of w. fp32 or fp64 even under autocast.
+def orthonormalise(w: torch.Tensor, method: Method = "cholesky") -> torch.Tensor:
+    """Gram-Schmidt of each weight's filters (rows) if C_out <= n, else of its columns; the
+    shape, dtype and layout of w (a stack: each weight's layout). fp32 or fp64 even under
+    autocast.
 
     Columns are taken in canonical (C_in, kh, kw) order: unlike rows, their Gram-Schmidt
     depends on the order.
     """
     with _no_autocast(w):
-        rows, back = filter_rows(at_least_fp32(w), runs)  # (P, C_out, n)
+        rows, back = filter_rows(at_least_fp32(w))  # (G, C_out, n)
         if rows.shape[-2] <= rows.shape[-1]:
             return back(_GramSchmidt.apply(rows, method).to(w.dtype))
-        cols = at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1).mT  # (P, n, C_out)
-        q = _GramSchmidt.apply(cols, method).mT  # (P, C_out, n), orthonormal columns
+        cols = stacked_rows(at_least_fp32(w)).mT  # (G, n, C_out)
+        q = _GramSchmidt.apply(cols, method).mT  # (G, C_out, n), orthonormal columns
         return same_layout(q.to(w.dtype).reshape(w.shape), w)
 
 
@@ -362,9 +387,9 @@ def prefill_orthonormal(modules: Iterable[nn.Module]) -> None:
     for (shape, *_, method), members in groups.items():
         if len(members) < 2:
             continue
-        stacked = torch.cat([m.parametrizations["weight"].original for m in members])
-        q = orthonormalise(stacked, method, runs=len(members))
-        for m, w in zip(members, q.split(shape[0]), strict=True):
+        joined = torch.cat([m.parametrizations["weight"].original for m in members])  # layout kept
+        q = orthonormalise(joined.unflatten(0, (len(members), shape[0])), method)  # a stack
+        for m, w in zip(members, q.unbind(0), strict=True):
             cache[(id(m), "weight")] = w
 
 
@@ -543,9 +568,10 @@ DIAGNOSTICS = ("ortho_error", "row_energy", "filter_norm", "orthonormality")
 
 @torch.no_grad()
 def layer_diagnostics(
-    weights: Sequence[torch.Tensor], names: Sequence[str], runs: int = 1
+    weights: Sequence[torch.Tensor], names: Sequence[str]
 ) -> list[dict[str, dict[str, float]]]:
-    """Per run (P = `runs` of packed weights, run-major), {statistic: {layer name: value}}:
+    """Per network, {statistic: {layer name: value}}: one network's weights give one dict,
+    stacks of G networks' weights (G, C_out, ...) give G:
 
     - ``ortho_error``: :func:`orthogonality_errors` (rows, or columns where C_out > n),
       scale-free, comparable across modes;
@@ -558,15 +584,15 @@ def layer_diagnostics(
     per_layer = []
     for w in weights:
         with _no_autocast(w):
-            flat = at_least_fp32(w).reshape(runs, w.shape[0] // runs, -1)  # (P, C_out, n)
+            flat = stacked_rows(at_least_fp32(w))  # (G, C_out, n)
             stats = [
-                orthogonality_errors(w, runs).double(),
-                gram_penalties(w, runs).double(),
+                orthogonality_errors(w).double(),
+                gram_penalties(w).double(),
                 flat.norm(dim=2).mean(dim=1).double(),
-                orthonormality_errors(w, runs),
-            ]  # 4 x (P,)
-        per_layer.append(torch.stack(stats, dim=1))  # (P, 4)
-    table = torch.stack(per_layer, dim=1).tolist()  # (P, L, 4)
+                orthonormality_errors(w),
+            ]  # 4 x (G,)
+        per_layer.append(torch.stack(stats, dim=1))  # (G, 4)
+    table = torch.stack(per_layer, dim=1).tolist()  # (G, L, 4)
     return [
         {stat: {n: run[i][j] for i, n in enumerate(names)} for j, stat in enumerate(DIAGNOSTICS)}
         for run in table

@@ -46,6 +46,7 @@ from softmaso.packing import (
     packed_loss,
     packed_ortho_loss,
     penalty_weights,
+    run_stack,
     unpack_state,
 )
 from softmaso.timing import interleaved
@@ -377,7 +378,9 @@ class PackStepper:
     def diagnostics(self) -> list[dict[str, dict[str, float]]]:
         model = self.pack.model
         weights = [c.weight for c in model.ortho_convs()]
-        return layer_diagnostics(weights, model.ortho_names(), self.pack.runs)
+        return layer_diagnostics(
+            [run_stack(w, self.pack.runs) for w in weights], model.ortho_names()
+        )
 
     def lrs(self) -> list[float]:
         return list(self.pack.optimizer.param_groups[0]["lr"])

@@ -54,6 +54,7 @@ from softmaso.orthogonality import (
     gram_penalties,
     orthonormalise,
     register_chain,
+    same_layout,
 )
 
 PACKABLE_MODES = ("none", "penalty", "exact")  # so, srip and torch train alone
@@ -128,6 +129,12 @@ def packed_loss(logits: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 # ------------------------------------------------------------------------- orthogonality
+def run_stack(w: torch.Tensor, runs: int) -> torch.Tensor:
+    """A packed weight (P*C_out, ...) as the stack of its runs' weights (P, C_out, ...), a view:
+    what :mod:`softmaso.orthogonality`'s plural functions take."""
+    return w.unflatten(0, (runs, -1))
+
+
 def penalty_weights(
     orthos: Sequence[OrthoConfig], *, device: torch.device | str | None = None
 ) -> torch.Tensor | None:
@@ -144,7 +151,7 @@ def packed_ortho_loss(model: PackedLargeCNN, weights: torch.Tensor) -> torch.Ten
     Run p's term equals :func:`softmaso.orthogonality.ortho_loss` of run p alone (for
     weights[p] = lambda); a weight of 0 adds exactly nothing to that run's gradient.
     """
-    terms = [gram_penalties(c.weight, model.runs) for c in model.ortho_convs()]
+    terms = [gram_penalties(run_stack(c.weight, model.runs)) for c in model.ortho_convs()]
     per_run = torch.stack(terms).sum(dim=0)  # (L, P) -> (P,)
     return (weights.to(per_run) * per_run).sum()
 
@@ -162,7 +169,7 @@ class PackedOrthonormal(Orthonormal):
         self.runs = runs
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return orthonormalise(w, self.method, self.runs)
+        return same_layout(orthonormalise(run_stack(w, self.runs), self.method).flatten(0, 1), w)
 
     def extra_repr(self) -> str:
         return f"runs={self.runs}, method={self.method!r}"

@@ -222,3 +222,27 @@ def test_the_path_from_reproduce_to_a_training_step_is_short(tmp_path, monkeypat
     chain = [*paths, "training.train_step"]
     assert chain[0] == "cli.main" and chain[-2] == "training.fit", chain
     assert len(chain) <= 8, " -> ".join(chain)
+
+
+CORE = ("softmaso.training", "softmaso.orthogonality", "softmaso.compiled", "softmaso.models",
+        "softmaso.data", "softmaso.runs", "softmaso.nn")  # fmt: skip
+PACK_WORDS = re.compile(r"^(runs|packs?|pack_size|packed\w*)$")
+
+
+def test_no_core_function_takes_a_pack_argument():
+    """Packing wraps the single-run code (softmaso.packing, softmaso.packed_training): no
+    function of the core takes a pack size or a pack, and none imports the packing modules."""
+    wrong = []
+    for name, tree in MODULES.items():
+        if not name.startswith(CORE):
+            continue
+        for node in _functions(tree):
+            params = [
+                a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)
+            ]
+            wrong += [f"{name}.{node.name}({a})" for a in params if PACK_WORDS.match(a)]
+        for module, names, line in _imports(tree):
+            for target in _targets(module, names):
+                if target in ("softmaso.packing", "softmaso.packed_training"):
+                    wrong.append(f"{name}:{line} imports {target}")
+    assert not wrong, "\n".join(wrong)

@@ -26,6 +26,7 @@ from softmaso.packing import (
     packed_loss,
     packed_ortho_loss,
     penalty_weights,
+    run_stack,
     unpack_state,
 )
 
@@ -249,7 +250,8 @@ def test_penalty_and_orthogonality_errors_are_per_run():
     want = sum(ortho_loss(m.ortho_convs(), o) for m, o in zip(models[1:], orthos[1:], strict=True))
     _close(packed_ortho_loss(packed, weights), want)
     names = packed.ortho_names()
-    packed_stats = layer_diagnostics([c.weight for c in packed.ortho_convs()], names, len(models))
+    stacks = [run_stack(c.weight, len(models)) for c in packed.ortho_convs()]
+    packed_stats = layer_diagnostics(stacks, names)
     for p, model in enumerate(models):
         alone = layer_diagnostics([c.weight for c in model.ortho_convs()], names)[0]
         for stat, values in alone.items():  # every logged statistic, ortho_error among them
