@@ -487,9 +487,10 @@ def table(
         ),
     ] = None,
     baseline: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            help="KEY=VALUE: the setting gains are measured against (model.activation=relu).",
+            help="KEY=VALUE: the setting gains are measured against (model.activation=relu); "
+            "repeat it for a cell of several settings.",
             show_default="the recipe's report.baseline, else ortho.mode=none",
         ),
     ] = None,
@@ -497,14 +498,14 @@ def table(
     """Tabulate finished runs: mean +- std over seeds (ddof 1) with n, rows and columns from the
     keys that vary, each gain with its 95% CI, Welch and Holm p and detectable effect; missing,
     started (unfinished) and diverged runs are shown, never averaged in."""
-    from softmaso.config import parse_endpoint, parse_setting
+    from softmaso.config import parse_baseline, parse_endpoint
     from softmaso.reporting import tables
     from softmaso.reporting.frame import collect, declared_report
 
     if fmt not in ("markdown", "latex", "csv", "json"):
         raise UserError("--format", f"{fmt!r}; use markdown, latex, csv or json")
     chosen = parse_endpoint(endpoint, where="--endpoint") if endpoint is not None else None
-    versus = parse_setting(baseline, where="--baseline") if baseline is not None else None
+    versus = parse_baseline(baseline, where="--baseline") if baseline else None
     if out is not None:
         from softmaso.io import check_output_file
 
@@ -516,7 +517,8 @@ def table(
     if versus is not None and not summary.comparisons:
         keys = ", ".join([*summary.row_keys, *([summary.col_key] if summary.col_key else [])])
         raise UserError(
-            "--baseline", f"{baseline!r} matches no cell to compare with (table keys: {keys})"
+            "--baseline",
+            f"{' '.join(baseline or [])!r} matches no cell to compare with (table keys: {keys})",
         )
     tables.write_table(tables.render(summary, fmt, paper=paper), out)
 

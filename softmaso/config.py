@@ -311,14 +311,30 @@ def parse_setting(text: Any, *, where: str) -> tuple[str, Any]:
         raise UserError(where, f"cannot parse the value of {text!r}") from None
 
 
+Baseline = tuple[tuple[str, Any], ...]  # ((key, value), ...): the settings of the baseline cell
+
+
+def parse_baseline(text: Any, *, where: str) -> Baseline:
+    """'ortho.mode=none', or a list of such settings (['model.activation=relu',
+    'ortho.mode=none']: the cell with both) -> ((key, value), ...); UserError otherwise."""
+    items = text if isinstance(text, (list, tuple)) else [text]
+    if not items:
+        raise UserError(where, "give at least one KEY=VALUE (e.g. ortho.mode=none)")
+    settings = tuple(parse_setting(item, where=where) for item in items)
+    keys = [key for key, _ in settings]
+    if len(set(keys)) < len(keys):
+        raise UserError(where, f"a key is given twice in {list(items)!r}; give each key once")
+    return settings
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     """A recipe's ``report:`` section: how its tables read its runs, declared with the
     recipe (before its grid runs). ``endpoint``: see :class:`Endpoint`; ``baseline``: the
-    setting every gain is measured against (``ortho.mode=none`` unless given)."""
+    settings of the cell every gain is measured against (``ortho.mode=none`` unless given)."""
 
     endpoint: Endpoint = FINAL
-    baseline: tuple[str, Any] | None = None
+    baseline: Baseline | None = None
 
 
 def _report_section(tree: dict, path: Path) -> ReportSettings:
@@ -333,7 +349,7 @@ def _report_section(tree: dict, path: Path) -> ReportSettings:
     where = f"{path}: report"
     endpoint = parse_endpoint(section.get("endpoint", "final"), where=f"{where}.endpoint")
     baseline = section.get("baseline")
-    base = parse_setting(baseline, where=f"{where}.baseline") if baseline is not None else None
+    base = parse_baseline(baseline, where=f"{where}.baseline") if baseline is not None else None
     return ReportSettings(endpoint, base)
 
 

@@ -165,9 +165,16 @@ def test_a_recipe_declares_its_endpoint_and_baseline(tmp_path):
     report = read_recipe(path).report
     assert report.endpoint == Endpoint("last", 5)
     assert report.endpoint.text == "last:5"
-    assert report.baseline == ("model.activation", "relu")
+    assert report.baseline == (("model.activation", "relu"),)
     # the report section is not a config key: the run's config is untouched by it
     assert "report" not in read_recipe(path).config().to_dict()
+    path.write_text(
+        "data:\n  name: synthetic\nreport:\n  baseline: [model.activation=relu, ortho.mode=none]\n"
+    )
+    assert read_recipe(path).report.baseline == (
+        ("model.activation", "relu"),
+        ("ortho.mode", "none"),
+    )
     path.write_text("data:\n  name: synthetic\n")
     assert read_recipe(path).report.endpoint.text == "final"
 
@@ -179,6 +186,8 @@ def test_a_recipe_declares_its_endpoint_and_baseline(tmp_path):
         ("  endpoint: mean\n", "endpoint 'mean' is not one of final, best, last:K"),
         ("  baseline: ortho.mod=none\n", "is not KEY=VALUE with a config key"),
         ("  baseline: none\n", "is not KEY=VALUE with a config key"),
+        ("  baseline: [ortho.mode=none, ortho.mode=exact]\n", "a key is given twice"),
+        ("  baseline: []\n", "give at least one KEY=VALUE"),
         ("  epochs: 3\n", "report: unknown key 'epochs'; allowed: endpoint, baseline"),
     ],
 )

@@ -541,13 +541,48 @@ def test_the_baseline_can_be_any_setting(tmp_path):
                 **{"model.activation": act},
             )  # fmt: skip
     runs = collect(tmp_path)
-    s = tables.summarize(runs, baseline=("model.activation", "relu"))
+    s = tables.summarize(runs, baseline=(("model.activation", "relu"),))
     assert set(s.comparisons) == {(("swish",), None), (("beta",), None)}
     (base_at, c) = s.comparisons[(("swish",), None)]
     assert base_at == (("relu",), None) and c.gain == pytest.approx(1.0)
     assert "| swish | relu | +1.00 |" in tables.render(s, "markdown")
     # the default baseline (ortho.mode=none) is not a key here: no gains, no warning
     assert tables.summarize(runs).comparisons == {}
+
+
+def test_a_baseline_cell_of_two_settings(tmp_path):
+    """activation x mode with the baseline relu + none: the three other cells against it."""
+    means = {("relu", "none"): 0.90, ("relu", "exact"): 0.89, ("swish", "none"): 0.92,
+             ("swish", "exact"): 0.95}  # fmt: skip
+    for (act, mode), acc in means.items():
+        for seed, off in enumerate((0.0, 0.004, -0.003)):
+            write_run(
+                tmp_path, f"{act}-{mode}/s{seed}", recipe="g", acc=acc + off, seed=seed,
+                **{"model.activation": act, "ortho.mode": mode},
+            )  # fmt: skip
+    both = (("model.activation", "relu"), ("ortho.mode", "none"))
+    s = tables.summarize(collect(tmp_path), baseline=both)
+    gains = {cell: round(c.gain, 6) for cell, (base_at, c) in s.comparisons.items()}
+    at = {base_at for base_at, _ in s.comparisons.values()}
+    assert len(gains) == 3 and sorted(gains.values()) == [-1.0, 2.0, 5.0]
+    assert len(at) == 1 and _matches_both(s, *at.pop())
+    assert [c.p_holm for _, c in s.comparisons.values()].count(None) == 0
+    text = tables.render(s, "markdown")
+    assert "vs model.activation=relu, ortho.mode=none" in text
+    csv_rows = list(csv.DictReader(io.StringIO(tables.render(s, "csv"))))
+    assert {r["baseline"] for r in csv_rows if r["gain"]} == {
+        "model.activation=relu,ortho.mode=none"
+    }
+    # one setting only: exact against none within each activation
+    s = tables.summarize(collect(tmp_path), baseline=(("ortho.mode", "none"),))
+    assert sorted(round(c.gain, 6) for _, c in s.comparisons.values()) == [-1.0, 3.0]
+
+
+def _matches_both(summary, row, col):
+    labels = dict(zip(summary.row_keys, row, strict=True))
+    if summary.col_key:
+        labels[summary.col_key] = col
+    return labels == {"model.activation": "relu", "ortho.mode": "none"}
 
 
 def test_a_boolean_baseline_matches_booleans_only(tmp_path):
@@ -557,11 +592,13 @@ def test_a_boolean_baseline_matches_booleans_only(tmp_path):
                 tmp_path, f"b/{learn}-{seed}", recipe="b", acc=acc + seed / 1000, seed=seed,
                 **{"model.activation": "beta", "model.learn_beta": learn},
             )  # fmt: skip
-    s = tables.summarize(collect(tmp_path), baseline=("model.learn_beta", False))
+    s = tables.summarize(collect(tmp_path), baseline=(("model.learn_beta", False),))
     assert set(s.comparisons) == {((True,), None)}
     assert s.comparisons[((True,), None)][1].gain == pytest.approx(1.0)
     # 0 is not False: a number never matches a boolean setting
-    assert tables.summarize(collect(tmp_path), baseline=("model.learn_beta", 0)).comparisons == {}
+    assert (
+        tables.summarize(collect(tmp_path), baseline=(("model.learn_beta", 0),)).comparisons == {}
+    )
 
 
 def test_table_cli_takes_an_endpoint_and_a_baseline(cli, curves):

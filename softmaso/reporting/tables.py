@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from softmaso.config import FINAL, Endpoint
+from softmaso.config import FINAL, Baseline, Endpoint
 from softmaso.errors import UserError
 from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED
 from softmaso.reporting.paper import PAPER_SOURCE, paper_gain, paper_value
@@ -59,7 +59,7 @@ DISPLAY = {
     },
 }
 SMOKE_TITLE = "SMOKE RUN — synthetic stand-in data, not the paper's numbers"
-DEFAULT_BASELINE = ("ortho.mode", "none")
+DEFAULT_BASELINE = (("ortho.mode", "none"),)
 SHORT = "short"  # finished runs with fewer evaluated epochs than the endpoint needs
 
 
@@ -117,7 +117,7 @@ class Summary:
     warnings: tuple[str, ...]
     smoke_rows: frozenset = frozenset()  # rows of smoke runs, when smoke and real runs mix
     endpoint: Endpoint = FINAL
-    baseline: tuple[str, Any] = DEFAULT_BASELINE  # (key, value) every gain is measured against
+    baseline: Baseline = DEFAULT_BASELINE  # ((key, value), ...) of the cell gains are against
     # (row, col) -> (baseline cell's (row, col), its comparison, Holm-adjusted across the table)
     comparisons: dict[tuple[tuple, Any], tuple[tuple[tuple, Any], Comparison]] = field(
         default_factory=dict
@@ -234,13 +234,11 @@ def _duplicate_seeds(cell: Cell, members: list[dict], label: str) -> list[str]:
     ]
 
 
-def summarize(
-    runs, *, endpoint: Endpoint = FINAL, baseline: tuple[str, Any] | None = None
-) -> Summary:
+def summarize(runs, *, endpoint: Endpoint = FINAL, baseline: Baseline | None = None) -> Summary:
     """Cells of mean ± std (ddof=1) over seeds of each run's `endpoint`, rows and columns from
-    the varying keys, and each cell's gain over its `baseline` (key, value): the cell with that
-    value and otherwise the most row keys in common, in the same column (default
-    ortho.mode=none)."""
+    the varying keys, and each cell's gain over its `baseline` ((key, value), ...): the cell
+    with those values and otherwise the most row keys in common, in the same column unless the
+    column key is a baseline key (default ortho.mode=none)."""
     if len(runs) == 0:
         raise UserError("RESULTS_DIR", "no runs to tabulate")
     row_keys, col_key, folded = table_keys(runs)
@@ -295,43 +293,48 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _matches(summary: Summary, row: tuple, col: Any) -> bool:
+    """Whether the cell at (row, col) has every baseline setting."""
+    keys = summary.row_keys
+    return all(
+        _same(col, value) if key == summary.col_key else _same(row[keys.index(key)], value)
+        for key, value in summary.baseline
+    )
+
+
 def _baseline_of(summary: Summary, row: tuple, col: Any) -> tuple[tuple, Any] | None:
     """The (row, col) of the baseline cell of a cell: None for a baseline cell itself, or
     when the table has no baseline cell for it (or two equally close)."""
-    key, value = summary.baseline
-    if key == summary.col_key:
-        if _same(col, value):
-            return None
-        match = [c for c in summary.cols if _same(c, value)]
-        return (row, match[0]) if match else None
-    if key not in summary.row_keys:
+    if _matches(summary, row, col):
         return None
-    i = summary.row_keys.index(key)
-    if _same(row[i], value):
-        return None
+    fixed = {summary.row_keys.index(k) for k, _ in summary.baseline if k in summary.row_keys}
+    free_col = summary.col_key not in {k for k, _ in summary.baseline}
     scored = [
-        (sum(a == b for j, (a, b) in enumerate(zip(r, row, strict=True)) if j != i), r)
+        (sum(a == b for j, (a, b) in enumerate(zip(r, row, strict=True)) if j not in fixed), (r, c))
         for r in summary.rows
-        if _same(r[i], value) and summary.cell(r, col) is not None
+        for c in ([col] if free_col else summary.cols)
+        if summary.cell(r, c) is not None and _matches(summary, r, c)
     ]
     best = max((score for score, _ in scored), default=None)
-    closest = [r for score, r in scored if score == best]
-    return (closest[0], col) if len(closest) == 1 else None
+    closest = [at for score, at in scored if score == best]
+    return closest[0] if len(closest) == 1 else None
 
 
 def _comparisons(summary: Summary):
     """Every cell's comparison with its baseline, Holm-adjusted over the table; and why
     there are none, where there are none."""
-    key, value = summary.baseline
-    if key != summary.col_key and key not in summary.row_keys:
-        return {}, f"baseline {key}={value}: {key} is not a row or column key of this table"
+    text = _baseline_text(summary)
+    keys = {*summary.row_keys, summary.col_key}
+    missing = [key for key, _ in summary.baseline if key not in keys]
+    if missing:
+        return {}, f"baseline {text}: {missing[0]} is not a row or column key of this table"
     pairs = {}
     for (row, col), cell in summary.cells.items():
         base = _baseline_of(summary, row, col)
         if base is not None and (c := compare(cell.accs, summary.cells[base].accs)):
             pairs[(row, col)] = (base, c)
     if not pairs:
-        return {}, f"baseline {key}={value}: no cell of this table has it"
+        return {}, f"baseline {text}: no cell of this table has it"
     order = list(pairs)
     adjusted = holm([pairs[k][1].p for k in order])
     return {
@@ -558,9 +561,16 @@ def gain_header(summary: Summary) -> list[str]:
     return [*(summary.row_keys or ["runs"]), *col, f"vs {_baseline_text(summary)}", *GAIN_STATS]
 
 
+def _setting_text(baseline: Baseline) -> str:
+    """((key, value), ...) as written in a recipe: key=value, comma-separated."""
+    return ",".join(f"{key}={value}" for key, value in baseline)
+
+
 def _baseline_text(summary: Summary) -> str:
-    key, value = summary.baseline
-    return f"{key}={show(key, value) if key != 'ortho.mode' else value}"
+    return ", ".join(
+        f"{key}={show(key, value) if key != 'ortho.mode' else value}"
+        for key, value in summary.baseline
+    )
 
 
 def gain_lines(summary: Summary) -> list[list[str]]:
@@ -875,11 +885,10 @@ def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]
 def _comparison_record(summary: Summary, row: tuple, col: Any) -> dict[str, Any]:
     """The gain columns of a cell's record (None where it has no baseline)."""
     base_at, c = summary.comparisons.get((row, col), (None, None))
-    key, value = summary.baseline
     if c is None:
         c = Comparison(math.nan)
     return {
-        "baseline": f"{key}={value}" if base_at else None,
+        "baseline": _setting_text(summary.baseline) if base_at else None,
         "gain": _num(c.gain, 6),
         "gain_ci_low": _num(c.ci_low, 6) if c.ci_low is not None else None,
         "gain_ci_high": _num(c.ci_high, 6) if c.ci_high is not None else None,
@@ -908,7 +917,7 @@ def _json(summary: Summary, paper: bool) -> str:
         "smoke": summary.smoke,
         "unit": f"{summary.endpoint.label}, percent",
         "endpoint": summary.endpoint.text,
-        "baseline": "=".join(map(str, summary.baseline)),
+        "baseline": _setting_text(summary.baseline),
         "std_ddof": 1,
         "row_keys": list(summary.row_keys),
         "col_key": summary.col_key,
