@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from softmaso import runs, training
+from softmaso import devices, runs, training
 from softmaso.config import RunConfig
 from softmaso.packed_training import fit_packed, new_pack, train_step_packed
 from softmaso.timing import sync
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = skip - set(CHECKS)
     if unknown:
         ap.error(f"--skip {sorted(unknown)}: not checks; they are {', '.join(CHECKS)}")
-    device = training.resolve_device(args.device)
+    device = devices.resolve_device(args.device)
     report = run(device, args.width, args.small, skip)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     failed = [k for k, v in report.items() if isinstance(v, dict) and v.get("status") == "FAIL"]

@@ -37,9 +37,9 @@ from softmaso.config import RunConfig
 from softmaso.packed_training import pack_speedup
 from softmaso.timing import interleaved, rounds, sync
 
-FORWARD_GFLOP = 0.542  # per 32x32 image, largeCNN (issue 5); a training step ~ 3x forward
+FORWARD_GFLOP = 0.542  # per 32x32 image, largeCNN, counted by FlopCounterMode; a step ~ 3x
 GRID_IMAGES = 30 * (73_257 * 150 + 50_000 * 150 + 50_000 * 200)  # 90 runs: svhn, c10, c100
-FLOOR_TFLOPS = 200.0  # sustained bf16 rate taken as the floor's reference (issue 5)
+FLOOR_TFLOPS = 200.0  # a sustained bf16 rate, the reference for the grid's compute floor
 
 
 def _config(

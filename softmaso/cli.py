@@ -230,7 +230,8 @@ def train(
         typer.echo(dump_yaml(cfg), nl=False)
         return
     from softmaso import runs
-    from softmaso.training import fit, set_threads
+    from softmaso.devices import set_threads
+    from softmaso.training import fit
 
     set_threads(threads)
     if parsed.sweep:
@@ -417,7 +418,7 @@ def reproduce(
 
     names = check_names(experiment)
     if launcher == "local":
-        from softmaso.training import check_threads
+        from softmaso.devices import check_threads
 
         check_threads(threads)  # SLURM's nodes have their own cores
     slurm = Slurm(
@@ -542,8 +543,8 @@ def analyze(
     """Measure the paper's mechanisms in trained networks, per layer: VQ occupancy, soft-VQ
     entropy, unit-firing correlation, the factorial model's cross terms and joint-MAP changes
     (Thm. 4), the Thm. 2 region prior; compared across groups of runs like `softmaso table`."""
+    from softmaso.devices import set_threads
     from softmaso.reporting.analysis import analyze as run
-    from softmaso.training import set_threads
 
     set_threads(threads)
     log = functools.partial(typer.echo, err=True)
@@ -593,8 +594,8 @@ def bench(
 
     from softmaso import runs
     from softmaso.bench import measure, render
+    from softmaso.devices import resolve_device
     from softmaso.io import check_output_file
-    from softmaso.training import resolve_device
 
     if json_path is not None:
         check_output_file(json_path, where="--json")

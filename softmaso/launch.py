@@ -119,7 +119,7 @@ _worker_device = "auto"  # a pool worker's device, set once by its initializer
 def _pool_init(devices: tuple[str, ...], counter, threads: int | None) -> None:
     """A pool worker takes the next device of the list, and its share of the CPU threads."""
     global _worker_device
-    from softmaso.training import set_threads
+    from softmaso.devices import set_threads
 
     with counter.get_lock():
         i = counter.value
@@ -162,7 +162,7 @@ def launch_local(
                 on_done(run, got[run.dir])
 
     if len(devices) <= 1:
-        from softmaso.training import set_threads
+        from softmaso.devices import set_threads
 
         set_threads(launch.threads)
         log = _stderr if progress is None else progress.console.print
@@ -179,7 +179,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from softmaso.training import cpu_cores
+    from softmaso.devices import cpu_cores
 
     devices = launch.devices
     threads = launch.threads or max(1, cpu_cores() // len(devices))
@@ -270,7 +270,7 @@ def parse_devices(text: str | None) -> tuple[str, ...]:
     """'0,1' -> ('cuda:0', 'cuda:1') ('cpu' allowed); UserError for a GPU that is not there."""
     if not text:
         return ()
-    from softmaso.training import resolve_device
+    from softmaso.devices import resolve_device
 
     out = []
     for item in text.split(","):

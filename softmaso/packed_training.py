@@ -33,6 +33,7 @@ from torch.nn.utils import parametrize
 from softmaso import runs
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
+from softmaso.devices import autocast, resolve_device
 from softmaso.errors import RunConflict, UserError
 from softmaso.orthogonality import layer_diagnostics
 from softmaso.packing import (
@@ -52,13 +53,11 @@ from softmaso.packing import (
 from softmaso.timing import interleaved
 from softmaso.training import (
     adam_options,
-    autocast,
     epoch_row,
     make_forward,
     make_model,
     peak_memory,
     place,
-    resolve_device,
 )
 from softmaso.ui import Reporter
 
@@ -115,7 +114,7 @@ def _seeded_state(cfg: RunConfig, data) -> dict[str, Any]:
 # The memory layout of a pack's weights and inputs. channels_last (NHWC), as single runs:
 # oneDNN's and cuDNN's fast layout for dense convolutions; cuDNN's grouped weight-gradient
 # kernels are said to be slower in NHWC, and benchmarks/gpu_check.py (pack_layout) times a
-# pack in both layouts so that a GPU machine can tell (issue 16, finding 5).
+# pack in both layouts so that a GPU machine can tell.
 PACK_LAYOUT = torch.channels_last
 
 

@@ -16,6 +16,7 @@ LAYERS = {
     "softmaso": 0,
     "softmaso.errors": 0,
     "softmaso.fast": 0,
+    "softmaso.devices": 1,
     "softmaso.io": 1,
     "softmaso.ui": 0,
     "softmaso.timing": 0,

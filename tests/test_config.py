@@ -204,7 +204,7 @@ def test_a_bad_report_section_is_one_clear_line(tmp_path, section, says):
 
 @pytest.mark.parametrize("command", [["train", "smoke"], ["reproduce", "fashion", "--smoke"]])
 def test_threads_beyond_the_machine_are_one_line(cli, command, tmp_path):
-    from softmaso.training import cpu_cores
+    from softmaso.devices import cpu_cores
 
     r = cli(*command, "--threads", str(cpu_cores() + 1), "--results" if "reproduce" in command
             else "--out", str(tmp_path / "x"))  # fmt: skip

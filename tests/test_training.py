@@ -7,7 +7,7 @@ import torch
 import yaml
 from conftest import metric_rows, tiny
 
-from softmaso import runs, training
+from softmaso import devices, runs, training
 from softmaso.errors import UserError
 
 
@@ -205,10 +205,10 @@ def test_cpu_training_keeps_freed_memory_on_glibc():
 
 def test_device_errors():
     with pytest.raises(UserError, match="--device"):
-        training.resolve_device("tpu")
+        devices.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA device"):
-            training.resolve_device("cuda:0")
+            devices.resolve_device("cuda:0")
 
 
 def test_train_and_eval_cli(cli, tmp_path):

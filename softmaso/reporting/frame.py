@@ -120,7 +120,7 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
         if rel in have or (root / rel / rundir.CONFIG).exists():
             continue
         settings = {"recipe": entry.get("recipe"), **(entry.get("settings") or {})}
-        if isinstance(entry.get("config"), dict):  # recorded by the grid (since issue 15)
+        if isinstance(entry.get("config"), dict):  # recorded by the grid (newer grid.json)
             base = rundir.flatten(entry["config"])
         else:  # an older grid.json: from the recipe's started runs, or its file
             base = _recipe_values(
