@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from softmaso import __version__
-from softmaso.errors import UserError
+from softmaso.errors import Terminated, UserError, catch_stops, unreported_stop
 from softmaso.fast import flag_help_without_type
 
 # click's ClickException (Typer vendors click in recent releases, so find it through Typer).
@@ -29,6 +29,7 @@ class _Group(TyperGroup):
     """Typer group whose errors are one line on stderr: `softmaso: error: ...`, exit code 2."""
 
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        catch_stops()  # SIGTERM stops as Ctrl-C does: runs stay resumable
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except (*_CLICK_ERRORS, UserError) as e:
@@ -44,6 +45,13 @@ class _Group(TyperGroup):
             code = 130
         else:
             code = rv if isinstance(rv, int) else 0
+        if (by := unreported_stop()) is not None:  # Typer turns the interrupt into exit 130
+            typer.echo(
+                f"softmaso: stopped by {by}; finished runs are kept, the others resume when you "
+                "rerun the same command",
+                err=True,
+            )
+            code = Terminated.exit_code if by == "SIGTERM" else 130
         if standalone_mode:
             sys.exit(code)
         return code
@@ -217,7 +225,8 @@ def train(
 
     Writes config.yaml, env.json, metrics.jsonl, checkpoint.pt, result.json and
     model.safetensors to the run directory. A finished run is not redone. Exit code 1 if the
-    loss diverges (NaN or infinite), 130 if interrupted (the run stays resumable).
+    loss diverges (NaN or infinite), 130 if interrupted, 143 if terminated (SIGTERM; the run
+    stays resumable either way).
     """
     from softmaso import recipes
     from softmaso.config import dump_yaml, read_recipe
@@ -245,9 +254,11 @@ def train(
     run_dir = check_output_dir(out or runs.default_run_dir(cfg), where="--out")
     try:
         result = fit(cfg, run_dir, device=device, data_dir=data_dir, lock=True)
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted: rerun the same command to resume {run_dir}", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        unreported_stop()  # said here, with the run directory
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        typer.echo(f"{how}: rerun the same command to resume {run_dir}", err=True)
+        raise typer.Exit(Terminated.exit_code if isinstance(e, Terminated) else 130) from None
     if result.get("skipped"):
         typer.echo(f"already {result['status']}: {run_dir} (delete its result.json to redo it)")
     acc = result["final_test_acc"]

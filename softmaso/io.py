@@ -1,8 +1,8 @@
 """Atomic file output: a crash or a bad input never leaves half a file behind.
 
-Every writer goes through :func:`atomic_write` (temp file in the same folder, then
-``os.replace``) or :func:`atomic_group`, which renames a set of files only once all of them
-were written.
+Every writer goes through :func:`atomic_write` (temp file in the same folder, fsync, then
+``os.replace`` and an fsync of the folder, so a node that crashes leaves the old file or the new
+one) or :func:`atomic_group`, which renames a set of files only once all of them were written.
 """
 
 from __future__ import annotations
@@ -17,6 +17,22 @@ from softmaso.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk; a no-op where the filesystem
+    cannot (some network filesystems refuse a folder's fsync)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def ensure_writable_dir(path: Path, *, where: str) -> Path:
@@ -90,12 +106,15 @@ def atomic_group() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]:
         # mkstemp makes 0600, and some writers (safetensors) make the file anew: give the
         # usual permissions once it is written
         os.chmod(tmp, 0o666 & ~_UMASK)
+        _fsync(Path(tmp))  # on disk before the rename can be: a node crash leaves old or new
 
     try:
         yield stage
         for i, (tmp, final) in enumerate(staged):
             os.replace(tmp, final)
             staged[i] = (final, final)  # renamed: nothing left to clean
+        for folder in {final.parent for _, final in staged}:
+            _fsync(folder)  # the renames themselves are durable
     except BaseException:
         for tmp, final in staged:
             if tmp != final:

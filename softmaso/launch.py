@@ -13,9 +13,14 @@ decides. How to launch is one frozen :class:`Launch`, passed whole to every hop.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +31,7 @@ from softmaso import runs
 from softmaso.errors import RunBusy, RunConflict, UserError
 
 Log = Callable[[str], None]
-FAILED = ("diverged", "conflict", "damaged")  # outcomes that make `reproduce` exit 1
+FAILED = ("diverged", "conflict", "damaged", "failed")  # outcomes that make `reproduce` exit 1
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,19 @@ def train_unit(
         except UserError as e:  # damaged run files: this run fails, the grid goes on
             log(f"damaged: {run.dir.name}: {e}")
             out[run.dir] = "damaged"
+        except Exception as e:  # out of memory, a CUDA error, a full disk: the others go on
+            out[run.dir] = record_failure(run.dir, "".join(traceback.format_exception(e)), log)
     return out
+
+
+def record_failure(run_dir: Path, why: str, log: Log) -> str:
+    """Write why a run failed into its error.txt (runs.ERROR; the run stays resumable from its
+    last checkpoint) and say so in one line; the outcome "failed"."""
+    with contextlib.suppress(OSError):  # a full disk may refuse even this
+        (run_dir / runs.ERROR).write_text(why if why.endswith("\n") else why + "\n")
+    last = why.strip().splitlines()[-1] if why.strip() else "no message"
+    log(f"failed: {run_dir.name}: {last} (details: {run_dir / runs.ERROR}; rerun to resume it)")
+    return "failed"
 
 
 def _stderr(text: str) -> None:
@@ -114,25 +131,37 @@ def _stderr(text: str) -> None:
 
 # ---------------------------------------------------------------------------------- local
 _worker_device = "auto"  # a pool worker's device, set once by its initializer
+_worker_news = None  # the queue a worker tells its parent on: (pid, unit index or None)
 
 
-def _pool_init(devices: tuple[str, ...], counter, threads: int | None) -> None:
-    """A pool worker takes the next device of the list, and its share of the CPU threads."""
-    global _worker_device
+def _pool_init(devices: tuple[str, ...], counter, threads: int | None, news, parent: int) -> None:
+    """A pool worker takes the next device of the list and its share of the CPU threads, tells
+    the parent its pid, and ends itself when the parent process is gone."""
+    global _worker_device, _worker_news
     from softmaso.devices import set_threads
 
     with counter.get_lock():
         i = counter.value
         counter.value += 1
-    _worker_device = devices[i % len(devices)]
+    _worker_device, _worker_news = devices[i % len(devices)], news
     set_threads(threads)
+    news.put((os.getpid(), None))
+    threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
     if _worker_device.startswith("cuda:"):  # this worker's GPU is its current device
         import torch
 
         torch.cuda.set_device(torch.device(_worker_device))
 
 
-def _pool_task(unit: list[ex.Run], launch: Launch) -> dict[Path, str]:
+def _end_with(parent: int) -> None:
+    """Exit this worker once its parent has died (killed, say): it never trains on orphaned."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _pool_task(i: int, unit: list[ex.Run], launch: Launch) -> dict[Path, str]:
+    _worker_news.put((os.getpid(), i))  # the parent's record of what each worker trains
     return train_unit(unit, launch, _worker_device, log=_stderr)
 
 
@@ -169,28 +198,80 @@ def launch_local(
         for unit in units:
             record(unit, train_unit(unit, launch, *devices, progress=progress, log=log))
         return outcomes
-    for unit, got in _pool(units, launch):
-        record(unit, got)
+    _pool(units, launch, record)
     return outcomes
 
 
-def _pool(units: list[list[ex.Run]], launch: Launch):
-    """(unit, outcomes) as each finishes, from one spawned worker process per device."""
+DIED = "the worker process training it died (killed by a signal: out of memory?)"
+
+
+def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
+    """Train the units in one spawned worker process per device, `record(unit, outcomes)` as
+    each finishes.
+
+    A worker that dies (SIGKILL, the out-of-memory killer) breaks a process pool, and the pool
+    stops every worker with it. Then each unit that was training is retried alone, in a fresh
+    one-worker pool: one that kills its worker again is recorded failed (error.txt), the others
+    resume; the units not yet started go on in a fresh pool. SIGINT or SIGTERM of this process
+    cancels the queued units and interrupts the workers' runs (each stays resumable)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from softmaso.devices import cpu_cores
 
-    devices = launch.devices
-    threads = launch.threads or max(1, cpu_cores() // len(devices))
     ctx = mp.get_context("spawn")
+    news = ctx.SimpleQueue()
     counter = ctx.Value("i", 0)
-    with ProcessPoolExecutor(
-        len(devices), mp_context=ctx, initializer=_pool_init, initargs=(devices, counter, threads)
-    ) as pool:
-        futures = {pool.submit(_pool_task, u, launch): u for u in units}
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
+    threads = launch.threads or max(1, cpu_cores() // len(launch.devices))
+    todo: dict[int, list[ex.Run]] = dict(enumerate(units))
+    suspects: list[int] = []  # units training when a pool broke: retried alone, in order
+    idle_breaks = 0  # pools that broke before any worker took a unit
+    while todo:
+        alone = bool(suspects)
+        batch = {suspects[0]: todo[suspects[0]]} if alone else dict(todo)
+        workers, doing = set(), {}  # worker pids; unit index -> pid of the worker training it
+        pool = ProcessPoolExecutor(
+            1 if alone else len(launch.devices),
+            mp_context=ctx,
+            initializer=_pool_init,
+            initargs=(launch.devices, counter, threads, news, os.getpid()),
+        )
+        futures = {pool.submit(_pool_task, i, u, launch): i for i, u in batch.items()}
+        try:
+            for fut in as_completed(futures):
+                got = fut.result()  # raises BrokenProcessPool before the unit leaves `todo`
+                record(todo.pop(futures[fut]), got)
+        except BrokenProcessPool:
+            while not news.empty():  # who was training what when the pool broke
+                pid, i = news.get()
+                if i is not None:
+                    doing[i] = pid
+            if alone:  # it killed its own worker again: that unit fails, the grid goes on
+                unit = todo.pop(suspects[0])
+                record(unit, {r.dir: record_failure(r.dir, DIED, _stderr) for r in unit})
+            else:
+                suspects = [i for i in doing if i in todo]
+                idle_breaks = 0 if suspects else idle_breaks + 1
+                _stderr(
+                    f"a worker process died; retrying the {len(suspects)} unit(s) being "
+                    "trained then, one at a time, then the rest"
+                )
+                if idle_breaks >= 2:  # workers that die before they train anything
+                    for unit in todo.values():
+                        record(unit, {r.dir: record_failure(r.dir, DIED, _stderr) for r in unit})
+                    todo = {}
+        except BaseException:  # Ctrl-C, SIGTERM: stop the queued units and the running ones
+            pool.shutdown(wait=False, cancel_futures=True)
+            while not news.empty():
+                workers.add(news.get()[0])
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)  # fit leaves its run resumable
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        suspects = [i for i in suspects if i in todo]
 
 
 # ---------------------------------------------------------------------------------- slurm

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import functools
 import hashlib
@@ -42,6 +43,7 @@ CONFIG, ENV, METRICS, CHECKPOINT, RESULT, WEIGHTS = (
 DEFAULT_ROOT = Path("results/runs")
 GRID = "grid.json"  # at an experiment's root: the runs `softmaso reproduce` expects
 LOCK = ".lock"  # held (flock) by the process training the run
+ERROR = "error.txt"  # why training this run failed (a grid wrote it); gone once it trains again
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -174,29 +176,97 @@ def claim(run_dir: Path) -> Iterator[bool]:
 
     An exclusive ``fcntl.flock`` on ``run_dir/.lock``: `softmaso train` and `softmaso
     reproduce` both take it, so two processes never train one run; the kernel drops it when its
-    process dies, so a killed run leaves no stale lock. A directory the claim made is removed
-    again if nothing but the lock was written in it.
+    process dies, so a killed run leaves no stale lock. Where the filesystem has no flock
+    (Lustre mounted without it: ENOSYS), an exclusive lock file instead (:func:`_held_file`).
+    A directory the claim made is removed again if nothing but the lock was written in it.
     """
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with _flocked(run_dir / LOCK) as mine:
+            yield mine
+    finally:
+        if made and {p.name for p in run_dir.iterdir()} <= {LOCK}:
+            (run_dir / LOCK).unlink(missing_ok=True)  # nothing was written (bad data, say)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+
+
+NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # a filesystem without
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[bool]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
+        except OSError as e:
+            if e.errno not in NO_FLOCK:
+                raise
+            os.close(fd)
+            fd = -1
+            with _held_file(path.with_name(HELD)) as mine:
+                yield mine
+            return
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
         try:
             yield True
         finally:
-            if made and [p.name for p in run_dir.iterdir()] == [LOCK]:
-                (run_dir / LOCK).unlink()  # nothing was written (bad data, say): leave no trace
-                run_dir.rmdir()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+HELD = ".lock.held"  # the lock file where flock is missing: created with O_EXCL, "pid@host"
+
+
+@contextlib.contextmanager
+def _held_file(path: Path) -> Iterator[bool]:
+    """An exclusive lock by creating `path` with O_EXCL (atomic on NFS v3+ and Lustre too),
+    holding "pid@host"; removed on exit. A lock left by a dead process of this host is stale
+    and taken over; one from another host is respected (its process cannot be checked)."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            if not _stale(path):
+                yield False
+                return
+            path.unlink(missing_ok=True)
+    else:
+        yield False
+        return
+    try:
+        os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
         os.close(fd)
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _stale(path: Path) -> bool:
+    """Whether a lock file was left by a process of this host that no longer runs."""
+    try:
+        pid, _, host = path.read_text().strip().partition("@")
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False  # being written, or unreadable: not ours to remove
+    if host != os.uname().nodename:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def result_problem(result: Any) -> str | None:
@@ -216,9 +286,10 @@ def result_problem(result: Any) -> str | None:
 def status(run_dir: Path) -> tuple[str, dict[str, Any] | None, str | None]:
     """(status, result, problem) of a run directory, the one vocabulary of resume, launcher and
     tables: ``new`` (nothing there), ``pending`` (config only), ``started`` (a checkpoint or
-    metrics, no result: training, or interrupted), ``finished`` and ``diverged`` (result.json
-    says so; `result` is its content), ``damaged`` (a result.json that cannot be believed;
-    `problem` says why)."""
+    metrics, no result: training, or interrupted), ``failed`` (training raised, or its worker
+    process died: error.txt says why, in `problem`; rerunning resumes it), ``finished`` and
+    ``diverged`` (result.json says so; `result` is its content), ``damaged`` (a result.json
+    that cannot be believed; `problem` says why)."""
     run_dir = Path(run_dir)
     path = run_dir / RESULT
     if path.exists():
@@ -230,6 +301,8 @@ def status(run_dir: Path) -> tuple[str, dict[str, Any] | None, str | None]:
         if problem:
             return "damaged", None, problem
         return result["status"], result, None
+    if (run_dir / ERROR).exists():
+        return "failed", None, (run_dir / ERROR).read_text(errors="replace").strip()[-300:]
     if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists():
         return "started", None, None
     return ("pending" if (run_dir / CONFIG).exists() else "new"), None, None
@@ -437,6 +510,7 @@ def open_run(cfg: RunConfig, run_dir: Path, device) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
         stale.unlink(missing_ok=True)
+    (run_dir / ERROR).unlink(missing_ok=True)  # a failed run trains again
     atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
     write_json(run_dir / ENV, environment(device))
 

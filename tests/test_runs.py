@@ -82,3 +82,57 @@ def test_checkpoint_writer_raises_a_failed_write_in_the_training_thread(tmp_path
     assert not (tmp_path / runs.METRICS).exists()  # rows never get ahead of their checkpoint
     writer.close()  # raised once; the writer is usable again
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_flock_an_exclusive_lock_file_does(tmp_path, monkeypatch):
+    """Lustre without flock raises ENOSYS: the lock falls back to a file made with O_EXCL."""
+    import errno
+    import os
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(runs.fcntl, "flock", no_flock)
+    run = tmp_path / "run"
+    run.mkdir()
+    with runs.claim(run) as first:
+        assert first
+        held = (run / runs.HELD).read_text().strip()
+        assert held == f"{os.getpid()}@{os.uname().nodename}"
+        with runs.claim(run) as second:
+            assert not second
+    assert not (run / runs.HELD).exists()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (run / runs.HELD).write_text(f"{dead}@{os.uname().nodename}\n")  # its process is gone
+    with runs.claim(run) as mine:
+        assert mine  # a stale lock of this host is taken over
+    (run / runs.HELD).write_text("1@another-host\n")  # cannot be checked from here: respected
+    with runs.claim(run) as mine:
+        assert not mine
+
+
+def test_atomic_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    import os
+
+    from softmaso import io
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        io.os,
+        "fsync",
+        lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd),
+    )
+    monkeypatch.setattr(
+        io.os, "replace", lambda a, b: events.append(("replace", str(a))) or real_replace(a, b)
+    )
+    io.atomic_write(tmp_path / "a.json", lambda tmp: tmp.write_text("{}"))
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1] == events[1][1]  # the temp file, synced before it is renamed
+    assert events[2][1] == str(tmp_path)  # then the folder that holds the new name
+    assert (tmp_path / "a.json").read_text() == "{}"

@@ -15,7 +15,7 @@ from softmaso import runs as rundir
 from softmaso.errors import UserError
 
 GRID = rundir.GRID
-UNFINISHED = ("diverged", "damaged", "started", "pending", "missing")
+UNFINISHED = ("diverged", "damaged", "started", "pending", "missing", "failed")
 # acc: result.json's final test accuracy (fraction); test_accs: the test accuracy of every
 # evaluated epoch, in order (metrics.jsonl), from which a table takes its endpoint.
 BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed", "epoch_s", "test_accs")
