@@ -28,7 +28,7 @@ from typing import Any
 
 from softmaso import experiments as ex
 from softmaso import runs
-from softmaso.errors import RunBusy, RunConflict, UserError
+from softmaso.errors import RunBusy, RunConflict, UserError, first_line
 
 Log = Callable[[str], None]
 FAILED = ("diverged", "conflict", "damaged", "failed")  # outcomes that make `reproduce` exit 1
@@ -119,6 +119,7 @@ def record_failure(run_dir: Path, why: str, log: Log) -> str:
     """Write why a run failed into its error.txt (runs.ERROR; the run stays resumable from its
     last checkpoint) and say so in one line; the outcome "failed"."""
     with contextlib.suppress(OSError):  # a full disk may refuse even this
+        run_dir.mkdir(parents=True, exist_ok=True)  # a job may die before its run begins
         (run_dir / runs.ERROR).write_text(why if why.endswith("\n") else why + "\n")
     last = why.strip().splitlines()[-1] if why.strip() else "no message"
     log(f"failed: {run_dir.name}: {last} (details: {run_dir / runs.ERROR}; rerun to resume it)")
@@ -335,7 +336,14 @@ def launch_slurm(
         jobs = [executor.submit(SubmititTask(unit, launch)) for unit in units]
     out: dict[Path, str] = {}
     for unit, job in zip(units, jobs, strict=True):
-        out.update(job.result() if wait else {r.dir: f"submitted:{job.job_id}" for r in unit})
+        if not wait:
+            out.update({r.dir: f"submitted:{job.job_id}" for r in unit})
+            continue
+        try:
+            out.update(job.result())
+        except Exception as e:  # the task died (killed, out of memory, node failure)
+            why = f"SLURM job {job.job_id} failed: {first_line(e)}"
+            out.update({r.dir: record_failure(r.dir, why, _stderr) for r in unit})
     return {run.dir: out[run.dir] for run in todo}
 
 

@@ -131,3 +131,22 @@ def test_one_worker_per_device_pool(tmp_path):
     two = launch.Launch(devices=launch.parse_devices("cpu,cpu"), smoke=True)
     out = launch.launch_local(todo, two, on_done=lambda run, outcome: seen.append(outcome))
     assert set(out.values()) == {"finished"} and seen == ["finished"] * 3
+
+
+def test_a_failed_slurm_task_fails_its_runs_and_the_array_goes_on(tmp_path, monkeypatch):
+    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:2]
+    real = launch.train_unit
+
+    def dies(unit, *args, **kwargs):
+        if unit[0].dir == todo[0].dir:
+            raise MemoryError("the node ran out of memory (simulated)")
+        return real(unit, *args, **kwargs)
+
+    monkeypatch.setattr(launch, "train_unit", dies)
+    monkeypatch.setattr("pdb.post_mortem", lambda *a: None)  # submitit's debug cluster: no pdb
+    debug = launch.Launch(  # pack=False: a job per run
+        launcher="slurm", pack=False, smoke=True, slurm=launch.Slurm(cluster="debug")
+    )
+    out = launch.launch_slurm(todo, debug, folder=tmp_path / ".submitit")
+    assert out == {todo[0].dir: "failed", todo[1].dir: "finished"}
+    assert "the node ran out of memory (simulated)" in (todo[0].dir / runs.ERROR).read_text()

@@ -111,7 +111,8 @@ def _epochs(run_dir: Path) -> tuple[float, tuple[float, ...]]:
 
 
 def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
-    """Runs grid.json lists whose directory has no config.yaml, with their settings filled in."""
+    """Runs grid.json lists whose directory has no config.yaml, with their settings filled in:
+    missing, or failed where the grid recorded why (error.txt) before the run could begin."""
     have = {row["dir"] for row in found}
     smoke = bool(grid.get("smoke", False))
     out = []
@@ -126,10 +127,11 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
             base = _recipe_values(
                 settings, found, grid.get("experiment"), smoke, grid.get("recipe_files")
             )
+        failed = (root / rel / rundir.ERROR).exists()  # its job died before it began
         out.append(
             {
                 "dir": rel,
-                "status": "missing",
+                "status": "failed" if failed else "missing",
                 "acc": math.nan,
                 "smoke": smoke,
                 "problem": None,
