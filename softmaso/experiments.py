@@ -138,7 +138,13 @@ def write_grid(
     }
     if recipe_files:
         doc["recipe_files"] = {k: str(Path(v).absolute()) for k, v in recipe_files.items()}
-    old = runs.read_json(root / runs.GRID)
+    old = runs.read_grid(root)
+    if old is not None and "smoke" not in old:
+        raise UserError(
+            str(root / runs.GRID),
+            "has no 'smoke' key, so whether it holds smoke or real runs is unknown; remove it, "
+            "or choose another results folder",
+        )
     if old and old.get("experiment") != experiment:
         raise UserError(
             "--results",
@@ -165,7 +171,7 @@ def settle_pack(root: Path, pack: bool | None) -> bool:
     at an earlier launch, else no. The answer is recorded, so a restart (on a loaded machine
     or another device) trains the rest the same way; which runs were packed is in their
     result.json (``packed_with``) and the table counts them."""
-    doc = runs.read_json(root / runs.GRID) or {}
+    doc = runs.read_grid(root) or {}
     recorded = doc.get("pack")
     settled = bool(pack) if pack is not None else recorded is True
     if recorded != settled:

@@ -142,6 +142,31 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_grid(root: Path) -> dict[str, Any] | None:
+    """The results folder's grid.json (None if it has none); UserError, naming the file, if it
+    is not a softmaso grid: a JSON object with a ``runs`` list (``experiment``: a name,
+    ``smoke``: true or false, where given)."""
+    path = Path(root) / GRID
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        doc = None
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("runs", []), list)
+        or not isinstance(doc.get("experiment", ""), str)
+        or not isinstance(doc.get("smoke", False), bool)
+    ):
+        raise UserError(
+            str(path),
+            "not a softmaso grid (a JSON object with experiment, smoke and a runs list); "
+            "remove it, or choose another results folder",
+        )
+    return doc
+
+
 def read_config(run_dir: Path) -> dict[str, Any] | None:
     """The run directory's config.yaml as a mapping; None if absent or not a YAML mapping."""
     import yaml

@@ -124,3 +124,24 @@ def test_one_status_vocabulary_for_a_run_directory(tmp_path):
     assert status == "damaged" and "85.0" in problem
     (run / runs.RESULT).write_text('{"status": "diverged", "final_test_acc": null}')
     assert runs.status(run)[0] == "diverged"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("[1, 2]", "not a softmaso grid"),
+        ('"a string"', "not a softmaso grid"),
+        ("{not json", "not a softmaso grid"),
+        ('{"runs": {}, "experiment": "tiny", "smoke": false}', "not a softmaso grid"),
+        ('{"runs": [], "experiment": "tiny"}', "has no 'smoke' key"),
+    ],
+)
+def test_a_foreign_grid_json_is_one_line_and_left_alone(cli, tmp_path, content, says):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("data: {name: synthetic, synthetic_train: 100}\nsweep: {seed: [0]}\n")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / runs.GRID).write_text(content)
+    r = cli("reproduce", recipe, "--results", tmp_path / "r")
+    assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "r" / runs.GRID).read_text() == content  # not overwritten
+    assert not (tmp_path / "r" / "tiny").exists()  # nothing trained

@@ -56,12 +56,9 @@ def collect(results_dir: Path):
 
 
 def _read_grid(root: Path) -> dict[str, Any] | None:
-    path = root / GRID
-    if not path.exists():
+    grid = rundir.read_grid(root)
+    if grid is None:
         return None
-    grid = rundir.read_json(path)
-    if not isinstance(grid, dict) or not isinstance(grid.get("runs", []), list):
-        raise UserError(str(path), "not a softmaso grid (JSON object with a 'runs' list)")
     entries = grid.get("runs", [])  # entries that are not {"dir": ...} objects are skipped
     grid["runs"] = [e for e in entries if isinstance(e, dict) and isinstance(e.get("dir"), str)]
     return grid
