@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from softmaso.config import DataConfig
 from softmaso.errors import UserError, first_line
-from softmaso.io import atomic_group, ensure_writable_dir
+from softmaso.io import atomic_group, ensure_writable_dir, remove_stale_temps
 
 FETCHABLE = ("cifar10", "cifar100", "svhn", "fashion-mnist", "mnist", "kmnist")
 _NUM_CLASSES = {
@@ -325,6 +325,8 @@ def import_idx(name: str, source: Path, data_dir: Path) -> str:
     contents = {f: _checked_idx(name, source, f, published[f]) for f in IDX_FILES}
     folder, _ = _expected_files(name, Path(data_dir).absolute())
     ensure_writable_dir(folder, where="--data-dir")
+    for fname in contents:  # what a fetch killed mid-copy left (46 MB for Fashion-MNIST)
+        remove_stale_temps(folder / fname)
     with atomic_group() as stage:
         for fname, data in contents.items():
             stage(folder / fname, lambda tmp, data=data: tmp.write_bytes(data))

@@ -35,6 +35,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def remove_stale_temps(path: Path) -> int:
+    """Remove the temp files a killed writer of `path` left beside it (``.NAME.*.tmp``, as
+    :func:`atomic_group` names them); how many there were."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def ensure_writable_dir(path: Path, *, where: str) -> Path:
     """Create `path` if needed and prove it is writable; UserError (naming `where`) if not."""
     path = Path(path)

@@ -46,6 +46,15 @@ def test_import_places_the_files_where_the_loader_reads_them(cli, tmp_path, slic
     assert set(data.y_train.tolist()) == set(range(10))
 
 
+def test_a_fetch_killed_mid_copy_leaves_nothing_after_the_next(cli, tmp_path, slice_md5):
+    raw = tmp_path / "d" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    stale = raw / ".train-images-idx3-ubyte.k3j2.tmp"  # what a SIGKILL mid-write leaves
+    stale.write_bytes(b"\0" * 1000)
+    assert _fetch(cli, SLICE, tmp_path / "d").exit_code == 0
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data_mod.IDX_FILES)
+
+
 def test_uncompressed_files_are_checked_too(cli, tmp_path, slice_md5):
     plain = tmp_path / "plain"
     plain.mkdir()
