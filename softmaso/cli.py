@@ -25,6 +25,9 @@ from softmaso.fast import flag_help_without_type
 _CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+MAX_ERROR = 1000  # characters of an error message the CLI prints
+
+
 class _Group(TyperGroup):
     """Typer group whose errors are one line on stderr: `softmaso: error: ...`, exit code 2."""
 
@@ -34,6 +37,8 @@ class _Group(TyperGroup):
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except (*_CLICK_ERRORS, UserError) as e:
             msg = str(e) if isinstance(e, UserError) else e.format_message()
+            if len(msg) > MAX_ERROR:  # one line a person can read, whatever the input held
+                msg = f"{msg[:MAX_ERROR]}... ({len(msg) - MAX_ERROR:,} more characters)"
             typer.echo(f"softmaso: error: {msg}", err=True)
             code = e.exit_code
         except OSError as e:  # a file that cannot be written or read: one line, not a traceback

@@ -250,7 +250,16 @@ def _validate(tree: dict, *, source: str, set_keys: set[str]) -> RunConfig:
             raise UserError(f"{source}", f"unknown key {key!r}{_did_you_mean(key)}") from None
         allowed = err["msg"]
         got = err.get("input")
-        raise UserError(where, f"{allowed} (got {got!r})") from None
+        raise UserError(where, f"{allowed} (got {short_repr(got)})") from None
+
+
+def short_repr(value: Any) -> str:
+    """repr() of a value as an error shows it: nested containers and long strings cut short."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring = 2, 4, 4, 60
+    return short.repr(value)
 
 
 # ----------------------------------------------------------------------------- endpoints
@@ -414,13 +423,45 @@ def _section(tree: dict, name: str, path: Path) -> dict[str, Any]:
     return section
 
 
-class _DuplicateKey(Exception):
+class _RecipeProblem(Exception):
     pass
+
+
+MAX_YAML_NODES = 100_000  # a recipe is a few hundred values; aliases may not expand past this
+
+
+def _expanded_size(node, memo: dict[int, int]) -> int:
+    """The number of nodes `node` stands for once its aliases are expanded (shared nodes are
+    counted where each alias uses them; computed once per node)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a node that contains itself counts once
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        memo[id(node)] = 1 + sum(_expanded_size(c, memo) for c in children)
+    return memo[id(node)]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML would
     silently keep the last)."""
+
+    def compose_document(self):
+        """The document's node graph, refused when its aliases expand it past
+        MAX_YAML_NODES (a "billion laughs" recipe), before any value is built or shown."""
+        node = super().compose_document()
+        try:
+            size = _expanded_size(node, {}) if node is not None else 0
+        except RecursionError:
+            size = MAX_YAML_NODES + 1
+        if size > MAX_YAML_NODES:
+            raise _RecipeProblem(
+                f"its aliases expand it to more than {MAX_YAML_NODES:,} values; a recipe holds "
+                "a few hundred"
+            )
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, int] = {}
@@ -428,7 +469,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
-                raise _DuplicateKey(
+                raise _RecipeProblem(
                     f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line})"
                 )
             seen[key] = line
@@ -446,7 +487,7 @@ def read_recipe(path: str | Path) -> Recipe:
         raise UserError(str(path), "not a text file (a recipe is UTF-8 YAML)") from None
     try:
         tree = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as e:
+    except _RecipeProblem as e:
         raise UserError(str(path), str(e)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

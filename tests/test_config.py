@@ -210,3 +210,17 @@ def test_threads_beyond_the_machine_are_one_line(cli, command, tmp_path):
             else "--out", str(tmp_path / "x"))  # fmt: skip
     assert r.exit_code == 2 and "--threads" in r.stderr and "between 1 and" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_an_alias_bomb_is_refused_at_once_and_errors_stay_short(cli, tmp_path):
+    lines = ["data: {name: synthetic}", 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")  # 6 x 9^7 values
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join([*lines, "model: {width: *h}"]) + "\n")
+    r = cli("train", bomb, "--print-config")
+    assert r.exit_code == 2 and "aliases expand it to more than 100,000 values" in r.stderr
+    small = tmp_path / "small.yaml"  # a few aliases are fine, and a bad value shows briefly
+    small.write_text("\n".join([*lines[:4], "model: {width: *c}"]) + "\n")
+    r = cli("train", small, "--print-config")
+    assert r.exit_code == 2 and "model.width" in r.stderr and len(r.stderr) < 400
