@@ -292,7 +292,11 @@ def test_unfinished_cell_and_duplicate_seed(tmp_path):
         status="pending",
         **settings("cifar10", "penalty", 0.001, 2),
     )
-    write_grid(tmp_path, [("cifar10", "penalty", 0.001, s) for s in range(5)])
+    listed = [("cifar10", "none", 0.001, s) for s in range(2)]
+    write_grid(tmp_path, listed + [("cifar10", "penalty", 0.001, s) for s in range(5)])
+    grid = json.loads((tmp_path / "grid.json").read_text())  # the copy is listed too
+    grid["runs"].append({"dir": "copy/of-seed-0", "recipe": "cifar10", "settings": {}})
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
     s = tables.summarize(collect(tmp_path))
     assert s.row_keys == ("ortho.mode",) and s.col_key is None  # one dataset, one lr
     text = tables.render(s, "markdown", paper=True)
@@ -490,9 +494,13 @@ def curves(tmp_path):
     for mode, runs in per_epoch.items():
         for seed, accs in enumerate(runs):
             run = write_run(
-                tmp_path, f"r/{mode}-{seed}", recipe="r", acc=accs[-1], seed=seed,
+                tmp_path,
+                f"r/{mode}-{seed}",
+                recipe="r",
+                acc=accs[-1],
+                seed=seed,
                 **{"ortho.mode": mode},
-            )  # fmt: skip
+            )
             _with_epochs(run, accs)
     return tmp_path
 
@@ -537,9 +545,13 @@ def test_the_baseline_can_be_any_setting(tmp_path):
     for act, base in (("relu", 0.90), ("swish", 0.91), ("beta", 0.88)):
         for seed, off in enumerate((0.0, 0.004, -0.003)):
             write_run(
-                tmp_path, f"{act}/s{seed}", recipe=act, acc=base + off, seed=seed,
+                tmp_path,
+                f"{act}/s{seed}",
+                recipe=act,
+                acc=base + off,
+                seed=seed,
                 **{"model.activation": act},
-            )  # fmt: skip
+            )
     runs = collect(tmp_path)
     s = tables.summarize(runs, baseline=(("model.activation", "relu"),))
     assert set(s.comparisons) == {(("swish",), None), (("beta",), None)}
@@ -552,14 +564,22 @@ def test_the_baseline_can_be_any_setting(tmp_path):
 
 def test_a_baseline_cell_of_two_settings(tmp_path):
     """activation x mode with the baseline relu + none: the three other cells against it."""
-    means = {("relu", "none"): 0.90, ("relu", "exact"): 0.89, ("swish", "none"): 0.92,
-             ("swish", "exact"): 0.95}  # fmt: skip
+    means = {
+        ("relu", "none"): 0.90,
+        ("relu", "exact"): 0.89,
+        ("swish", "none"): 0.92,
+        ("swish", "exact"): 0.95,
+    }
     for (act, mode), acc in means.items():
         for seed, off in enumerate((0.0, 0.004, -0.003)):
             write_run(
-                tmp_path, f"{act}-{mode}/s{seed}", recipe="g", acc=acc + off, seed=seed,
+                tmp_path,
+                f"{act}-{mode}/s{seed}",
+                recipe="g",
+                acc=acc + off,
+                seed=seed,
                 **{"model.activation": act, "ortho.mode": mode},
-            )  # fmt: skip
+            )
     both = (("model.activation", "relu"), ("ortho.mode", "none"))
     s = tables.summarize(collect(tmp_path), baseline=both)
     gains = {cell: round(c.gain, 6) for cell, (base_at, c) in s.comparisons.items()}
@@ -589,9 +609,13 @@ def test_a_boolean_baseline_matches_booleans_only(tmp_path):
     for learn, acc in ((False, 0.90), (True, 0.91)):
         for seed in (0, 1):
             write_run(
-                tmp_path, f"b/{learn}-{seed}", recipe="b", acc=acc + seed / 1000, seed=seed,
+                tmp_path,
+                f"b/{learn}-{seed}",
+                recipe="b",
+                acc=acc + seed / 1000,
+                seed=seed,
                 **{"model.activation": "beta", "model.learn_beta": learn},
-            )  # fmt: skip
+            )
     s = tables.summarize(collect(tmp_path), baseline=(("model.learn_beta", False),))
     assert set(s.comparisons) == {((True,), None)}
     assert s.comparisons[((True,), None)][1].gain == pytest.approx(1.0)
@@ -620,10 +644,41 @@ def test_a_table_off_the_papers_settings_shows_its_gains_per_learning_rate(tmp_p
         for mode in MODES:
             for seed in (0, 1):
                 write_run(
-                    tmp_path, f"f/{lr}-{mode}-{seed}", recipe="f", acc=0.9 + seed / 100,
-                    seed=seed, **{"data.name": "fashion-mnist", "ortho.mode": mode, "optim.lr": lr},
-                )  # fmt: skip
+                    tmp_path,
+                    f"f/{lr}-{mode}-{seed}",
+                    recipe="f",
+                    acc=0.9 + seed / 100,
+                    seed=seed,
+                    **{"data.name": "fashion-mnist", "ortho.mode": mode, "optim.lr": lr},
+                )
     md = tables.render(tables.summarize(collect(tmp_path)), "markdown", paper=True)
     assert "No cell of this table has a counterpart" in md
     assert "| CIFAR-10 (paper) | +3.7 | +2.1 | +2.9 |" in md
     assert "| CIFAR-100 (paper) | +2.5 | +2.2 | +4.6 |" in md
+
+
+def test_runs_that_grid_json_does_not_list_are_named_not_counted(tmp_path):
+    entries = [("cifar10", m, 0.001, s) for m in ("none", "penalty") for s in range(2)]
+    for n, m, lr, s in entries:
+        write_run(
+            tmp_path, point(n, m, lr, s), recipe=n, acc=0.8 + s / 100, **settings(n, m, lr, s)
+        )
+    write_grid(tmp_path, entries)
+    # another experiment's folder nested inside, and a `train --out` into a run directory
+    write_run(
+        tmp_path, "other/tiny/run", recipe="tiny", acc=0.1, **settings("cifar10", "none", 0.001, 0)
+    )
+    write_run(
+        tmp_path,
+        f"{point(*entries[0])}/extra",
+        recipe="cifar10",
+        acc=0.2,
+        **settings("cifar10", "none", 0.001, 0),
+    )
+    frame = collect(tmp_path)
+    assert len(frame) == 4 and len(frame.attrs["foreign"]) == 2
+    s = tables.summarize(frame)
+    assert s.cell(("none",), None).accs == (80.0, 81.0)  # the foreign 10% and 20% are not in
+    [warning] = [w for w in s.warnings if "grid.json does not list" in w]
+    assert warning.startswith("2 run directories below this grid") and "other/tiny/run" in warning
+    assert "other/tiny/run" in tables.render(s, "markdown")

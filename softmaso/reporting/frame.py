@@ -22,7 +22,11 @@ BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed", "epoch_s", 
 
 
 def collect(results_dir: Path):
-    """One row per run, found or expected: dir, status, acc (fraction), smoke, config keys."""
+    """One row per run, found or expected: dir, status, acc (fraction), smoke, config keys.
+
+    Where the folder has a grid.json listing runs, only those are the grid's: any other run
+    directory below it (another experiment's folder nested inside, a `train --out` into it) is
+    named in ``attrs["foreign"]`` and never counted."""
     import pandas as pd
 
     root = Path(results_dir)
@@ -36,6 +40,12 @@ def collect(results_dir: Path):
         (found if row.get("config") is not False else unplaced).append(row)
     for row in found:
         row.pop("config", None)
+    foreign = []  # run directories below a grid's root that its grid.json does not list
+    if grid and grid["runs"]:
+        listed = {Path(e["dir"]).as_posix() for e in grid["runs"]}
+        foreign = [r["dir"] for r in found + unplaced if r["dir"] not in listed]
+        found = [r for r in found if r["dir"] in listed]
+        unplaced = [r for r in unplaced if r["dir"] in listed]
     expected = _missing_runs(root, grid, found + unplaced) if grid else []
     if not found and not expected:
         if unplaced:
@@ -52,6 +62,7 @@ def collect(results_dir: Path):
     df["acc"] = df["acc"].astype(float)
     df.attrs["name"] = (grid or {}).get("experiment") or root.resolve().name
     df.attrs["unplaced"] = [f"{r['dir']}: {r['problem']}" for r in unplaced]
+    df.attrs["foreign"] = foreign
     return df
 
 

@@ -259,6 +259,14 @@ def summarize(runs, *, endpoint: Endpoint = FINAL, baseline: Baseline | None = N
         if r["status"] == "damaged":
             warnings.append(f"damaged run {r['dir']}: {r['problem']}; not counted")
     warnings += [f"damaged run {u}; not counted" for u in runs.attrs.get("unplaced", [])]
+    if foreign := runs.attrs.get("foreign"):
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        warnings.append(
+            f"{len(foreign)} run director{'y' if len(foreign) == 1 else 'ies'} below this grid "
+            f"that its grid.json does not list ({shown}): not counted"
+        )
     summary = Summary(
         name=str(runs.attrs.get("name", "runs")),
         row_keys=row_keys,
