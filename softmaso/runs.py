@@ -43,6 +43,7 @@ CONFIG, ENV, METRICS, CHECKPOINT, RESULT, WEIGHTS = (
 DEFAULT_ROOT = Path("results/runs")
 GRID = "grid.json"  # at an experiment's root: the runs `softmaso reproduce` expects
 LOCK = ".lock"  # held (flock) by the process training the run
+LAUNCHES = "launches.jsonl"  # one line per launch of the run (env.json: the first launch)
 ERROR = "error.txt"  # why training this run failed (a grid wrote it); gone once it trains again
 
 
@@ -506,6 +507,21 @@ def saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
     return saved, flatten(tree)
 
 
+def launches(run_dir: Path) -> list[dict[str, Any]]:
+    """Each launch's environment, oldest first (launches.jsonl; env.json alone for runs from
+    before it was kept); unreadable lines are skipped."""
+    out = []
+    path = Path(run_dir) / LAUNCHES
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            if isinstance(doc := json.loads(line), dict):
+                out.append(doc)
+    if not out and isinstance(env := read_json(Path(run_dir) / ENV), dict):
+        out.append(env)
+    return out
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The epochs of a run's metrics.jsonl (unreadable lines, and lines without a whole epoch
     number, skipped); [] if there is none."""
@@ -531,13 +547,21 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 
 def open_run(cfg: RunConfig, run_dir: Path, device) -> None:
-    """Make the run directory ready to train in: stale temp files gone, config and env written."""
+    """Make the run directory ready to train in: stale temp files gone, config written, this
+    launch recorded (env.json keeps the first launch; launches.jsonl gets a line per launch,
+    so a resume with other threads or on another device leaves a trace)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
         stale.unlink(missing_ok=True)
     (run_dir / ERROR).unlink(missing_ok=True)  # a failed run trains again
     atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
-    write_json(run_dir / ENV, environment(device))
+    env = environment(device)
+    if not (run_dir / ENV).exists():
+        write_json(run_dir / ENV, env)
+    with open(run_dir / LAUNCHES, "a") as f:  # one short line: appended whole, or not at all
+        f.write(json.dumps(env) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def resume_state(run_dir: Path, device) -> dict | None:

@@ -136,3 +136,18 @@ def test_atomic_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monk
     assert events[0][1] == events[1][1]  # the temp file, synced before it is renamed
     assert events[2][1] == str(tmp_path)  # then the folder that holds the new name
     assert (tmp_path / "a.json").read_text() == "{}"
+
+
+def test_every_launch_is_recorded_and_the_first_kept(tmp_path):
+    cfg = RunConfig.model_validate({"recipe": "t"})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        runs.open_run(cfg, tmp_path, torch.device("cpu"))
+        first = json.loads((tmp_path / runs.ENV).read_text())
+        torch.set_num_threads(2)
+        runs.open_run(cfg, tmp_path, torch.device("cpu"))  # a resume with other threads
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / runs.ENV).read_text()) == first  # not overwritten
+    assert [e["device"]["threads"] for e in runs.launches(tmp_path)] == [1, 2]

@@ -682,3 +682,12 @@ def test_runs_that_grid_json_does_not_list_are_named_not_counted(tmp_path):
     [warning] = [w for w in s.warnings if "grid.json does not list" in w]
     assert warning.startswith("2 run directories below this grid") and "other/tiny/run" in warning
     assert "other/tiny/run" in tables.render(s, "markdown")
+
+
+def test_a_cell_that_mixes_thread_counts_says_so(tmp_path):
+    for seed, threads in enumerate((1, 1, 2)):
+        run = write_run(tmp_path, f"r{seed}", recipe="r", acc=0.8, seed=seed)
+        env = {"device": {"type": "cpu", "name": "AMD EPYC", "threads": threads}}
+        (run / "launches.jsonl").write_text(json.dumps(env) + "\n")
+    [warning] = tables.summarize(collect(tmp_path)).warnings
+    assert "cpu AMD EPYC x1 and cpu AMD EPYC x2" in warning and "thread count" in warning

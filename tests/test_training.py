@@ -19,6 +19,7 @@ def test_synthetic_training_learns_above_chance(tmp_path):
     assert files == {
         runs.CONFIG,
         runs.ENV,
+        runs.LAUNCHES,
         runs.METRICS,
         runs.CHECKPOINT,
         runs.RESULT,

@@ -18,7 +18,10 @@ GRID = rundir.GRID
 UNFINISHED = ("diverged", "damaged", "started", "pending", "missing", "failed")
 # acc: result.json's final test accuracy (fraction); test_accs: the test accuracy of every
 # evaluated epoch, in order (metrics.jsonl), from which a table takes its endpoint.
-BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed", "epoch_s", "test_accs")
+# machines: the (device, threads) of each launch of the run, as "cpu AMD EPYC x1".
+BOOKKEEPING = (
+    "dir", "status", "acc", "smoke", "problem", "packed", "epoch_s", "test_accs", "machines"
+)  # fmt: skip
 
 
 def collect(results_dir: Path):
@@ -86,7 +89,7 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
         return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
     status, result, problem = rundir.status(run_dir)
     row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke, "epoch_s": math.nan}
-    row.update(problem=problem, packed=False, test_accs=())
+    row.update(problem=problem, packed=False, test_accs=(), machines=_machines(run_dir))
     if result is not None:
         row["packed"] = isinstance(result.get("packed_with"), int)
         if isinstance(result.get("smoke"), bool):
@@ -95,6 +98,19 @@ def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
             row["acc"] = float(result["final_test_acc"])
             row["epoch_s"], row["test_accs"] = _epochs(run_dir)
     return {**row, **rundir.flatten(tree)}
+
+
+def _machines(run_dir: Path) -> tuple[str, ...]:
+    """The distinct device and CPU thread count of the run's launches ("cpu x1", "cuda NVIDIA
+    H200 x8"): on a CPU the thread count changes the order of floating-point sums, and so the
+    numbers."""
+    seen = []
+    for env in rundir.launches(run_dir):
+        dev = env.get("device") if isinstance(env.get("device"), dict) else {}
+        text = f"{dev.get('type', '?')} {dev.get('name', '?')} x{dev.get('threads', '?')}"
+        if text not in seen:
+            seen.append(text)
+    return tuple(seen)
 
 
 def number(value: Any) -> float:
@@ -146,6 +162,7 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
                 "packed": False,
                 "epoch_s": math.nan,
                 "test_accs": (),
+                "machines": (),
                 **base,
                 **settings,
             }

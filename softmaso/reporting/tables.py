@@ -252,9 +252,14 @@ def summarize(runs, *, endpoint: Endpoint = FINAL, baseline: Baseline | None = N
     cells, warnings = {}, []
     for (row, col), members in groups.items():
         cells[(row, col)] = _cell(row, col, members, endpoint)
-        warnings += _duplicate_seeds(
-            cells[(row, col)], members, _where(row_keys, row, col_key, col)
-        )
+        where = _where(row_keys, row, col_key, col)
+        warnings += _duplicate_seeds(cells[(row, col)], members, where)
+        machines = sorted({m for r in members if r["status"] == "finished" for m in r["machines"]})
+        if len(machines) > 1:
+            warnings.append(
+                f"{where}: its finished runs trained on {' and '.join(machines)} (env.json, "
+                "launches.jsonl); on a CPU the thread count changes the sums, so the numbers"
+            )
     for r in runs.to_dict("records"):
         if r["status"] == "damaged":
             warnings.append(f"damaged run {r['dir']}: {r['problem']}; not counted")
