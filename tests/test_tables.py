@@ -691,3 +691,16 @@ def test_a_cell_that_mixes_thread_counts_says_so(tmp_path):
         (run / "launches.jsonl").write_text(json.dumps(env) + "\n")
     [warning] = tables.summarize(collect(tmp_path)).warnings
     assert "cpu AMD EPYC x1 and cpu AMD EPYC x2" in warning and "thread count" in warning
+
+
+def test_a_listed_run_with_a_garbage_config_is_counted_damaged_in_its_cell(tmp_path):
+    entries = [("cifar10", "none", 0.001, s) for s in range(3)]
+    for n, m, lr, s in entries:
+        write_run(tmp_path, point(n, m, lr, s), recipe=n, acc=0.8, **settings(n, m, lr, s))
+    write_grid(tmp_path, entries)
+    (tmp_path / point(*entries[2]) / "config.yaml").write_text(": : not yaml [")
+    s = tables.summarize(collect(tmp_path))
+    [cell] = s.cells.values()
+    assert cell.n == 2 and cell.counts["damaged"] == 1  # counted, not vanished
+    assert "(n=2; 1 damaged)" in tables.render(s, "markdown")
+    assert any("config.yaml cannot be read" in w for w in s.warnings)

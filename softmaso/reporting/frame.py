@@ -49,7 +49,10 @@ def collect(results_dir: Path):
         foreign = [r["dir"] for r in found + unplaced if r["dir"] not in listed]
         found = [r for r in found if r["dir"] in listed]
         unplaced = [r for r in unplaced if r["dir"] in listed]
-    expected = _missing_runs(root, grid, found + unplaced) if grid else []
+    damaged = {r["dir"]: r["problem"] for r in unplaced}
+    expected = _missing_runs(root, grid, found, damaged) if grid else []
+    placed = {r["dir"] for r in expected}
+    unplaced = [r for r in unplaced if r["dir"] not in placed]  # in its cell, from grid.json
     if not found and not expected:
         if unplaced:
             shown = "; ".join(f"{r['dir']}: {r['problem']}" for r in unplaced[:3])
@@ -134,15 +137,19 @@ def _epochs(run_dir: Path) -> tuple[float, tuple[float, ...]]:
     return (statistics.median(seconds) if seconds else math.nan), accs
 
 
-def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[dict]:
+def _missing_runs(
+    root: Path, grid: dict[str, Any], found: list[dict], damaged: dict[str, str]
+) -> list[dict]:
     """Runs grid.json lists whose directory has no config.yaml, with their settings filled in:
-    missing, or failed where the grid recorded why (error.txt) before the run could begin."""
+    missing, or failed where the grid recorded why (error.txt) before the run could begin; and
+    the runs in `damaged` ({dir: problem}: config.yaml unreadable), placed by their grid.json
+    settings so that their cell counts them."""
     have = {row["dir"] for row in found}
     smoke = bool(grid.get("smoke", False))
     out = []
     for entry in grid["runs"]:
         rel = Path(str(entry.get("dir", ""))).as_posix()
-        if rel in have or (root / rel / rundir.CONFIG).exists():
+        if rel in have or (rel not in damaged and (root / rel / rundir.CONFIG).exists()):
             continue
         settings = {"recipe": entry.get("recipe"), **(entry.get("settings") or {})}
         if isinstance(entry.get("config"), dict):  # recorded by the grid (newer grid.json)
@@ -152,13 +159,14 @@ def _missing_runs(root: Path, grid: dict[str, Any], found: list[dict]) -> list[d
                 settings, found, grid.get("experiment"), smoke, grid.get("recipe_files")
             )
         failed = (root / rel / rundir.ERROR).exists()  # its job died before it began
+        status = "damaged" if rel in damaged else "failed" if failed else "missing"
         out.append(
             {
                 "dir": rel,
-                "status": "failed" if failed else "missing",
+                "status": status,
                 "acc": math.nan,
                 "smoke": smoke,
-                "problem": None,
+                "problem": damaged.get(rel),
                 "packed": False,
                 "epoch_s": math.nan,
                 "test_accs": (),
