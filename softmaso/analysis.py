@@ -62,7 +62,7 @@ from torch import nn
 from softmaso import runs
 from softmaso.config import RunConfig
 from softmaso.data import Preprocessor, load_data
-from softmaso.errors import UserError
+from softmaso.errors import UserError, first_line
 from softmaso.models import activation_spec, build_model
 from softmaso.orthogonality import apply_orthogonality
 from softmaso.theory.gmm import region_prior
@@ -188,7 +188,12 @@ def load_trained(run_dir: Path) -> tuple[RunConfig, nn.Module]:
             str(run_dir), f"not a finished run directory (needs {runs.CONFIG} and {runs.WEIGHTS})"
         )
     cfg = RunConfig.model_validate(tree)
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors' own error for a truncated or foreign file
+        raise UserError(
+            str(weights), f"not a readable safetensors file ({first_line(e)})"
+        ) from None
     classes, in_channels = _shape_of(state, weights)
     model = build_model(cfg.model, num_classes=classes, in_channels=in_channels)
     try:

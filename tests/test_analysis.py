@@ -148,3 +148,19 @@ def test_analyze_bad_input_is_one_line(cli, tmp_path):
     r = cli("analyze", run)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
     assert "largeCNN" in r.stderr
+
+
+def test_analyze_of_a_folder_names_the_runs_it_cannot_read_and_does_the_rest(cli, tmp_path):
+    for name in ("a", "b", "c"):
+        cfg = tiny(seed=ord(name), **{"train.epochs": 1})
+        assert training.fit(cfg, tmp_path / name, device="cpu", live=False)["status"] == "finished"
+    (tmp_path / "b" / runs.WEIGHTS).write_bytes(b"garbage, not safetensors")
+    (tmp_path / "c" / runs.WEIGHTS).unlink()  # a clone of committed results has no weights
+    r = cli("analyze", tmp_path, "--images", 20, "--decisions", 200, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert "not a readable safetensors file" in r.stderr and f"{tmp_path / 'c'}: no" in r.stderr
+    text = (tmp_path / "out" / "analysis.md").read_text()
+    assert "Not analysed (2):" in text
+    assert len((tmp_path / "out" / "analysis.csv").read_text().splitlines()) == 1 + 8  # run a
+    r = cli("analyze", tmp_path / "b")  # alone, a damaged run is the one-line error
+    assert r.exit_code == 2 and "not a readable safetensors file" in r.stderr

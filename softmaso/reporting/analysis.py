@@ -44,32 +44,53 @@ def analyze(
     import pandas as pd
 
     target = Path(target)
-    members, keys = _members(target)
+    members, keys, skipped = _members(target)
     out = check_output_dir(out or target / "analysis", where="--out")
     rows = []
     for i, (run_dir, settings) in enumerate(members, 1):
-        for layer in analyze_run(run_dir, images=images, decisions=decisions, data_dir=data_dir):
-            rows.append({"run": str(run_dir), **settings, **layer})
+        try:
+            layers = analyze_run(run_dir, images=images, decisions=decisions, data_dir=data_dir)
+        except UserError as e:
+            if len(members) == 1:
+                raise
+            skipped.append(f"{run_dir}: {e}")  # a damaged run: named, the others go on
+            log(f"[analyze] {i}/{len(members)} {run_dir}: skipped ({e})")
+            continue
+        rows += [{"run": str(run_dir), **settings, **layer} for layer in layers]
         log(f"[analyze] {i}/{len(members)} {run_dir}")
+    if not rows:
+        raise UserError("RESULTS_DIR", f"no run in {str(target)!r} could be analysed: {skipped[0]}")
+    for line in skipped:
+        log(f"[analyze] not analysed: {line}")
     frame = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "analysis.csv"
     tables.write_table(frame.to_csv(index=False, float_format="%.6g"), csv)
     md = out / "analysis.md"
-    text = markdown(frame, keys, title=_title(target, images, decisions)) + _stamp()
+    text = markdown(frame, keys, title=_title(target, images, decisions))
+    if skipped:
+        text += f"\nNot analysed ({len(skipped)}):\n" + "".join(f"- {s}\n" for s in skipped)
+    text += _stamp()
     tables.write_table(text, md)
     return [csv, md, *figures(frame, keys, out / "figures")]
 
 
-def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
-    """(run directory, its group's settings) of every run to analyse, and the group keys."""
+def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str], list[str]]:
+    """(run directory, its group's settings) of every run to analyse, the group keys, and the
+    finished runs that cannot be (no weights: a clone of committed results has none)."""
     if (target / runs.CONFIG).is_file():
         status, result, _ = runs.status(target)
         acc = result["final_test_acc"] if status == "finished" else math.nan
-        return [(target, {"acc": acc})], []
+        return [(target, {"acc": acc})], [], []
     frame = collect(target)  # UserError where there are no runs at all
     done = frame[frame["status"] == "finished"]
-    done = done[[(target / d / runs.WEIGHTS).is_file() for d in done["dir"]]]
+    weighed = [(target / d / runs.WEIGHTS).is_file() for d in done["dir"]]
+    skipped = [
+        f"{target / d}: no {runs.WEIGHTS}"
+        for d, w in zip(done["dir"], weighed, strict=True)
+        if not w
+    ]
+    done = done[weighed]
     if done.empty:
         raise UserError(
             "RESULTS_DIR", f"no finished run with {runs.WEIGHTS} in {str(target)!r} to analyse"
@@ -84,7 +105,7 @@ def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
         for r in done.to_dict("records")
     ]
     members.sort(key=lambda m: [tables.rank(k, m[1][k]) for k in [*keys, "seed"]])
-    return members, keys
+    return members, keys, skipped
 
 
 def _stamp() -> str:
