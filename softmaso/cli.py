@@ -356,8 +356,8 @@ def reproduce(
     experiment: Annotated[
         str,
         typer.Argument(
-            help="table2, gs-cifar100, fashion, activations, ortho-methods, figure1, theory or "
-            "all; or a recipe file with a sweep: (my.yaml)."
+            help="table2, gs-cifar100, fashion, table2-fashion, gs-fashion, activations, "
+            "ortho-methods, figure1, theory or all; or a recipe file with a sweep: (my.yaml)."
         ),
     ],
     runs_: Annotated[
@@ -392,6 +392,9 @@ def reproduce(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key in every run, KEY=VALUE.")
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Launch a grid of more than 1,000 runs.")
+    ] = False,
     data_dir: DataDir = None,
     threads: Threads = None,
     pack: Annotated[
@@ -443,7 +446,7 @@ def reproduce(
     launch = Launch(
         launcher, parse_devices(devices), threads, pack, pack_size, data_dir, smoke, slurm
     )
-    select = Selection(runs_, _csv(datasets), tuple(set_ or ()))
+    select = Selection(runs_, _csv(datasets), tuple(set_ or ()), large=yes)
     command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if not run(names, launch, select, results=results, command=command, echo=typer.echo):
         raise typer.Exit(1)

@@ -422,6 +422,10 @@ class Selection:
     seeds: int | None = None
     datasets: list[str] | None = None
     overrides: tuple[str, ...] = ()
+    large: bool = False  # a grid of more than MAX_RUNS runs is launched only when asked
+
+
+MAX_RUNS = 1000  # runs a grid launches without --yes
 
 
 NOT_GRIDS = ("theory", "figure1")  # what `reproduce` runs besides the recipes' experiments
@@ -478,6 +482,19 @@ def reproduce(
             seeds=select.seeds,
             overrides=list(select.overrides),
         )
+        unique = list({run.dir: run for run in todo}.values())  # seed: [0, 0] is one run
+        if len(unique) < len(todo):
+            echo(
+                f"{label}: {len(todo) - len(unique)} sweep point(s) repeat another's settings; "
+                "each run is trained once"
+            )
+            todo = unique
+        if len(todo) > MAX_RUNS and not select.large:
+            raise UserError(
+                "--yes",
+                f"{label} sweeps {len(todo):,} runs (more than {MAX_RUNS:,}); check the sweep, "
+                "or pass --yes to launch them all",
+            )
         files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
         ex.check_grid(todo)
         ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)

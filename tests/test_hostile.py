@@ -145,3 +145,25 @@ def test_a_foreign_grid_json_is_one_line_and_left_alone(cli, tmp_path, content, 
     assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (tmp_path / "r" / runs.GRID).read_text() == content  # not overwritten
     assert not (tmp_path / "r" / "tiny").exists()  # nothing trained
+
+
+def test_a_sweep_that_repeats_a_value_trains_each_run_once(cli, tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text(
+        "data: {name: synthetic, synthetic_train: 100}\nmodel: {width: 0.0625}\n"
+        "train: {epochs: 1}\nsweep: {seed: [0, 0, 1]}\n"
+    )
+    r = cli("reproduce", recipe, "--results", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    assert "1 sweep point(s) repeat another's settings; each run is trained once" in r.stdout
+    assert "twice: 2 finished" in r.stdout
+    assert "(n=2)" in (tmp_path / "r" / "table.md").read_text()
+
+
+def test_a_huge_sweep_asks_for_yes_before_anything_is_written(cli, tmp_path):
+    recipe = tmp_path / "huge.yaml"
+    seeds = ", ".join(str(s) for s in range(1001))
+    recipe.write_text(f"data: {{name: synthetic}}\nsweep: {{seed: [{seeds}]}}\n")
+    r = cli("reproduce", recipe, "--results", tmp_path / "r")
+    assert r.exit_code == 2 and "sweeps 1,001 runs (more than 1,000)" in r.stderr
+    assert "--yes" in r.stderr and not (tmp_path / "r" / runs.GRID).exists()
