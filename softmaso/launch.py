@@ -14,6 +14,7 @@ decides. How to launch is one frozen :class:`Launch`, passed whole to every hop.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -113,6 +114,12 @@ def train_unit(
         except Exception as e:  # out of memory, a CUDA error, a full disk: the others go on
             out[run.dir] = record_failure(run.dir, "".join(traceback.format_exception(e)), log)
     return out
+
+
+def _last_line(e: BaseException) -> str:
+    """The last non-empty line of an error's message (sbatch's own complaint comes last)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
 
 
 def record_failure(run_dir: Path, why: str, log: Log) -> str:
@@ -332,8 +339,13 @@ def launch_slurm(
         params["slurm_partition"] = s.partition
     executor.update_parameters(**params)
     units = plan_units(todo, pack=launch.pack, size=launch.pack_size)  # a job (one GPU) per pack
-    with executor.batch():
-        jobs = [executor.submit(SubmititTask(unit, launch)) for unit in units]
+    try:  # submitit prints sbatch's complaint itself: it is in the one line below instead
+        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+            jobs = [executor.submit(SubmititTask(unit, launch)) for unit in units]
+    except Exception as e:  # sbatch there, but no controller answering, a bad partition, ...
+        raise UserError(
+            "--launcher slurm", f"SLURM refused the job array: {_last_line(e)}"
+        ) from None
     out: dict[Path, str] = {}
     for unit, job in zip(units, jobs, strict=True):
         if not wait:

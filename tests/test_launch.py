@@ -150,3 +150,21 @@ def test_a_failed_slurm_task_fails_its_runs_and_the_array_goes_on(tmp_path, monk
     out = launch.launch_slurm(todo, debug, folder=tmp_path / ".submitit")
     assert out == {todo[0].dir: "failed", todo[1].dir: "finished"}
     assert "the node ran out of memory (simulated)" in (todo[0].dir / runs.ERROR).read_text()
+
+
+def test_sbatch_without_a_controller_is_one_line(cli, tmp_path, monkeypatch):
+    """sbatch on PATH, but it cannot reach slurmctld: what submitit raises, as one line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, code in (("srun", 0), ("sbatch", 1)):
+        script = bin_dir / tool
+        script.write_text(
+            "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Unable to contact "
+            f"slurm controller (connect failure)' >&2\nexit {code}\n"
+        )
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    args = [*("reproduce", "table2", "--smoke", "--datasets", "svhn", "--runs", "1"), "--launcher"]
+    r = cli(*args, "slurm", "--results", tmp_path / "r")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "SLURM refused the job array" in r.stderr and "Unable to contact" in r.stderr
