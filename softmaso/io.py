@@ -8,7 +8,9 @@ one) or :func:`atomic_group`, which renames a set of files only once all of them
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,21 @@ from softmaso.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _disk_full(path: Path, e: Exception) -> OSError | None:
+    """The error to report when writing `path` failed for want of space (ENOSPC, or a writer
+    such as torch.save that says only "file write failed"): naming the file and the space, or
+    None where the disk is not full."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if not (isinstance(e, OSError) and e.errno == errno.ENOSPC) and (free is None or free > 2**20):
+        return None
+    need = f"it needs about {path.stat().st_size / 2**20:.1f} MB; " if path.exists() else ""
+    shown = f"{free / 2**20:.1f} MB" if free is not None else "nothing"
+    return OSError(errno.ENOSPC, f"No space left on device ({need}{shown} free)", str(path))
 
 
 def _fsync(path: Path) -> None:
@@ -112,11 +129,16 @@ def atomic_group() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         staged.append((Path(tmp), path))
-        writer(Path(tmp))
-        # mkstemp makes 0600, and some writers (safetensors) make the file anew: give the
-        # usual permissions once it is written
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        _fsync(Path(tmp))  # on disk before the rename can be: a node crash leaves old or new
+        try:
+            writer(Path(tmp))
+            # mkstemp makes 0600, and some writers (safetensors) make the file anew: give the
+            # usual permissions once it is written
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            _fsync(Path(tmp))  # on disk before the rename can be: a node crash leaves old or new
+        except Exception as e:
+            if (full := _disk_full(path, e)) is not None:
+                raise full from None
+            raise
 
     try:
         yield stage

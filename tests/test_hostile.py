@@ -167,3 +167,33 @@ def test_a_huge_sweep_asks_for_yes_before_anything_is_written(cli, tmp_path):
     r = cli("reproduce", recipe, "--results", tmp_path / "r")
     assert r.exit_code == 2 and "sweeps 1,001 runs (more than 1,000)" in r.stderr
     assert "--yes" in r.stderr and not (tmp_path / "r" / runs.GRID).exists()
+
+
+def test_a_full_disk_during_train_is_one_line_naming_the_file(cli, tmp_path, monkeypatch):
+    import shutil as sh
+
+    import torch
+
+    from softmaso import io
+
+    real_usage, real_save = sh.disk_usage, torch.save
+
+    def full_save(obj, f, *args, **kwargs):  # torch's own words when the disk fills up
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", full_save)
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=4096))
+    r = cli("train", "smoke", "--out", run, "--set", "train.epochs=1", "--threads", "1")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.output  # above: the epoch line
+    last = r.stderr.strip().splitlines()[-1]
+    assert (
+        last == f"softmaso: error: {run / runs.CHECKPOINT}: No space left on device (0.0 MB free)"
+    )
+    assert not list(run.glob(".*.tmp"))  # the partial file is gone
+    monkeypatch.setattr(torch, "save", real_save)  # space again: the same command finishes
+    monkeypatch.setattr(io.shutil, "disk_usage", real_usage)
+    assert (
+        cli("train", "smoke", "--out", run, "--set", "train.epochs=1", "--threads", "1").exit_code
+        == 0
+    )
