@@ -54,12 +54,13 @@ def _mean_error(errors) -> float:
     return math.fsum(values) / len(values) if values else math.nan
 
 
-def _curves(results_dir: Path):
-    """(tidy frame, panel keys, column key, name) of an experiment directory."""
+def _curves(results_dir: Path, found=None):
+    """(tidy frame, panel keys, column key, name) of an experiment directory (`found`: its
+    runs, :func:`collect`ed already)."""
     import pandas as pd
 
     root = Path(results_dir)
-    found = collect(root)
+    found = collect(root) if found is None else found
     row_keys, col_key, _ = tables.table_keys(found)
     keys = [*row_keys, *([col_key] if col_key else [])]
     if "ortho.mode" not in keys:
@@ -205,13 +206,14 @@ def _suptitle(name: str, what: str, smoke: bool, diverged: int) -> str:
     return f"{tables.SMOKE_TITLE}\n{text}" if smoke else text
 
 
-def plot_curves(results_dir: Path, out_dir: Path) -> list[Path]:
-    """Write curves.png/.pdf and ortho_error.png/.pdf under `out_dir` (all four, or none)."""
+def plot_curves(results_dir: Path, out_dir: Path, *, runs=None) -> list[Path]:
+    """Write curves.png/.pdf and ortho_error.png/.pdf under `out_dir` (all four, or none);
+    `runs`: the folder's runs, :func:`collect`ed already (a report reads the folder once)."""
     import matplotlib.pyplot as plt
 
     from softmaso.io import atomic_group, ensure_writable_dir
 
-    df, panel_keys, col_key, name = _curves(results_dir)
+    df, panel_keys, col_key, name = _curves(results_dir, runs)
     diverged = df.loc[df.status == "diverged", "dir"].nunique()
     df = df[df.status != "diverged"]
     if df.empty:

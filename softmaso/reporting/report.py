@@ -15,7 +15,8 @@ def write_report(root: Path, *, paper: bool, command: str) -> list[Path]:
     """Write the table (markdown, LaTeX, CSV) and the learning curves of an experiment, at
     the endpoint and against the baseline its recipe declares (report: section)."""
     report = declared_report(root)
-    summary = tables.summarize(collect(root), endpoint=report.endpoint, baseline=report.baseline)
+    found = collect(root)  # once: the table and the curves read the same runs
+    summary = tables.summarize(found, endpoint=report.endpoint, baseline=report.baseline)
     stamp = f"Made by `{command}` at commit {runs.git_commit() or 'unknown'} on {runs.now()}."
     paths = []
     for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):
@@ -26,5 +27,5 @@ def write_report(root: Path, *, paper: bool, command: str) -> list[Path]:
         tables.write_table(text, path)
         paths.append(path)
     with contextlib.suppress(UserError):  # no finished epoch yet: nothing to plot
-        paths += curves.plot_curves(root, root / "figures")
+        paths += curves.plot_curves(root, root / "figures", runs=found)
     return paths
