@@ -104,6 +104,29 @@ def expand(
     return out
 
 
+def grid_size(
+    experiment: str,
+    *,
+    datasets: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> int:
+    """How many runs :func:`expand` would make (sweep points, repeats included), counted from
+    the sweeps' lengths without building a config: cheap for any sweep."""
+    import math
+
+    fixed = {key.partition("=")[0].strip() for key in overrides}
+    total = 0
+    for path in recipe_paths(experiment):
+        if datasets and path.stem not in datasets:
+            continue
+        recipe = read_recipe(path)
+        if seeds is not None:
+            recipe = _with_seeds(recipe, seeds)
+        total += math.prod(len(recipe.sweep[k]) for k in recipe.sweep if k not in fixed)
+    return total
+
+
 def _with_seeds(recipe, n: int):
     from dataclasses import replace
 

@@ -2,8 +2,11 @@
 
 A run is claimed with an exclusive lock (``runs.claim``) before it trains, so two ``reproduce``
 processes on one results directory never train the same run; the kernel drops the lock when
-its process dies, so a killed grid leaves no stale lock. A finished run is skipped, an
-interrupted one resumes from its checkpoint, a diverged one is reported and not retried.
+its process dies, so a killed grid leaves no stale lock (where there is no flock, the lock
+file a dead process left is taken over by the next one on its host). A finished run is
+skipped, an interrupted one resumes from its checkpoint, a diverged one is reported and not
+retried, a failed one (it raised, or its worker died: error.txt) resumes on the next launch
+while the grid goes on without it.
 
 Launchers: ``local`` runs in this process, in sequence, or one worker process per listed
 device; ``slurm`` submits a submitit job array (each task requeues itself on preemption or
@@ -29,7 +32,7 @@ from typing import Any
 
 from softmaso import experiments as ex
 from softmaso import runs
-from softmaso.errors import RunBusy, RunConflict, UserError, first_line
+from softmaso.errors import RunBusy, RunConflict, UserError
 
 Log = Callable[[str], None]
 FAILED = ("diverged", "conflict", "damaged", "failed")  # outcomes that make `reproduce` exit 1
@@ -77,13 +80,19 @@ def train_unit(
     """Train a unit's runs one by one (:func:`softmaso.training.fit`, which takes each run's
     lock and checks its directory once, under the lock), or a unit that packing planned as one
     pack (:func:`softmaso.packed_training.train_pack`). Each run's outcome: finished, diverged,
-    busy, skipped-finished, skipped-diverged, conflict or damaged."""
+    busy, skipped-finished, skipped-diverged, conflict, damaged or failed (training raised:
+    error.txt says why, and the others go on)."""
     log = log or _stderr
     if len(unit) > 1:  # only packing plans units of several runs
         from softmaso.packed_training import train_pack
 
         kw = {"pack": launch.pack, "data_dir": launch.data_dir, "smoke": launch.smoke}
-        if (packed := train_pack(unit, device, **kw, progress=progress, log=log)) is not None:
+        try:
+            packed = train_pack(unit, device, **kw, progress=progress, log=log)
+        except Exception as e:  # out of memory in the pack: its runs fail, the grid goes on
+            why = "".join(traceback.format_exception(e))
+            return {run.dir: record_failure(run.dir, why, log) for run in unit}
+        if packed is not None:
             return packed
     from softmaso.training import fit
 
@@ -140,19 +149,22 @@ def _stderr(text: str) -> None:
 # ---------------------------------------------------------------------------------- local
 _worker_device = "auto"  # a pool worker's device, set once by its initializer
 _worker_news = None  # the queue a worker tells its parent on: (pid, unit index or None)
+_worker_stop = None  # set by the parent when the grid stops: queued units are not started
 
 
-def _pool_init(devices: tuple[str, ...], counter, threads: int | None, news, parent: int) -> None:
+def _pool_init(devices, counter, threads: int | None, news, stop, parent: int) -> None:
     """A pool worker takes the next device of the list and its share of the CPU threads, tells
-    the parent its pid, and ends itself when the parent process is gone."""
-    global _worker_device, _worker_news
+    the parent its pid, stops its run on SIGTERM as on Ctrl-C (resumable), and ends itself when
+    the parent process is gone."""
+    global _worker_device, _worker_news, _worker_stop
     from softmaso.devices import set_threads
 
     with counter.get_lock():
         i = counter.value
         counter.value += 1
-    _worker_device, _worker_news = devices[i % len(devices)], news
+    _worker_device, _worker_news, _worker_stop = devices[i % len(devices)], news, stop
     set_threads(threads)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # scancel: the run stays resumable
     news.put((os.getpid(), None))
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
     if _worker_device.startswith("cuda:"):  # this worker's GPU is its current device
@@ -168,7 +180,9 @@ def _end_with(parent: int) -> None:
     os._exit(1)
 
 
-def _pool_task(i: int, unit: list[ex.Run], launch: Launch) -> dict[Path, str]:
+def _pool_task(i: int, unit: list[ex.Run], launch: Launch) -> dict[Path, str] | None:
+    if _worker_stop.is_set():  # queued before the grid was stopped
+        return None
     _worker_news.put((os.getpid(), i))  # the parent's record of what each worker trains
     return train_unit(unit, launch, _worker_device, log=_stderr)
 
@@ -229,8 +243,17 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
     from softmaso.devices import cpu_cores
 
     ctx = mp.get_context("spawn")
-    news = ctx.SimpleQueue()
+    news, stop = ctx.SimpleQueue(), ctx.Event()
     counter = ctx.Value("i", 0)
+    workers, doing = set(), {}  # worker pids; unit index -> pid of the worker training it
+
+    def drain() -> None:  # read as we go: a full pipe would block the workers' put
+        while not news.empty():
+            pid, i = news.get()
+            workers.add(pid)
+            if i is not None:
+                doing[i] = pid
+
     threads = launch.threads or max(1, cpu_cores() // len(launch.devices))
     todo: dict[int, list[ex.Run]] = dict(enumerate(units))
     suspects: list[int] = []  # units training when a pool broke: retried alone, in order
@@ -238,23 +261,29 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
     while todo:
         alone = bool(suspects)
         batch = {suspects[0]: todo[suspects[0]]} if alone else dict(todo)
-        workers, doing = set(), {}  # worker pids; unit index -> pid of the worker training it
+        doing.clear()
         pool = ProcessPoolExecutor(
             1 if alone else len(launch.devices),
             mp_context=ctx,
             initializer=_pool_init,
-            initargs=(launch.devices, counter, threads, news, os.getpid()),
+            initargs=(launch.devices, counter, threads, news, stop, os.getpid()),
         )
         futures = {pool.submit(_pool_task, i, u, launch): i for i, u in batch.items()}
         try:
             for fut in as_completed(futures):
-                got = fut.result()  # raises BrokenProcessPool before the unit leaves `todo`
-                record(todo.pop(futures[fut]), got)
+                i = futures[fut]
+                try:
+                    got = fut.result()  # raises BrokenProcessPool before the unit leaves `todo`
+                except BrokenProcessPool:
+                    raise
+                except Exception as e:  # the task itself failed (it could not be sent, say)
+                    why = "".join(traceback.format_exception(e))
+                    got = {r.dir: record_failure(r.dir, why, _stderr) for r in todo[i]}
+                record(todo.pop(i), got)
+                doing.pop(i, None)
+                drain()
         except BrokenProcessPool:
-            while not news.empty():  # who was training what when the pool broke
-                pid, i = news.get()
-                if i is not None:
-                    doing[i] = pid
+            drain()  # who was training what when the pool broke
             if alone:  # it killed its own worker again: that unit fails, the grid goes on
                 unit = todo.pop(suspects[0])
                 record(unit, {r.dir: record_failure(r.dir, DIED, _stderr) for r in unit})
@@ -270,9 +299,9 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
                         record(unit, {r.dir: record_failure(r.dir, DIED, _stderr) for r in unit})
                     todo = {}
         except BaseException:  # Ctrl-C, SIGTERM: stop the queued units and the running ones
+            stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
-            while not news.empty():
-                workers.add(news.get()[0])
+            drain()
             for pid in workers:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGINT)  # fit leaves its run resumable
@@ -354,7 +383,7 @@ def launch_slurm(
         try:
             out.update(job.result())
         except Exception as e:  # the task died (killed, out of memory, node failure)
-            why = f"SLURM job {job.job_id} failed: {first_line(e)}"
+            why = f"SLURM job {job.job_id} failed: {e}"  # the last line names the cause
             out.update({r.dir: record_failure(r.dir, why, _stderr) for r in unit})
     return {run.dir: out[run.dir] for run in todo}
 
@@ -486,6 +515,15 @@ def reproduce(
             continue
         label = ex.experiment_name(name)
         root = results if results and len(names) == 1 else base / label
+        size = ex.grid_size(
+            name, datasets=select.datasets, seeds=select.seeds, overrides=select.overrides
+        )
+        if size > MAX_RUNS and not select.large:  # before 10,000 configs are built
+            raise UserError(
+                "--yes",
+                f"{label} sweeps {size:,} runs (more than {MAX_RUNS:,}); check the sweep, "
+                "or pass --yes to launch them all",
+            )
         todo = ex.expand(
             name,
             root,
@@ -501,12 +539,6 @@ def reproduce(
                 "each run is trained once"
             )
             todo = unique
-        if len(todo) > MAX_RUNS and not select.large:
-            raise UserError(
-                "--yes",
-                f"{label} sweeps {len(todo):,} runs (more than {MAX_RUNS:,}); check the sweep, "
-                "or pass --yes to launch them all",
-            )
         files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
         ex.check_grid(todo)
         ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)

@@ -308,8 +308,8 @@ class _GramSchmidt(torch.autograd.Function):
 
 def orthonormalise(w: torch.Tensor, method: Method = "cholesky") -> torch.Tensor:
     """Gram-Schmidt of each weight's filters (rows) if C_out <= n, else of its columns; the
-    shape, dtype and layout of w (a stack: each weight's layout). fp32 or fp64 even under
-    autocast.
+    shape, dtype and layout of w (for a stack of columns-orthonormalised weights: contiguous,
+    the caller restores its layout). fp32 or fp64 even under autocast.
 
     Columns are taken in canonical (C_in, kh, kw) order: unlike rows, their Gram-Schmidt
     depends on the order.

@@ -526,6 +526,7 @@ def train_pack(
     if pack is False or (pack is None and not measures_packing([device])):
         return None
     out: dict[Path, str] = {}
+    said: list[str] = []  # logged once the pack goes ahead (else the caller says it all again)
     with contextlib.ExitStack() as stack:
         mine = []
         for run in unit:
@@ -535,11 +536,11 @@ def train_pack(
             try:  # once per run, under its lock
                 skipped = runs.check_unfinished(run.cfg, run.dir)
             except RunConflict as e:
-                log(f"conflict: {e.message}")
+                said.append(f"conflict: {e.message}")
                 out[run.dir] = "conflict"
                 continue
             except UserError as e:  # a damaged result.json
-                log(f"damaged: {run.dir.name}: {e}")
+                said.append(f"damaged: {run.dir.name}: {e}")
                 out[run.dir] = "damaged"
                 continue
             if skipped:
@@ -554,6 +555,8 @@ def train_pack(
             log(why)
             if not chosen:
                 return None
+        for line in said:
+            log(line)
         kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
         try:
             results = fit_packed(

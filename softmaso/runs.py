@@ -165,6 +165,8 @@ def read_grid(root: Path) -> dict[str, Any] | None:
             "not a softmaso grid (a JSON object with experiment, smoke and a runs list); "
             "remove it, or choose another results folder",
         )
+    entries = doc.get("runs", [])  # entries that are not {"dir": ...} objects are skipped
+    doc["runs"] = [e for e in entries if isinstance(e, dict) and isinstance(e.get("dir"), str)]
     return doc
 
 
@@ -556,10 +558,12 @@ def open_run(cfg: RunConfig, run_dir: Path, device) -> None:
     (run_dir / ERROR).unlink(missing_ok=True)  # a failed run trains again
     atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
     env = environment(device)
-    if not (run_dir / ENV).exists():
+    first = read_json(run_dir / ENV)
+    if first is None:
         write_json(run_dir / ENV, env)
-    with open(run_dir / LAUNCHES, "a") as f:  # one short line: appended whole, or not at all
-        f.write(json.dumps(env) + "\n")
+    earlier = [first] if isinstance(first, dict) and not (run_dir / LAUNCHES).exists() else []
+    with open(run_dir / LAUNCHES, "a") as f:  # short lines: appended whole, or not at all
+        f.write("".join(json.dumps(e) + "\n" for e in [*earlier, env]))  # a run from before
         f.flush()
         os.fsync(f.fileno())
 

@@ -100,7 +100,10 @@ def test_a_worker_killed_every_time_fails_its_run_and_the_grid_goes_on(tmp_path)
     grid = _grid(tmp_path / "r", "--devices", "cpu,cpu", "--threads", "1", env=env)
     out, err = grid.communicate(timeout=300)
     assert grid.returncode == 1, err
-    assert "table2: 1 failed, 5 finished" in out, out + err
+    summary = next(line for line in out.splitlines() if line.startswith("table2: 1 failed"))
+    counts = dict(reversed(part.split(" ", 1)) for part in summary[len("table2: ") :].split(", "))
+    # a run its worker finished just as the pool broke is found finished on its retry
+    assert int(counts.get("finished", 0)) + int(counts.get("skipped-finished", 0)) == 5, out
     assert "a worker process died; retrying" in err
     [bad] = [d for d in (tmp_path / "r").glob("svhn/*") if (d / runs.ERROR).exists()]
     assert "lr-0.0005_mode-penalty" in bad.name and not (bad / runs.RESULT).exists()

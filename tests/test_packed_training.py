@@ -16,7 +16,15 @@ from softmaso import launch, packed_training, runs, training
 from softmaso.errors import UserError
 from softmaso.packed_training import fit_packed, pack_key, plan_units
 
-FILES = {runs.CONFIG, runs.ENV, runs.METRICS, runs.CHECKPOINT, runs.RESULT, runs.WEIGHTS}
+FILES = {
+    runs.CONFIG,
+    runs.ENV,
+    runs.LAUNCHES,
+    runs.METRICS,
+    runs.CHECKPOINT,
+    runs.RESULT,
+    runs.WEIGHTS,
+}
 
 
 def _trio(**over):

@@ -1,8 +1,9 @@
 """Runs as a DataFrame: every run directory under a results folder, and from ``grid.json``
 the runs that were expected but never started, one row each (``collect``).
 
-Each run gets a state: finished, diverged, damaged, started (no result yet: training, or
-interrupted), pending (config only) or missing; its config keys are columns (``optim.lr``).
+Each run gets a state: finished, diverged, damaged, failed (error.txt: training raised, or its
+worker died), started (no result yet: training, or interrupted), pending (config only) or
+missing; its config keys are columns (``optim.lr``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def collect(results_dir: Path):
     root = Path(results_dir)
     if not root.is_dir():
         raise UserError("RESULTS_DIR", f"{str(root)!r} does not exist or is not a directory")
-    grid = _read_grid(root)
+    grid = rundir.read_grid(root)
     smoke = bool(grid.get("smoke", False)) if grid else False
     found, unplaced = [], []  # unplaced: damaged runs whose config cannot be read
     for path in sorted(root.rglob(rundir.CONFIG)):
@@ -70,15 +71,6 @@ def collect(results_dir: Path):
     df.attrs["unplaced"] = [f"{r['dir']}: {r['problem']}" for r in unplaced]
     df.attrs["foreign"] = foreign
     return df
-
-
-def _read_grid(root: Path) -> dict[str, Any] | None:
-    grid = rundir.read_grid(root)
-    if grid is None:
-        return None
-    entries = grid.get("runs", [])  # entries that are not {"dir": ...} objects are skipped
-    grid["runs"] = [e for e in entries if isinstance(e, dict) and isinstance(e.get("dir"), str)]
-    return grid
 
 
 def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
@@ -220,7 +212,7 @@ def declared_report(root: Path):
     from softmaso.config import ReportSettings, read_recipe
 
     try:
-        grid = _read_grid(Path(root)) or {}
+        grid = rundir.read_grid(Path(root)) or {}
     except UserError:
         return ReportSettings()
     files = [Path(str(f)) for f in (grid.get("recipe_files") or {}).values()]
