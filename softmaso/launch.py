@@ -119,6 +119,8 @@ def train_unit(
             out[run.dir] = "conflict"
         except UserError as e:  # damaged run files: this run fails, the grid goes on
             log(f"damaged: {run.dir.name}: {e}")
+            with contextlib.suppress(OSError):  # the table then says damaged too
+                (run.dir / runs.ERROR).write_text(f"{runs.DAMAGED}{e}\n")
             out[run.dir] = "damaged"
         except Exception as e:  # out of memory, a CUDA error, a full disk: the others go on
             out[run.dir] = record_failure(run.dir, "".join(traceback.format_exception(e)), log)

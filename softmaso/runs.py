@@ -45,6 +45,7 @@ GRID = "grid.json"  # at an experiment's root: the runs `softmaso reproduce` exp
 LOCK = ".lock"  # held (flock) by the process training the run
 LAUNCHES = "launches.jsonl"  # one line per launch of the run (env.json: the first launch)
 ERROR = "error.txt"  # why training this run failed (a grid wrote it); gone once it trains again
+DAMAGED = "damaged: "  # how error.txt starts for a run whose files are damaged (a checkpoint)
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -330,7 +331,10 @@ def status(run_dir: Path) -> tuple[str, dict[str, Any] | None, str | None]:
             return "damaged", None, problem
         return result["status"], result, None
     if (run_dir / ERROR).exists():
-        return "failed", None, (run_dir / ERROR).read_text(errors="replace").strip()[-300:]
+        why = (run_dir / ERROR).read_text(errors="replace").strip()
+        if why.startswith(DAMAGED):  # a damaged checkpoint, found when the grid loaded it
+            return "damaged", None, why[len(DAMAGED) :][:300]
+        return "failed", None, why[-300:]
     if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists():
         return "started", None, None
     return ("pending" if (run_dir / CONFIG).exists() else "new"), None, None
@@ -614,7 +618,7 @@ def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
     diverge again); RunConflict if the directory is another's; UserError if its result.json is
     damaged (not a JSON object with a known status)."""
     state, done, problem = status(run_dir)
-    if state == "damaged":
+    if state == "damaged" and (run_dir / RESULT).exists():  # (a damaged checkpoint: tried again)
         raise UserError(
             str(run_dir / RESULT),
             f"damaged result.json ({problem}); delete it to resume the run from its checkpoint",

@@ -190,4 +190,10 @@ def test_a_truncated_checkpoint_fails_its_run_and_the_grid_goes_on(cli, tmp_path
     assert r.exit_code == 1
     assert "1 damaged, 3 finished" in r.stdout
     assert "damaged: mode-none_seed-1" in r.output and "corrupt or truncated" in r.output
-    assert (res / "table.md").exists() and "1 started" in (res / "table.md").read_text()
+    # the same state everywhere: damaged in the log, the summary, the table and runs.status
+    assert (res / "table.md").exists() and "1 damaged" in (res / "table.md").read_text()
+    assert runs.status(bad)[0] == "damaged"
+    (bad / runs.CHECKPOINT).unlink()  # the damaged file removed: the run trains from scratch
+    r = cli("reproduce", recipe, "--results", res)
+    assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.stdout, r.output
+    assert runs.status(bad)[0] == "finished" and not (bad / runs.ERROR).exists()
