@@ -21,6 +21,7 @@ smoke: $(STAMP)
 	@echo "  table 2: results/smoke/table2/table.{md,tex,csv}, curves in results/smoke/table2/figures/"
 	@echo "  gs-cifar100: results/smoke/gs-cifar100/table.md"
 	@echo "  fashion: results/smoke/fashion/table.md (real data: make fashion)"
+	@echo "  table2-fashion, gs-fashion: results/smoke/{table2-fashion,gs-fashion}/table.md"
 	@echo "  activations, ortho-methods: results/smoke/{activations,ortho-methods}/table.md"
 
 # The real Fashion-MNIST grid (results/fashion/), offline from Debian's dataset-fashion-mnist
