@@ -67,8 +67,8 @@ def footnote(endpoint: Endpoint) -> str:
     label = endpoint.label[0].upper() + endpoint.label[1:]
     return (
         f"{label} (endpoint {endpoint.text}); mean ± std over seeds, std with ddof=1 "
-        "(none for n=1); n = finished runs. Diverged, started, pending and missing runs are "
-        "counted in their cell, never averaged in."
+        "(none for n=1); n = finished runs. Diverged, damaged, failed, started, pending and "
+        "missing runs are counted in their cell, never averaged in."
     )
 
 
