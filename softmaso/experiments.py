@@ -81,21 +81,9 @@ def expand(
     `datasets` keeps only recipes whose file stem is listed; `seeds` replaces the sweep's seed
     list by 0..seeds-1; `overrides` (--set) apply to every run.
     """
-    paths = recipe_paths(experiment)
-    if datasets:
-        known = {p.stem for p in paths}
-        for d in datasets:
-            if d not in known:
-                raise UserError(
-                    "--datasets", f"{d!r} is not in {experiment}; one of {', '.join(sorted(known))}"
-                )
-        paths = [p for p in paths if p.stem in datasets]
-    fixed = {key.partition("=")[0].strip() for key in overrides}
     out = []
-    for path in paths:
-        recipe = read_recipe(path)
-        if seeds is not None:
-            recipe = _with_seeds(recipe, seeds)
+    fixed = _fixed(overrides)
+    for recipe in _recipes(experiment, datasets, seeds):
         for settings in recipe.points(fixed):
             cfg = recipe.config(overrides, smoke=smoke, settings=settings)
             out.append(
@@ -115,16 +103,32 @@ def grid_size(
     the sweeps' lengths without building a config: cheap for any sweep."""
     import math
 
-    fixed = {key.partition("=")[0].strip() for key in overrides}
-    total = 0
-    for path in recipe_paths(experiment):
-        if datasets and path.stem not in datasets:
-            continue
-        recipe = read_recipe(path)
-        if seeds is not None:
-            recipe = _with_seeds(recipe, seeds)
-        total += math.prod(len(recipe.sweep[k]) for k in recipe.sweep if k not in fixed)
-    return total
+    fixed = _fixed(overrides)
+    return sum(
+        math.prod(len(r.sweep[k]) for k in r.sweep if k not in fixed)
+        for r in _recipes(experiment, datasets, seeds)
+    )
+
+
+def _fixed(overrides) -> set[str]:
+    """The keys --set gives every run: not swept."""
+    return {key.partition("=")[0].strip() for key in overrides}
+
+
+def _recipes(experiment: str, datasets: list[str] | None, seeds: int | None) -> list:
+    """The experiment's recipes that `datasets` keeps (by file stem; UserError for one it does
+    not have), each with its seed list replaced by 0..seeds-1 when `seeds` is given."""
+    paths = recipe_paths(experiment)
+    if datasets:
+        known = {p.stem for p in paths}
+        for d in datasets:
+            if d not in known:
+                raise UserError(
+                    "--datasets", f"{d!r} is not in {experiment}; one of {', '.join(sorted(known))}"
+                )
+        paths = [p for p in paths if p.stem in datasets]
+    recipes = [read_recipe(path) for path in paths]
+    return recipes if seeds is None else [_with_seeds(r, seeds) for r in recipes]
 
 
 def _with_seeds(recipe, n: int):
