@@ -119,8 +119,7 @@ def train_unit(
             out[run.dir] = "conflict"
         except UserError as e:  # damaged run files: this run fails, the grid goes on
             log(f"damaged: {run.dir.name}: {e}")
-            with contextlib.suppress(OSError):  # the table then says damaged too
-                (run.dir / runs.ERROR).write_text(f"{runs.DAMAGED}{e}\n")
+            runs.record_error(run.dir, str(e), damaged=True)  # the table then says damaged too
             out[run.dir] = "damaged"
         except Exception as e:  # out of memory, a CUDA error, a full disk: the others go on
             out[run.dir] = record_failure(run.dir, "".join(traceback.format_exception(e)), log)
@@ -136,9 +135,7 @@ def _last_line(e: BaseException) -> str:
 def record_failure(run_dir: Path, why: str, log: Log) -> str:
     """Write why a run failed into its error.txt (runs.ERROR; the run stays resumable from its
     last checkpoint) and say so in one line; the outcome "failed"."""
-    with contextlib.suppress(OSError):  # a full disk may refuse even this
-        run_dir.mkdir(parents=True, exist_ok=True)  # a job may die before its run begins
-        (run_dir / runs.ERROR).write_text(why if why.endswith("\n") else why + "\n")
+    runs.record_error(run_dir, why)
     last = why.strip().splitlines()[-1] if why.strip() else "no message"
     log(f"failed: {run_dir.name}: {last} (details: {run_dir / runs.ERROR}; rerun to resume it)")
     return "failed"

@@ -144,6 +144,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def record_error(run_dir: Path, why: str, *, damaged: bool = False) -> None:
+    """Write why a run cannot train into its error.txt: ``failed`` for :func:`status`, or
+    ``damaged`` (its files are); the folder is made if the run never began. Best effort: a full
+    disk may refuse even this."""
+    text = f"{DAMAGED if damaged else ''}{why.rstrip()}\n"
+    with contextlib.suppress(OSError):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / ERROR).write_text(text)
+
+
 def read_grid(root: Path) -> dict[str, Any] | None:
     """The results folder's grid.json (None if it has none); UserError, naming the file, if it
     is not a softmaso grid: a JSON object with a ``runs`` list (``experiment``: a name,
