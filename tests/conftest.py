@@ -26,6 +26,21 @@ def cli():
     return invoke
 
 
+def finished_files() -> set[str]:
+    """The files a finished run directory holds (the run directory's contract)."""
+    from softmaso import runs
+
+    return {
+        runs.CONFIG,
+        runs.ENV,
+        runs.LAUNCHES,
+        runs.METRICS,
+        runs.CHECKPOINT,
+        runs.RESULT,
+        runs.WEIGHTS,
+    }
+
+
 def tiny(**over) -> RunConfig:
     """A narrow model on a small synthetic set: seconds per epoch on 2 CPU cores."""
     cfg = RunConfig.model_validate(

@@ -9,22 +9,14 @@ import json
 
 import pytest
 import torch
-from conftest import metric_rows, tiny
+from conftest import finished_files, metric_rows, tiny
 
 from softmaso import experiments as ex
 from softmaso import launch, packed_training, runs, training
 from softmaso.errors import UserError
 from softmaso.packed_training import fit_packed, pack_key, plan_units
 
-FILES = {
-    runs.CONFIG,
-    runs.ENV,
-    runs.LAUNCHES,
-    runs.METRICS,
-    runs.CHECKPOINT,
-    runs.RESULT,
-    runs.WEIGHTS,
-}
+FILES = finished_files()
 
 
 def _trio(**over):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import metric_rows, tiny
+from conftest import finished_files, metric_rows, tiny
 
 from softmaso import devices, runs, training
 from softmaso.errors import UserError
@@ -16,15 +16,7 @@ def test_synthetic_training_learns_above_chance(tmp_path):
     assert res["status"] == "finished" and res["epochs"] == 3
     assert res["final_test_acc"] > 0.3  # chance is 0.1
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert files == {
-        runs.CONFIG,
-        runs.ENV,
-        runs.LAUNCHES,
-        runs.METRICS,
-        runs.CHECKPOINT,
-        runs.RESULT,
-        runs.WEIGHTS,
-    }
+    assert files == finished_files()
     row = metric_rows(tmp_path / "run")[-1]
     assert set(row) >= {"epoch", "train_loss", "train_acc", "test_acc", "ortho_error", "lr"}
     assert len(row["ortho_error"]) == 8
