@@ -90,8 +90,7 @@ def train_unit(
         try:
             packed = train_pack(unit, device, **kw, progress=progress, log=log)
         except Exception as e:  # out of memory in the pack: its runs fail, the grid goes on
-            why = "".join(traceback.format_exception(e))
-            return {run.dir: record_failure(run.dir, why, log) for run in unit}
+            return fail_unit(unit, e, log)
         if packed is not None:
             return packed
     from softmaso.training import fit
@@ -122,7 +121,7 @@ def train_unit(
             runs.record_error(run.dir, str(e), damaged=True)  # the table then says damaged too
             out[run.dir] = "damaged"
         except Exception as e:  # out of memory, a CUDA error, a full disk: the others go on
-            out[run.dir] = record_failure(run.dir, "".join(traceback.format_exception(e)), log)
+            out.update(fail_unit([run], e, log))
     return out
 
 
@@ -132,13 +131,17 @@ def _last_line(e: BaseException) -> str:
     return lines[-1][:300] if lines else type(e).__name__
 
 
-def record_failure(run_dir: Path, why: str, log: Log) -> str:
-    """Write why a run failed into its error.txt (runs.ERROR; the run stays resumable from its
-    last checkpoint) and say so in one line; the outcome "failed"."""
-    runs.record_error(run_dir, why)
+def fail_unit(unit: list[ex.Run], why: str | BaseException, log: Log) -> dict[Path, str]:
+    """Record each run of `unit` failed: why (a message, or an exception's traceback) in its
+    error.txt (the run stays resumable from its last checkpoint) and one line each in `log`;
+    their outcomes, "failed"."""
+    if isinstance(why, BaseException):
+        why = "".join(traceback.format_exception(why))
     last = why.strip().splitlines()[-1] if why.strip() else "no message"
-    log(f"failed: {run_dir.name}: {last} (details: {run_dir / runs.ERROR}; rerun to resume it)")
-    return "failed"
+    for run in unit:
+        runs.record_error(run.dir, why)
+        log(f"failed: {run.dir.name}: {last} (details: {run.dir / runs.ERROR}; rerun to resume it)")
+    return {run.dir: "failed" for run in unit}
 
 
 def _stderr(text: str) -> None:
@@ -260,7 +263,9 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
     while todo:
         alone = bool(suspects)
         batch = {suspects[0]: todo[suspects[0]]} if alone else dict(todo)
+        drain()  # what the last pool's workers said: they are gone, and their pids may be reused
         doing.clear()
+        workers.clear()
         pool = ProcessPoolExecutor(
             1 if alone else len(launch.devices),
             mp_context=ctx,
@@ -276,8 +281,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
                 except BrokenProcessPool:
                     raise
                 except Exception as e:  # the task itself failed (it could not be sent, say)
-                    why = "".join(traceback.format_exception(e))
-                    got = {r.dir: record_failure(r.dir, why, _stderr) for r in todo[i]}
+                    got = fail_unit(todo[i], e, _stderr)
                 record(todo.pop(i), got)
                 doing.pop(i, None)
                 drain()
@@ -285,7 +289,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
             drain()  # who was training what when the pool broke
             if alone:  # it killed its own worker again: that unit fails, the grid goes on
                 unit = todo.pop(suspects[0])
-                record(unit, {r.dir: record_failure(r.dir, DIED, _stderr) for r in unit})
+                record(unit, fail_unit(unit, DIED, _stderr))
             else:
                 suspects = [i for i in doing if i in todo]
                 idle_breaks = 0 if suspects else idle_breaks + 1
@@ -295,7 +299,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
                 )
                 if idle_breaks >= 2:  # workers that die before they train anything
                     for unit in todo.values():
-                        record(unit, {r.dir: record_failure(r.dir, DIED, _stderr) for r in unit})
+                        record(unit, fail_unit(unit, DIED, _stderr))
                     todo = {}
         except BaseException:  # Ctrl-C, SIGTERM: stop the queued units and the running ones
             stop.set()
@@ -383,7 +387,7 @@ def launch_slurm(
             out.update(job.result())
         except Exception as e:  # the task died (killed, out of memory, node failure)
             why = f"SLURM job {job.job_id} failed: {e}"  # the last line names the cause
-            out.update({r.dir: record_failure(r.dir, why, _stderr) for r in unit})
+            out.update(fail_unit(unit, why, _stderr))
     return {run.dir: out[run.dir] for run in todo}
 
 
