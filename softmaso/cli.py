@@ -95,8 +95,18 @@ def _root(
             help="Print the version and exit.",
         ),
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Say more: every run's epochs in a grid.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Say only warnings and errors.")
+    ] = False,
 ) -> None:
-    pass
+    import logging
+
+    from softmaso.ui import setup_logging
+
+    setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 @app.command(epilog="Example: softmaso theory --trials 500 --json theory-500.json")
@@ -246,6 +256,7 @@ def train(
     from softmaso import runs
     from softmaso.devices import set_threads
     from softmaso.training import fit
+    from softmaso.ui import progress
 
     set_threads(threads)
     if parsed.sweep:
@@ -258,7 +269,8 @@ def train(
 
     run_dir = check_output_dir(out or runs.default_run_dir(cfg), where="--out")
     try:
-        result = fit(cfg, run_dir, device=device, data_dir=data_dir, lock=True)
+        with progress():
+            result = fit(cfg, run_dir, device=device, data_dir=data_dir, lock=True)
     except KeyboardInterrupt as e:
         unreported_stop()  # said here, with the run directory
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
@@ -410,13 +422,30 @@ def reproduce(
         int, typer.Option(min=1, help="Most runs in one pack (1: no packing).")
     ] = 30,
     slurm_partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
-    slurm_time: Annotated[int, typer.Option(help="SLURM time limit per job, minutes.")] = 24 * 60,
-    slurm_parallelism: Annotated[int, typer.Option(help="Most array tasks running at once.")] = 16,
+    slurm_time: Annotated[
+        int, typer.Option(min=1, help="SLURM time limit per job, minutes (1440: a day).")
+    ] = 1440,
+    slurm_parallelism: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Most array tasks running at once.",
+            show_default="16; with --slurm-cluster local, the cores / --threads",
+        ),
+    ] = None,
     slurm_gpus: Annotated[int, typer.Option(help="GPUs per job.")] = 1,
     slurm_cpus: Annotated[int, typer.Option(help="CPUs per job.")] = 8,
     slurm_cluster: Annotated[
         str, typer.Option(help="submitit cluster: slurm, or local/debug to test without SLURM.")
     ] = "slurm",
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Submit the SLURM job array and return; `softmaso table RESULTS` (or the same "
+            "command again) reports later.",
+        ),
+    ] = False,
 ) -> None:
     """Run a whole experiment of the paper and report it (skips finished runs, resumes the rest).
 
@@ -441,14 +470,24 @@ def reproduce(
 
         check_threads(threads)  # SLURM's nodes have their own cores
     slurm = Slurm(
-        slurm_cluster, slurm_partition, slurm_time, slurm_parallelism, slurm_gpus, slurm_cpus
+        cluster=slurm_cluster,
+        partition=slurm_partition,
+        time_min=slurm_time,
+        parallelism=slurm_parallelism,
+        gpus=slurm_gpus,
+        cpus=slurm_cpus,
+        wait=not no_wait,
     )
     launch = Launch(
         launcher, parse_devices(devices), threads, pack, pack_size, data_dir, smoke, slurm
     )
     select = Selection(runs_, _csv(datasets), tuple(set_ or ()), large=yes)
     command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if not run(names, launch, select, results=results, command=command, echo=typer.echo):
+    from softmaso.ui import progress
+
+    with progress():
+        ok = run(names, launch, select, results=results, command=command)
+    if not ok:
         raise typer.Exit(1)
 
 

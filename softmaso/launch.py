@@ -18,23 +18,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from softmaso import experiments as ex
 from softmaso import runs
 from softmaso.errors import RunBusy, RunConflict, UserError
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
+GRID = {"tag": "grid"}  # the lines a grid says of itself: [grid] ...
 FAILED = ("diverged", "conflict", "damaged", "failed")  # outcomes that make `reproduce` exit 1
 
 
@@ -42,12 +42,27 @@ FAILED = ("diverged", "conflict", "damaged", "failed")  # outcomes that make `re
 class Slurm:
     """A SLURM job array's settings (``--slurm-*``)."""
 
+    PARALLELISM: ClassVar[int] = 16  # tasks of an array running at once, on SLURM [ours]
+
     cluster: str = "slurm"  # submitit's cluster: slurm, or local/debug to test without SLURM
     partition: str | None = None
-    time_min: int = 24 * 60
-    parallelism: int = 16
+    time_min: int = 24 * 60  # minutes per job
+    parallelism: int | None = None  # None: PARALLELISM on SLURM, the cores / threads on local
     gpus: int = 1
     cpus: int = 8
+    wait: bool = True  # False (--no-wait): submit the array and return
+
+    def __post_init__(self):
+        if self.time_min < 1:
+            raise UserError("--slurm-time", f"{self.time_min}; a job needs at least 1 minute")
+        if self.parallelism is not None and self.parallelism < 1:
+            raise UserError("--slurm-parallelism", f"{self.parallelism}; use 1 or more")
+        if not self.wait and self.cluster != "slurm":
+            raise UserError(
+                "--no-wait",
+                f"the {self.cluster!r} cluster runs its jobs under this process; "
+                "--no-wait needs --slurm-cluster slurm",
+            )
 
 
 @dataclass(frozen=True)
@@ -73,24 +88,20 @@ def train_unit(
     unit: list[ex.Run],
     launch: Launch,
     device: str = "auto",
-    *,
-    progress=None,
-    log: Log | None = None,
 ) -> dict[Path, str]:
     """Train a unit's runs one by one (:func:`softmaso.training.fit`, which takes each run's
     lock and checks its directory once, under the lock), or a unit that packing planned as one
     pack (:func:`softmaso.packed_training.train_pack`). Each run's outcome: finished, diverged,
     busy, skipped-finished, skipped-diverged, conflict, damaged or failed (training raised:
     error.txt says why, and the others go on)."""
-    log = log or _stderr
     if len(unit) > 1:  # only packing plans units of several runs
         from softmaso.packed_training import train_pack
 
         kw = {"pack": launch.pack, "data_dir": launch.data_dir, "smoke": launch.smoke}
         try:
-            packed = train_pack(unit, device, **kw, progress=progress, log=log)
+            packed = train_pack(unit, device, **kw, log=lambda m: log.info(m, extra=GRID))
         except Exception as e:  # out of memory in the pack: its runs fail, the grid goes on
-            return fail_unit(unit, e, log)
+            return fail_unit(unit, e)
         if packed is not None:
             return packed
     from softmaso.training import fit
@@ -104,9 +115,6 @@ def train_unit(
                 device=device,
                 data_dir=launch.data_dir,
                 lock=True,
-                live=False,
-                progress=progress,
-                quiet=True,  # epochs: in metrics.jsonl
                 extra={"smoke": launch.smoke},
             )
             skipped = "skipped-" if result.get("skipped") else ""
@@ -114,14 +122,14 @@ def train_unit(
         except RunBusy:
             out[run.dir] = "busy"
         except RunConflict as e:
-            log(f"conflict: {e.message}")
+            log.warning(f"conflict: {e.message}", extra=GRID)
             out[run.dir] = "conflict"
         except UserError as e:  # damaged run files: this run fails, the grid goes on
-            log(f"damaged: {run.dir.name}: {e}")
+            log.warning(f"damaged: {run.dir.name}: {e}", extra=GRID)
             runs.record_error(run.dir, str(e), damaged=True)  # the table then says damaged too
             out[run.dir] = "damaged"
         except Exception as e:  # out of memory, a CUDA error, a full disk: the others go on
-            out.update(fail_unit([run], e, log))
+            out.update(fail_unit([run], e))
     return out
 
 
@@ -131,21 +139,18 @@ def _last_line(e: BaseException) -> str:
     return lines[-1][:300] if lines else type(e).__name__
 
 
-def fail_unit(unit: list[ex.Run], why: str | BaseException, log: Log) -> dict[Path, str]:
+def fail_unit(unit: list[ex.Run], why: str | BaseException) -> dict[Path, str]:
     """Record each run of `unit` failed: why (a message, or an exception's traceback) in its
-    error.txt (the run stays resumable from its last checkpoint) and one line each in `log`;
+    error.txt (the run stays resumable from its last checkpoint) and one line each logged;
     their outcomes, "failed"."""
     if isinstance(why, BaseException):
         why = "".join(traceback.format_exception(why))
     last = why.strip().splitlines()[-1] if why.strip() else "no message"
     for run in unit:
         runs.record_error(run.dir, why)
-        log(f"failed: {run.dir.name}: {last} (details: {run.dir / runs.ERROR}; rerun to resume it)")
+        where = run.dir / runs.ERROR
+        log.error(f"failed: {run.dir.name}: {last} (details: {where}; rerun to resume)", extra=GRID)
     return {run.dir: "failed" for run in unit}
-
-
-def _stderr(text: str) -> None:
-    print(f"[grid] {text}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------- local
@@ -154,12 +159,17 @@ _worker_news = None  # the queue a worker tells its parent on: (pid, unit index 
 _worker_stop = None  # set by the parent when the grid stops: queued units are not started
 
 
-def _pool_init(devices, counter, threads: int | None, news, stop, parent: int) -> None:
+def _pool_init(devices, counter, threads: int | None, news, stop, parent: int, level: int):
     """A pool worker takes the next device of the list and its share of the CPU threads, tells
     the parent its pid, stops its run on SIGTERM as on Ctrl-C (resumable), and ends itself when
-    the parent process is gone."""
+    the parent process is gone. It logs as the parent does, a run's epochs only at DEBUG."""
     global _worker_device, _worker_news, _worker_stop
+    from softmaso import ui
     from softmaso.devices import set_threads
+
+    ui.setup_logging(level)
+    if level > logging.DEBUG:
+        logging.getLogger(ui.EPOCHS).setLevel(logging.WARNING)
 
     with counter.get_lock():
         i = counter.value
@@ -186,14 +196,13 @@ def _pool_task(i: int, unit: list[ex.Run], launch: Launch) -> dict[Path, str] | 
     if _worker_stop.is_set():  # queued before the grid was stopped
         return None
     _worker_news.put((os.getpid(), i))  # the parent's record of what each worker trains
-    return train_unit(unit, launch, _worker_device, log=_stderr)
+    return train_unit(unit, launch, _worker_device)
 
 
-def launch_local(
-    todo: list[ex.Run], launch: Launch, *, progress=None, on_done=None
-) -> dict[Path, str]:
+def launch_local(todo: list[ex.Run], launch: Launch) -> dict[Path, str]:
     """In this process, in order; or one worker process per device (one unit per GPU, or per
-    listed cpu), each with ``launch.threads`` CPU threads (None: the cores shared out).
+    listed cpu), each with ``launch.threads`` CPU threads (None: the cores shared out). A
+    line per run as it ends (:class:`GridProgress`).
 
     Units are single runs, or packs where packing is asked for or measured (on CUDA:
     ``packed_training.plan_units``)."""
@@ -207,22 +216,24 @@ def launch_local(
                 todo, pack=launch.pack, size=launch.pack_size, devices=len(devices) or 1
             )
     outcomes: dict[Path, str] = {}
+    grid = GridProgress(len(todo))
 
     def record(unit: list[ex.Run], got: dict[Path, str]) -> None:
         for run in unit:
             outcomes[run.dir] = got[run.dir]
-            if on_done is not None:
-                on_done(run, got[run.dir])
+            grid.done(run, got[run.dir])
 
     if len(devices) <= 1:
         from softmaso.devices import set_threads
+        from softmaso.ui import epoch_lines
 
         set_threads(launch.threads)
-        log = _stderr if progress is None else progress.console.print
-        for unit in units:
-            record(unit, train_unit(unit, launch, *devices, progress=progress, log=log))
-        return outcomes
-    _pool(units, launch, record)
+        with epoch_lines():
+            for unit in units:
+                record(unit, train_unit(unit, launch, *devices))
+    else:
+        _pool(units, launch, record)
+    grid.close()
     return outcomes
 
 
@@ -243,6 +254,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
     from concurrent.futures.process import BrokenProcessPool
 
     from softmaso.devices import cpu_cores
+    from softmaso.ui import log_level
 
     ctx = mp.get_context("spawn")
     news, stop = ctx.SimpleQueue(), ctx.Event()
@@ -270,7 +282,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
             1 if alone else len(launch.devices),
             mp_context=ctx,
             initializer=_pool_init,
-            initargs=(launch.devices, counter, threads, news, stop, os.getpid()),
+            initargs=(launch.devices, counter, threads, news, stop, os.getpid(), log_level()),
         )
         futures = {pool.submit(_pool_task, i, u, launch): i for i, u in batch.items()}
         try:
@@ -281,7 +293,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
                 except BrokenProcessPool:
                     raise
                 except Exception as e:  # the task itself failed (it could not be sent, say)
-                    got = fail_unit(todo[i], e, _stderr)
+                    got = fail_unit(todo[i], e)
                 record(todo.pop(i), got)
                 doing.pop(i, None)
                 drain()
@@ -289,17 +301,18 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
             drain()  # who was training what when the pool broke
             if alone:  # it killed its own worker again: that unit fails, the grid goes on
                 unit = todo.pop(suspects[0])
-                record(unit, fail_unit(unit, DIED, _stderr))
+                record(unit, fail_unit(unit, DIED))
             else:
                 suspects = [i for i in doing if i in todo]
                 idle_breaks = 0 if suspects else idle_breaks + 1
-                _stderr(
+                log.warning(
                     f"a worker process died; retrying the {len(suspects)} unit(s) being "
-                    "trained then, one at a time, then the rest"
+                    "trained then, one at a time, then the rest",
+                    extra=GRID,
                 )
                 if idle_breaks >= 2:  # workers that die before they train anything
                     for unit in todo.values():
-                        record(unit, fail_unit(unit, DIED, _stderr))
+                        record(unit, fail_unit(unit, DIED))
                     todo = {}
         except BaseException:  # Ctrl-C, SIGTERM: stop the queued units and the running ones
             stop.set()
@@ -317,18 +330,55 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
 # ---------------------------------------------------------------------------------- slurm
 class SubmititTask:
     """A submitit job: train one unit (a run or a pack); on preemption or timeout, requeue and
-    resume from the runs' checkpoints. Packing (``pack`` None) is decided on the job's node."""
+    resume from the runs' checkpoints. Packing (``pack`` None) is decided on the job's node.
+
+    In a process of its own (a SLURM or a local job) it uses ``launch.threads`` CPU threads,
+    else the CPUs SLURM gave the task, and logs as the command line does. SIGTERM, which SLURM
+    sends on `scancel`, `scontrol requeue`, a preemption and at the time limit (before SIGKILL,
+    ``KillWait`` later), stops the run as Ctrl-C does: fit leaves it at its last checkpoint (the
+    last epoch boundary) and the job exits without a result, so a requeued job resumes there and
+    a cancelled one is reported failed (:func:`launch_slurm`). Submitit's own signal (USR2,
+    ``signal_delay_s`` before the time limit or a preemption) calls :meth:`checkpoint`, which
+    requeues this same task, and stops the run the same way (SystemExit)."""
 
     def __init__(self, unit: list[ex.Run], launch: Launch):
         self.unit, self.launch = unit, launch
 
     def __call__(self) -> dict[Path, str]:
-        return train_unit(self.unit, self.launch, log=_stderr)
+        from softmaso.errors import Terminated
+
+        if self.launch.slurm.cluster == "debug":  # in the submitting process: leave it be
+            return train_unit(self.unit, self.launch)
+        _job_process(self.launch)
+        try:
+            return train_unit(self.unit, self.launch)
+        except Terminated:
+            log.warning(
+                "stopped by SIGTERM (scancel, requeue, preemption or time limit): the runs "
+                "resume from their last checkpoint when requeued or relaunched",
+                extra=GRID,
+            )
+            raise SystemExit(Terminated.exit_code) from None  # no result: not an ended task
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
         return submitit.helpers.DelayedSubmission(SubmititTask(self.unit, self.launch))
+
+
+def _job_process(launch: Launch) -> None:
+    """A job's process: its logging, its CPU threads, and SIGTERM raising Terminated."""
+    from softmaso import ui
+    from softmaso.devices import cpu_cores, set_threads
+    from softmaso.errors import Terminated
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    ui.setup_logging()
+    threads = launch.threads or int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
+    set_threads(min(threads, cpu_cores()) if threads else None)
+    signal.signal(signal.SIGTERM, terminated)  # over submitit's, which only logs it
 
 
 SLURM_CLUSTERS = ("slurm", "local", "debug")  # submitit's: the real one, or here to test
@@ -347,17 +397,94 @@ def check_slurm(cluster: str) -> None:
         )
 
 
-def launch_slurm(
-    todo: list[ex.Run], launch: Launch, *, folder: Path, wait: bool = True
-) -> dict[Path, str]:
-    """Submit one job array through submitit, a job per unit (cluster 'debug' or 'local' runs
-    it here). UserError, before anything is submitted, where the cluster cannot be used
-    (:func:`check_slurm`)."""
+def launch_slurm(todo: list[ex.Run], launch: Launch, *, folder: Path) -> dict[Path, str]:
+    """Submit the runs through submitit, a job per unit, and wait for them (a line per run as it
+    ends): on 'slurm' one job array, at most ``parallelism`` tasks at once; on 'local' jobs in
+    processes here, ``parallelism`` at a time (default: the cores / threads); on 'debug', one
+    after another in this process. A job that ends without a result (cancelled, killed, its
+    node lost) fails its runs (error.txt) and the others go on. With ``slurm.wait`` False, the
+    array is submitted and its runs' outcomes are "submitted". UserError, before anything is
+    submitted, where the cluster cannot be used (:func:`check_slurm`)."""
     s = launch.slurm
     check_slurm(s.cluster)
-    import submitit
-
     from softmaso.packed_training import plan_units
+
+    grid, out = GridProgress(len(todo)), _ended(todo)
+    for run in todo:
+        if run.dir in out:
+            grid.done(run, out[run.dir])
+    left = [run for run in todo if run.dir not in out]
+    if not left:
+        grid.close()
+        return out
+    units = plan_units(left, pack=launch.pack, size=launch.pack_size)  # a job (one GPU) per pack
+    launch = _settle_parallelism(launch)
+    executor = _executor(launch.slurm, folder)
+
+    def record(unit: list[ex.Run], job, got: dict[Path, str] | None, why: str = "") -> None:
+        if got is None:  # it ended without a result, or with submitit's error
+            got = fail_unit(unit, f"SLURM job {job.job_id} failed: {why}")
+        for run in unit:
+            out[run.dir] = got[run.dir]
+            grid.done(run, got[run.dir])
+
+    if s.cluster == "local":
+        _run_local(executor, units, launch, record)
+    else:
+        jobs = _submit(executor, units, launch)
+        array = jobs[0].job_id.split("_")[0]
+        if s.cluster == "slurm":
+            log.info(
+                f"submitted SLURM job array {array}: {len(jobs)} task(s), at most "
+                f"{launch.slurm.parallelism} at once; their logs: {folder}",
+                extra=GRID,
+            )
+        if not s.wait:
+            log.info(
+                f"not waiting (--no-wait): `squeue -j {array}` shows the array; "
+                f"`softmaso table {folder.parent}` reports the runs, and the same reproduce "
+                "command again relaunches what is missing",
+                extra=GRID,
+            )
+            grid.close()
+            return {run.dir: out.get(run.dir, "submitted") for run in todo}
+        for i, got, why in _results(jobs, poll=s.cluster == "slurm"):
+            record(units[i], jobs[i], got, why)
+    grid.close()
+    return {run.dir: out[run.dir] for run in todo}
+
+
+def _ended(todo: list[ex.Run]) -> dict[Path, str]:
+    """{run dir: skipped-finished or skipped-diverged} of the runs that have ended, which get
+    no job (on a cluster, it would wait in the queue only to skip them)."""
+    out = {}
+    for run in todo:
+        try:
+            done = runs.check_unfinished(run.cfg, run.dir)
+        except UserError:  # another's directory, a damaged result: its job reports it
+            continue
+        if done:
+            out[run.dir] = f"skipped-{done['status']}"
+    return out
+
+
+def _settle_parallelism(launch: Launch) -> Launch:
+    """The jobs running at once (``parallelism``: on SLURM, default ``Slurm.PARALLELISM``; on
+    'local', default the cores / threads) and, on 'local', each one's threads (``threads``,
+    default its share of the cores)."""
+    from softmaso.devices import cpu_cores
+
+    if launch.slurm.cluster != "local":
+        n = launch.slurm.parallelism or Slurm.PARALLELISM
+        return replace(launch, slurm=replace(launch.slurm, parallelism=n))
+    cores = cpu_cores()
+    n = launch.slurm.parallelism or max(1, cores // (launch.threads or 1))
+    threads = launch.threads or max(1, cores // n)
+    return replace(launch, threads=threads, slurm=replace(launch.slurm, parallelism=n))
+
+
+def _executor(s: Slurm, folder: Path):
+    import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder), cluster=s.cluster)
     params: dict[str, Any] = {
@@ -370,25 +497,107 @@ def launch_slurm(
     if s.partition:
         params["slurm_partition"] = s.partition
     executor.update_parameters(**params)
-    units = plan_units(todo, pack=launch.pack, size=launch.pack_size)  # a job (one GPU) per pack
+    return executor
+
+
+def _submit(executor, units: list[list[ex.Run]], launch: Launch, batch: bool = True) -> list:
+    """Submitit's jobs for `units` (one job array if `batch`); sbatch's refusal as UserError."""
     try:  # submitit prints sbatch's complaint itself: it is in the one line below instead
-        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-            jobs = [executor.submit(SubmititTask(unit, launch)) for unit in units]
+        with contextlib.redirect_stderr(io.StringIO()):
+            if not batch:
+                return [executor.submit(SubmititTask(unit, launch)) for unit in units]
+            with executor.batch():
+                jobs = [executor.submit(SubmititTask(unit, launch)) for unit in units]
+            return jobs
     except Exception as e:  # sbatch there, but no controller answering, a bad partition, ...
         raise UserError(
             "--launcher slurm", f"SLURM refused the job array: {_last_line(e)}"
         ) from None
-    out: dict[Path, str] = {}
-    for unit, job in zip(units, jobs, strict=True):
-        if not wait:
-            out.update({r.dir: f"submitted:{job.job_id}" for r in unit})
-            continue
-        try:
-            out.update(job.result())
-        except Exception as e:  # the task died (killed, out of memory, node failure)
-            why = f"SLURM job {job.job_id} failed: {e}"  # the last line names the cause
-            out.update(fail_unit(unit, why, _stderr))
-    return {run.dir: out[run.dir] for run in todo}
+
+
+def _run_local(executor, units: list[list[ex.Run]], launch: Launch, record) -> None:
+    """Cluster 'local': at most ``parallelism`` jobs running, the next submitted as one ends."""
+    queue, running = list(range(len(units))), {}
+    while queue or running:
+        while queue and len(running) < launch.slurm.parallelism:
+            i = queue.pop(0)
+            running[i] = _submit(executor, [units[i]], launch, batch=False)[0]
+        for i in [i for i, job in running.items() if job.done()]:
+            job = running.pop(i)
+            record(units[i], job, *_result(job))
+        time.sleep(0.2)
+
+
+def _result(job) -> tuple[dict[Path, str] | None, str]:
+    """(the task's outcomes, "") or (None, why it has none: submitit's error, its last line)."""
+    try:
+        return job.result(), ""
+    except Exception as e:  # the task raised, or died (killed, out of memory, node failure)
+        return None, str(e)
+
+
+SLURM_ACTIVE = (  # squeue's states of a task that may still produce a result
+    *("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING"),
+    *("REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "STAGE_OUT", "PREEMPTED"),
+)
+RESULT_GRACE_S = 15.0  # how long a completed task may take to show its result file (NFS)
+
+
+def _results(jobs: list, *, poll: bool):
+    """(index, outcomes or None, why) of each job as it ends.
+
+    Not through submitit's ``job.result()`` on SLURM: that asks sacct, which a cluster without
+    accounting refuses, and then waits forever for a job that was cancelled or killed before it
+    wrote its result. A task has ended once its result file is there, or once squeue says it
+    left the queue (or forgot it) and no result came within ``RESULT_GRACE_S``."""
+    if not poll:
+        for i, job in enumerate(jobs):
+            yield i, *_result(job)
+        return
+    todo, ended, t0, last_poll = set(range(len(jobs))), {}, time.monotonic(), -1e9
+    while todo:
+        now = time.monotonic()
+        if now - last_poll >= min(30.0, 2.0 + (now - t0) / 10):  # squeue: seldom, as grids last
+            states, last_poll = _squeue({job.job_id.split("_")[0] for job in jobs}), now
+            for i in todo if states is not None else ():
+                state = states.get(jobs[i].job_id, "gone from the queue")
+                if state in SLURM_ACTIVE:
+                    ended.pop(i, None)  # requeued
+                else:
+                    ended.setdefault(i, (now, state))
+        for i in sorted(todo):
+            job = jobs[i]
+            if job.paths.result_pickle.exists():
+                todo.discard(i)
+                yield i, *_result(job)
+            elif i in ended and now - ended[i][0] > _grace(ended[i][1]):
+                todo.discard(i)
+                why = f"it ended {ended[i][1]} without a result (cancelled, killed or its node"
+                yield i, None, f"{why} lost); its log: {job.paths.stderr}"
+        time.sleep(1.0)
+
+
+def _grace(state: str) -> float:
+    """Seconds to wait for the result of a task squeue says ended in `state`: one that was
+    cancelled or killed has none to write, nor has one squeue forgot long ago."""
+    return RESULT_GRACE_S if state == "COMPLETED" else RESULT_GRACE_S / 3
+
+
+def _squeue(arrays: set[str]) -> dict[str, str] | None:
+    """{task id ('123_4'): state} of the tasks squeue still shows of these job arrays; None
+    where squeue cannot answer now (a busy controller: ask again later)."""
+    import subprocess
+
+    cmd = ["squeue", "--noheader", "--array", "--states=all", "--format=%i %T"]
+    try:
+        done = subprocess.run(
+            [*cmd, "--jobs", ",".join(sorted(arrays))], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:  # every id forgotten (MinJobAge passed) is an error to squeue
+        return {} if "Invalid job id" in done.stderr else None
+    return dict(line.split()[:2] for line in done.stdout.splitlines() if len(line.split()) >= 2)
 
 
 # ----------------------------------------------------------------------------------- grid
@@ -416,46 +625,38 @@ def parse_devices(text: str | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-class GridLog:
-    """A grid's progress: a bar on a terminal, else one line per run with its accuracy and
-    the time left (estimated from the runs this launch trained, not the skipped ones)."""
+class GridProgress:
+    """A grid's progress: a line of the bar where one is shown, else a log line per run with
+    its accuracy and the time left (estimated from the runs this launch trained, not the
+    skipped ones)."""
 
-    def __init__(self, total: int, live: bool):
-        self.total, self.t0, self.done, self.failed, self.trained = (
-            total,
-            time.perf_counter(),
-            0,
-            0,
-            0,
-        )
-        self.progress = self.task = None
-        if live:
-            from softmaso.ui import new_progress
+    def __init__(self, total: int):
+        from softmaso.ui import Task
 
-            self.progress = new_progress()
-            self.progress.start()
-            self.task = self.progress.add_task(f"grid ({total} runs)", total=total, info="")
+        self.total, self.t0 = total, time.perf_counter()
+        self.ended = self.failed = self.trained = 0
+        self.bar = Task(f"grid ({total} runs)", total=total)
 
-    def __call__(self, run: ex.Run, outcome: str) -> None:
-        self.done += 1
+    def done(self, run: ex.Run, outcome: str) -> None:
+        self.ended += 1
         self.failed += outcome in FAILED
         self.trained += outcome in ("finished", "diverged")
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, info=f"{self.failed} failed")
+        if self.bar.shown:
+            self.bar.advance()
+            self.bar.note(f"{self.failed} failed")
             return
-        line = f"{self.done}/{self.total} {run.recipe}/{run.dir.name}: {outcome}"
+        line = f"{self.ended}/{self.total} {run.recipe}/{run.dir.name}: {outcome}"
         result = runs.read_json(run.dir / runs.RESULT)
         acc = result.get("final_test_acc") if isinstance(result, dict) else None
         if outcome == "finished" and isinstance(acc, (int, float)):
             line += f", test accuracy {acc:.4f}"
-        if self.trained and self.done < self.total:
-            eta = (time.perf_counter() - self.t0) / self.trained * (self.total - self.done)
+        if self.trained and self.ended < self.total:
+            eta = (time.perf_counter() - self.t0) / self.trained * (self.total - self.ended)
             line += f"; about {eta / 60:.0f} min left"
-        _stderr(line)
+        log.info(line, extra=GRID)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.bar.close()
 
 
 # ------------------------------------------------------------------------------ reproduce
@@ -495,7 +696,6 @@ def reproduce(
     *,
     results: Path | None,
     command: str,
-    echo: Log = print,
 ) -> bool:
     """Run each experiment (a grid, the theory checks, or Figure 1) and write its report;
     True when all went well (no run diverged, conflicted or was damaged, every claim held).
@@ -514,7 +714,7 @@ def reproduce(
     ok = True
     for name in names:
         if name in NOT_GRIDS:
-            ok &= _theory_half(name, base, echo)
+            ok &= _theory_half(name, base)
             continue
         label = ex.experiment_name(name)
         root = results if results and len(names) == 1 else base / label
@@ -537,7 +737,7 @@ def reproduce(
         )
         unique = list({run.dir: run for run in todo}.values())  # seed: [0, 0] is one run
         if len(unique) < len(todo):
-            echo(
+            log.info(
                 f"{label}: {len(todo) - len(unique)} sweep point(s) repeat another's settings; "
                 "each run is trained once"
             )
@@ -547,23 +747,19 @@ def reproduce(
         ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
         how = replace(launch, pack=ex.settle_pack(root, launch.pack))
         smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
-        echo(f"{label}: {len(todo)} runs in {root}{smoke_note}")
+        log.info(f"{label}: {len(todo)} runs in {root}{smoke_note}")
         if how.launcher == "slurm":
             outcomes = launch_slurm(todo, how, folder=root / ".submitit")
-        else:  # a bar on a terminal, else a line per run
-            log = GridLog(len(todo), sys.stderr.isatty())
-            try:
-                outcomes = launch_local(todo, how, progress=log.progress, on_done=log)
-            finally:
-                log.close()
-        echo(f"{label}: {summary_line(outcomes)}")
+        else:
+            outcomes = launch_local(todo, how)
+        log.info(f"{label}: {summary_line(outcomes)}")
         for path in write_report(root, paper=name.startswith("table2"), command=command):
-            echo(f"wrote {path}")
+            log.info(f"wrote {path}")
         ok &= not any(o in FAILED for o in outcomes.values())
     return ok
 
 
-def _theory_half(name: str, base: Path, echo: Log) -> bool:
+def _theory_half(name: str, base: Path) -> bool:
     if name == "theory":
         from softmaso.reporting.theory import check_claims
 
@@ -571,5 +767,5 @@ def _theory_half(name: str, base: Path, echo: Log) -> bool:
     from softmaso.reporting.figure1 import figure1_spec, write_figure1
 
     for path in write_figure1(figure1_spec(), base / "figures"):
-        echo(f"wrote {path}")
+        log.info(f"wrote {path}")
     return True

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -43,7 +44,9 @@ from softmaso.orthogonality import (
     ortho_loss,
     prefill_orthonormal,
 )
-from softmaso.ui import Reporter
+from softmaso.ui import EPOCHS, Task
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------- setup
@@ -210,27 +213,35 @@ def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------- fit
+def show_epoch(bar: Task, name: str, row: dict) -> None:
+    """An epoch's metrics: after the run's bar where one is shown, else a log line."""
+    text = (
+        f"epoch {row['epoch']} loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
+        f"test {row['test_acc']:.4f} {row['images_per_s']:.0f} img/s"
+    )
+    if bar.shown:
+        bar.note(text)
+    else:
+        logging.getLogger(EPOCHS).info(f"{text} ({row['seconds']:.1f}s)", extra={"tag": name})
+
+
 def fit(
     cfg: RunConfig,
     run_dir: Path,
     *,
     device: str | torch.device = "auto",
     data_dir: Path | None = None,
-    live: bool | None = None,
     extra: dict[str, Any] | None = None,
-    progress=None,
     lock: bool = False,
-    quiet: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume, or skip if finished) the run; returns the result.json content.
 
     The whole of a run: its lock, the check of its directory, the build, the epoch loop
     (train, detect divergence, evaluate, log, checkpoint in the background), the final weights
-    and result.json. `extra` is merged into result.json (e.g. {"smoke": true}); `progress` is a
-    shared rich Progress (a grid's) to show this run's bar in, instead of a bar of its own.
-    `lock` takes the run's lock (:func:`softmaso.runs.claim`) and raises RunBusy if another
-    process holds it. `quiet`: no line per epoch (a grid's log has a line per run; the epochs
-    are in metrics.jsonl).
+    and result.json. `extra` is merged into result.json (e.g. {"smoke": true}). `lock` takes
+    the run's lock (:func:`softmaso.runs.claim`) and raises RunBusy if another process holds
+    it. Progress: a line of the bar where one is shown (:mod:`softmaso.ui`), else a log line
+    per epoch (logger ``softmaso.epochs``).
     """
     run_dir = Path(run_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -251,17 +262,11 @@ def fit(
             s.optimizer.load_state_dict(state["optimizer"])
         history: list[dict] = state["history"] if state else []
         epochs, steps = cfg.train.epochs, s.sampler.steps_per_epoch
-        rep = Reporter(
-            runs.run_name(cfg),
-            epochs,
-            steps,
-            start_epoch=len(history),
-            live=live,
-            progress=progress,
-            quiet=quiet,
-        )
+        name = runs.run_name(cfg)
+        bar = Task(name, total=epochs * steps, completed=len(history) * steps)
         if history:
-            rep.message(f"resuming after epoch {len(history)} from {run_dir / runs.CHECKPOINT}")
+            where = run_dir / runs.CHECKPOINT
+            log.info(f"resuming after epoch {len(history)} from {where}", extra={"tag": name})
         t0 = time.perf_counter() - sum(row["seconds"] for row in history)  # past epochs count
         writer, status = runs.CheckpointWriter(), "finished"
         try:
@@ -277,9 +282,10 @@ def fit(
                     loss, right = train_step(s, idx, gen)
                     loss_sum += loss
                     correct += right
-                    rep.step()
+                    bar.advance()
                 if not math.isfinite(train_loss := loss_sum.item()):
-                    rep.message(f"epoch {epoch + 1} loss is {train_loss}; stopping (diverged)")
+                    why = f"epoch {epoch + 1} loss is {train_loss}; stopping (diverged)"
+                    log.warning(why, extra={"tag": name})
                     status = "diverged"
                     break
                 t_train = time.perf_counter()
@@ -300,7 +306,7 @@ def fit(
                     memory=peak_memory(device),
                 )
                 history.append(row)
-                rep.epoch(row)
+                show_epoch(bar, name, row)
                 if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs:
                     checkpoint = runs.checkpoint_state(
                         cfg=cfg,
@@ -313,7 +319,7 @@ def fit(
                     # written while the next epoch trains
                     writer.submit([(run_dir / runs.CHECKPOINT, checkpoint)], [(run_dir, history)])
         finally:
-            rep.close()
+            bar.close()
             writer.close()  # the last checkpoint is on disk before the result is written
         if status == "finished":
             runs.export_weights(s.model, run_dir / runs.WEIGHTS)

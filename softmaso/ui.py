@@ -1,70 +1,88 @@
-"""The terminal side of training: a rich progress bar on a terminal, plain lines elsewhere."""
+"""What the terminal shows: messages through Python's `logging` (the ``softmaso`` logger, on
+stderr) and one rich progress bar, to which a run or a grid adds its line.
+
+The library only logs and adds :class:`Task` lines; the command line decides what is shown
+(:func:`setup_logging`: ``--quiet`` and ``--verbose`` are log levels) and whether a bar is
+(:func:`progress`: on a terminal). Without a bar, a run's epochs are log lines (logger
+``softmaso.epochs``), which a grid keeps to ``--verbose`` (:func:`epoch_lines`); its own
+line per run says enough.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 
+LOGGER = "softmaso"
+EPOCHS = "softmaso.epochs"  # a run's line per epoch
 
-class Reporter:
-    """A rich progress bar on a terminal, one plain line per epoch otherwise (SLURM logs)."""
-
-    def __init__(
-        self,
-        title: str,
-        epochs: int,
-        steps: int,
-        *,
-        start_epoch: int = 0,
-        live=None,
-        progress=None,
-        quiet: bool = False,
-    ):
-        self.live = progress is not None or (sys.stderr.isatty() if live is None else live)
-        self.quiet = quiet and not self.live  # no plain line per epoch (a grid's log)
-        self.title, self.steps = title, steps
-        self._own = progress is None
-        self._progress = progress
-        if self.live:
-            if self._own:
-                self._progress = new_progress()
-                self._progress.start()
-            self._task = self._progress.add_task(
-                title, total=epochs * steps, completed=start_epoch * steps, info=""
-            )
-
-    def step(self) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def epoch(self, row: dict, name: str | None = None) -> None:
-        """Show an epoch's metrics line (`name`: the run's, when a bar shows several runs)."""
-        info = (
-            ("" if name is None else f"{name}: ")
-            + f"epoch {row['epoch']} loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
-            f"test {row['test_acc']:.4f} {row['images_per_s']:.0f} img/s"
-        )
-        if self._progress is not None:
-            self._progress.update(self._task, info=info)
-        elif not self.quiet:
-            print(f"[{self.title}] {info} ({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
-
-    def message(self, text: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(text)
-        else:
-            print(f"[{self.title}] {text}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._progress is None:
-            return
-        if self._own:
-            self._progress.stop()
-        else:
-            self._progress.remove_task(self._task)
+_bar = None  # the one rich Progress while it is shown
 
 
-def new_progress():
-    """A rich Progress with a bar, a count, the time left and a free ``info`` field."""
+class _Handler(logging.Handler):
+    """Each record as one line on stderr as it is at that moment (a test runner swaps it), or
+    above the bar while one is shown."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if _bar is not None:
+                _bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            else:
+                print(text, file=sys.stderr, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
+class _Format(logging.Formatter):
+    """``[tag] message``, the tag naming what speaks (a run, ``grid``) where the record has one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        tag = getattr(record, "tag", None)
+        return f"[{tag}] {record.getMessage()}" if tag else record.getMessage()
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Show softmaso's messages at `level` and above on stderr (once per process; a second call
+    only changes the level)."""
+    log = logging.getLogger(LOGGER)
+    log.setLevel(level)
+    if not any(isinstance(h, _Handler) for h in log.handlers):
+        handler = _Handler()
+        handler.setFormatter(_Format())
+        log.addHandler(handler)
+
+
+def log_level() -> int:
+    """The level softmaso's messages are shown at (for worker processes to use the same)."""
+    return logging.getLogger(LOGGER).getEffectiveLevel()
+
+
+@contextlib.contextmanager
+def epoch_lines(show: bool | None = None):
+    """Within the block, a run's line per epoch is shown only if `show` (None: only when
+    softmaso logs at DEBUG, i.e. ``--verbose``): a grid's own line per run says enough."""
+    log = logging.getLogger(EPOCHS)
+    before = log.level
+    if show is None:
+        show = log_level() <= logging.DEBUG
+    log.setLevel(logging.NOTSET if show else logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
+
+
+@contextlib.contextmanager
+def progress(show: bool | None = None):
+    """Show one rich progress bar while the block runs: on a terminal (None), or as `show` says.
+    Inside a block that already shows one, the same bar is used."""
+    global _bar
+    if _bar is not None or not (sys.stderr.isatty() if show is None else show):
+        yield
+        return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -73,10 +91,65 @@ def new_progress():
         TimeRemainingColumn,
     )
 
-    return Progress(
+    _bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
+        console=Console(file=sys.stderr),
     )
+    _bar.start()
+    try:
+        yield
+    finally:
+        _bar.stop()
+        _bar = None
+
+
+class Task:
+    """One line of the bar (a run, a grid); nothing at all when no bar is shown."""
+
+    def __init__(self, title: str, total: int, completed: int = 0):
+        self.id = None
+        if _bar is not None:
+            self.id = _bar.add_task(title, total=total, completed=completed, info="")
+
+    @property
+    def shown(self) -> bool:
+        return self.id is not None and _bar is not None
+
+    def advance(self, n: int = 1) -> None:
+        if self.shown:
+            _bar.advance(self.id, n)
+
+    def note(self, info: str) -> None:
+        """Text after the bar (a run's last epoch, a grid's failures)."""
+        if self.shown:
+            _bar.update(self.id, info=info)
+
+    def close(self) -> None:
+        """Hide the line if others share the bar (a grid's finished run); the last one stays."""
+        if self.shown and sum(t.visible for t in _bar.tasks) > 1:
+            _bar.update(self.id, visible=False)
+
+
+class Reporter:  # TRANSITIONAL: packed_training's old interface, on Task and logging
+    def __init__(self, title, epochs, steps, *, start_epoch=0, live=None, progress=None, quiet=0):
+        self.title, self.task = title, Task(title, epochs * steps, start_epoch * steps)
+
+    def step(self) -> None:
+        self.task.advance()
+
+    def epoch(self, row: dict, name: str | None = None) -> None:
+        text = f"epoch {row['epoch']} train {row['train_acc']:.4f} test {row['test_acc']:.4f}"
+        if self.task.shown:
+            self.task.note(text)
+        else:
+            logging.getLogger(EPOCHS).info(text, extra={"tag": name or self.title})
+
+    def message(self, text: str) -> None:
+        logging.getLogger(LOGGER).info(text, extra={"tag": self.title})
+
+    def close(self) -> None:
+        self.task.close()

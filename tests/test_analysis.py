@@ -106,7 +106,7 @@ def test_folding_batch_norm_gives_the_pre_activations():
 def test_analyze_a_trained_run_and_a_folder_through_the_cli(cli, tmp_path):
     run = tmp_path / "res" / "one"
     assert (
-        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu", live=False)["status"]
+        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"]
         == "finished"
     )
     r = cli("analyze", run, "--images", 40, "--decisions", 500, "--threads", 1)
@@ -127,7 +127,7 @@ def test_analyze_a_trained_run_and_a_folder_through_the_cli(cli, tmp_path):
 def test_analyze_reports_learnt_betas(tmp_path):
     run = tmp_path / "swish"
     cfg = tiny(**{"train.epochs": 1, "model.activation": "swish"})
-    assert training.fit(cfg, run, device="cpu", live=False)["status"] == "finished"
+    assert training.fit(cfg, run, device="cpu")["status"] == "finished"
     rows = analysis.analyze_run(run, images=20, decisions=200)
     betas = [r["learned_beta"] for r in rows]
     assert all(0 < b < 1 for b in betas) and len(set(betas)) > 1
@@ -139,7 +139,7 @@ def test_analyze_bad_input_is_one_line(cli, tmp_path):
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
     run = tmp_path / "other"
     assert (
-        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu", live=False)["status"]
+        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"]
         == "finished"
     )
     from safetensors.torch import save_file
@@ -153,7 +153,7 @@ def test_analyze_bad_input_is_one_line(cli, tmp_path):
 def test_analyze_of_a_folder_names_the_runs_it_cannot_read_and_does_the_rest(cli, tmp_path):
     for name in ("a", "b", "c"):
         cfg = tiny(seed=ord(name), **{"train.epochs": 1})
-        assert training.fit(cfg, tmp_path / name, device="cpu", live=False)["status"] == "finished"
+        assert training.fit(cfg, tmp_path / name, device="cpu")["status"] == "finished"
     (tmp_path / "b" / runs.WEIGHTS).write_bytes(b"garbage, not safetensors")
     (tmp_path / "c" / runs.WEIGHTS).unlink()  # a clone of committed results has no weights
     r = cli("analyze", tmp_path, "--images", 20, "--decisions", 200, "--out", tmp_path / "out")

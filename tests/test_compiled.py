@@ -117,7 +117,7 @@ def test_compiled_forward_refuses_eval_mode():
 
 def test_compiled_run_resumes_exactly(tmp_path, monkeypatch):
     cfg = tiny(**{"train.compile": True})
-    straight = training.fit(cfg, tmp_path / "straight", device="cpu", live=False)
+    straight = training.fit(cfg, tmp_path / "straight", device="cpu")
     assert straight["status"] == "finished" and straight["final_test_acc"] > 0.3  # chance: 0.1
     real = training.evaluate
 
@@ -128,9 +128,9 @@ def test_compiled_run_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "evaluate", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        training.fit(cfg, tmp_path / "r", device="cpu", live=False)
+        training.fit(cfg, tmp_path / "r", device="cpu")
     monkeypatch.setattr(training, "evaluate", real)
-    training.fit(cfg, tmp_path / "r", device="cpu", live=False)
+    training.fit(cfg, tmp_path / "r", device="cpu")
     assert metric_rows(tmp_path / "r") == metric_rows(tmp_path / "straight")
 
 

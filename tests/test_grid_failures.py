@@ -64,7 +64,7 @@ def _worker_pids(results: Path) -> set[int]:
     return pids
 
 
-def test_a_run_that_raises_fails_alone_and_resumes(tmp_path, monkeypatch):
+def test_a_run_that_raises_fails_alone_and_resumes(tmp_path, monkeypatch, caplog):
     todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
     todo, bad = todo[:3], todo[1]
     real = training.train_step
@@ -75,13 +75,13 @@ def test_a_run_that_raises_fails_alone_and_resumes(tmp_path, monkeypatch):
         return real(s, idx, gen)
 
     monkeypatch.setattr(training, "train_step", step)
-    said, out = [], {}
+    out = {}
     for run in todo:
-        out.update(launch.train_unit([run], launch.Launch(smoke=True), "cpu", log=said.append))
+        out.update(launch.train_unit([run], launch.Launch(smoke=True), "cpu"))
     assert out == {todo[0].dir: "finished", bad.dir: "failed", todo[2].dir: "finished"}
     assert "RuntimeError: CUDA out of memory (simulated)" in (bad.dir / runs.ERROR).read_text()
     assert runs.status(bad.dir)[0] == "failed"
-    [line] = said
+    [line] = [r.getMessage() for r in caplog.records if r.name == "softmaso.launch"]
     assert line.startswith(f"failed: {bad.dir.name}: RuntimeError: CUDA out of memory")
     cells = tables.summarize(collect(tmp_path)).cells.values()
     assert sum(c.counts.get("failed", 0) for c in cells) == 1
@@ -100,7 +100,7 @@ def test_a_worker_killed_every_time_fails_its_run_and_the_grid_goes_on(tmp_path)
     grid = _grid(tmp_path / "r", "--devices", "cpu,cpu", "--threads", "1", env=env)
     out, err = grid.communicate(timeout=300)
     assert grid.returncode == 1, err
-    summary = next(line for line in out.splitlines() if line.startswith("table2: 1 failed"))
+    summary = next(line for line in err.splitlines() if line.startswith("table2: 1 failed"))
     counts = dict(reversed(part.split(" ", 1)) for part in summary[len("table2: ") :].split(", "))
     # a run its worker finished just as the pool broke is found finished on its retry
     assert int(counts.get("finished", 0)) + int(counts.get("skipped-finished", 0)) == 5, out
@@ -138,7 +138,7 @@ def test_sigterm_stops_a_grid_and_a_killed_parent_leaves_no_worker(tmp_path):
             assert _training(results), "no run was stopped in the middle"  # left resumable
     rerun = _grid(tmp_path / "SIGTERM", *slow)
     out, err = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0 and "table2: " in out, err
+    assert rerun.returncode == 0 and "table2: " in err, err
     lines = [
         len(p.read_text().splitlines()) for p in (tmp_path / "SIGTERM").glob("svhn/*/metrics.jsonl")
     ]

@@ -61,7 +61,7 @@ def test_bad_npz_data_is_one_line_before_any_run_directory(cli, tmp_path, kwargs
 
 
 def test_a_good_small_npz_trains(tmp_path):
-    res = training.fit(_cfg(_npz(tmp_path, size=9)), tmp_path / "run", device="cpu", live=False)
+    res = training.fit(_cfg(_npz(tmp_path, size=9)), tmp_path / "run", device="cpu")
     assert res["status"] == "finished"
 
 
@@ -81,13 +81,13 @@ def test_train_refuses_a_run_another_process_is_training(cli, tmp_path):
     with runs.claim(tmp_path / "run") as mine:
         assert mine
         with pytest.raises(Exception, match="being trained by another process"):
-            training.fit(cfg, tmp_path / "run", device="cpu", live=False, lock=True)
+            training.fit(cfg, tmp_path / "run", device="cpu", lock=True)
     assert not (tmp_path / "run" / runs.CONFIG).exists()
-    assert training.fit(cfg, tmp_path / "run", device="cpu", live=False, lock=True)["status"]
+    assert training.fit(cfg, tmp_path / "run", device="cpu", lock=True)["status"]
 
 
 def test_every_run_file_has_the_usual_permissions(tmp_path):
-    training.fit(_cfg(_npz(tmp_path, size=9)), tmp_path / "run", device="cpu", live=False)
+    training.fit(_cfg(_npz(tmp_path, size=9)), tmp_path / "run", device="cpu")
     for name in (runs.CONFIG, runs.ENV, runs.METRICS, runs.RESULT, runs.WEIGHTS, runs.CHECKPOINT):
         mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
         assert mode & 0o044 == 0o044, (name, oct(mode))  # readable by group and others
@@ -155,8 +155,8 @@ def test_a_sweep_that_repeats_a_value_trains_each_run_once(cli, tmp_path):
     )
     r = cli("reproduce", recipe, "--results", tmp_path / "r")
     assert r.exit_code == 0, r.output
-    assert "1 sweep point(s) repeat another's settings; each run is trained once" in r.stdout
-    assert "twice: 2 finished" in r.stdout
+    assert "1 sweep point(s) repeat another's settings; each run is trained once" in r.output
+    assert "twice: 2 finished" in r.output
     assert "(n=2)" in (tmp_path / "r" / "table.md").read_text()
 
 

@@ -17,7 +17,7 @@ from softmaso.errors import UserError
 FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 
 
-def test_train_unit_skips_finished_and_reports_conflicts(tmp_path):
+def test_train_unit_skips_finished_and_reports_conflicts(tmp_path, caplog):
     run = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0]
     smoke = launch.Launch(smoke=True)
     assert launch.train_unit([run], smoke, "cpu") == {run.dir: "finished"}
@@ -25,10 +25,9 @@ def test_train_unit_skips_finished_and_reports_conflicts(tmp_path):
     assert json.loads((run.dir / runs.RESULT).read_text())["smoke"] is True
     other = ex.Run(run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir)
     (run.dir / runs.RESULT).unlink()
-    said = []
-    got = launch.train_unit([other], launch.Launch(pack=False), "cpu", log=said.append)
+    got = launch.train_unit([other], launch.Launch(pack=False), "cpu")
     assert got == {run.dir: "conflict"}
-    assert said == [
+    assert [r.getMessage() for r in caplog.records if r.name == "softmaso.launch"] == [
         f"conflict: {run.dir} holds a run with a different config (optim.lr: "
         f"{run.cfg.optim.lr} there, 0.5 here); choose another run directory, or --set those "
         "keys to the run's values to resume it"
@@ -68,7 +67,7 @@ def test_two_processes_on_one_directory_train_each_run_once(tmp_path):
     outs = [p.communicate(timeout=240) for p in (a, b)]
     assert a.returncode == 0 and b.returncode == 0, outs
     trained = 0
-    for out, _ in outs:
+    for _, out in outs:  # the summary is logged (stderr)
         summary = next(
             line for line in out.splitlines() if line.startswith("table2: ") and "runs" not in line
         )
@@ -127,10 +126,9 @@ def test_slurm_without_slurm_is_one_line_and_writes_nothing(cli, tmp_path, monke
 
 def test_one_worker_per_device_pool(tmp_path):
     todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:3]
-    seen = []
     two = launch.Launch(devices=launch.parse_devices("cpu,cpu"), smoke=True)
-    out = launch.launch_local(todo, two, on_done=lambda run, outcome: seen.append(outcome))
-    assert set(out.values()) == {"finished"} and seen == ["finished"] * 3
+    out = launch.launch_local(todo, two)
+    assert set(out) == {run.dir for run in todo} and set(out.values()) == {"finished"}
 
 
 def test_a_failed_slurm_task_fails_its_runs_and_the_array_goes_on(tmp_path, monkeypatch):
@@ -166,5 +164,7 @@ def test_sbatch_without_a_controller_is_one_line(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     args = [*("reproduce", "table2", "--smoke", "--datasets", "svhn", "--runs", "1"), "--launcher"]
     r = cli(*args, "slurm", "--results", tmp_path / "r")
-    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    *said, error = r.stderr.strip().splitlines()  # what the grid said, then the one-line error
+    assert r.exit_code == 2 and error.startswith("softmaso: error: --launcher slurm"), r.output
+    assert all(line.startswith("table2: ") for line in said), r.output
     assert "SLURM refused the job array" in r.stderr and "Unable to contact" in r.stderr

@@ -422,7 +422,7 @@ def test_new_modes_train_alone_and_never_pack(tmp_path):
         for m in ("so", "srip", "torch")
     ]
     for i, cfg in enumerate(cfgs):
-        res = training.fit(cfg, tmp_path / str(i), device="cpu", live=False)
+        res = training.fit(cfg, tmp_path / str(i), device="cpu")
         assert res["status"] == "finished"
     both = [tiny(seed=s) for s in (0, 1)] + cfgs
 

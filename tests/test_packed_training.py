@@ -37,7 +37,7 @@ def test_packed_runs_match_separate_runs(tmp_path):
     assert len({pack_key(c) for c in cfgs}) == 1
     packed = fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu", live=False)
     for i, cfg in enumerate(cfgs):
-        alone = training.fit(cfg, tmp_path / f"s{i}", device="cpu", live=False)
+        alone = training.fit(cfg, tmp_path / f"s{i}", device="cpu")
         assert packed[i]["status"] == "finished" and packed[i]["packed_with"] == 3
         assert {p.name for p in (tmp_path / f"p{i}").iterdir()} == FILES
         assert (tmp_path / f"p{i}" / runs.CONFIG).read_text() == (
@@ -63,7 +63,7 @@ def test_first_steps_agree_to_rounding(tmp_path):
     cfgs = _trio(**{"train.epochs": 1, "data.subset": 100, "data.augment": True})
     fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu", live=False)
     for i, cfg in enumerate(cfgs):
-        training.fit(cfg, tmp_path / f"s{i}", device="cpu", live=False)
+        training.fit(cfg, tmp_path / f"s{i}", device="cpu")
         got, want = metric_rows(tmp_path / f"p{i}")[0], metric_rows(tmp_path / f"s{i}")[0]
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-5)
         assert got["test_loss"] == pytest.approx(want["test_loss"], rel=2e-5)
@@ -139,7 +139,7 @@ def test_runs_at_different_epochs_train_in_separate_packs(tmp_path, monkeypatch)
 
     monkeypatch.setattr(training, "evaluate", interrupting)
     with pytest.raises(KeyboardInterrupt):  # run 0 stops after epoch 1, alone
-        training.fit(cfgs[0], tmp_path / "r0", device="cpu", live=False)
+        training.fit(cfgs[0], tmp_path / "r0", device="cpu")
     monkeypatch.setattr(training, "evaluate", real)
     res = fit_packed(cfgs, [tmp_path / f"r{i}" for i in range(3)], device="cpu", live=False)
     assert [r["status"] for r in res] == ["finished"] * 3

@@ -116,7 +116,7 @@ def test_training_on_the_real_slice_beats_chance_widely(cli, tmp_path, slice_md5
         Path(data_mod.__file__).parent / "recipes" / "fashion.yaml",
         ["model.width=0.125", "train.epochs=3", "optim.lr=0.003"],
     )
-    result = training.fit(cfg, tmp_path / "run", device="cpu", data_dir=tmp_path / "d", live=False)
+    result = training.fit(cfg, tmp_path / "run", device="cpu", data_dir=tmp_path / "d")
     assert result["status"] == "finished"
     assert result["final_test_acc"] > 0.5  # chance: 0.1
     row = json.loads((tmp_path / "run" / runs.METRICS).read_text().splitlines()[-1])

@@ -68,7 +68,7 @@ def test_a_recipe_file_with_a_sweep_runs_as_a_grid(cli, tmp_path):
     r = cli("reproduce", recipe, "--results", res, "--threads", "1")
     assert r.exit_code == 0, r.output
     torch.set_num_threads(2)
-    assert "mine: 4 finished" in r.stdout
+    assert "mine: 4 finished" in r.output
     grid = json.loads((res / runs.GRID).read_text())
     assert grid["experiment"] == "mine" and len(grid["runs"]) == 4
     assert grid["recipe_files"] == {"mine": str(recipe.absolute())}
@@ -79,7 +79,7 @@ def test_a_recipe_file_with_a_sweep_runs_as_a_grid(cli, tmp_path):
     # rerun: everything skipped; an interrupted run resumes (its result removed)
     (run / runs.RESULT).unlink()
     r = cli("reproduce", recipe, "--results", res)
-    assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.stdout
+    assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.output
     # a missing run shows in the table, its values from the recipe file
     (res / "mine" / "mode-none_seed-0" / runs.CONFIG).unlink()
     r = cli("table", res)
@@ -188,12 +188,12 @@ def test_a_truncated_checkpoint_fails_its_run_and_the_grid_goes_on(cli, tmp_path
     (bad / runs.CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
     r = cli("reproduce", recipe, "--results", res)
     assert r.exit_code == 1
-    assert "1 damaged, 3 finished" in r.stdout
+    assert "1 damaged, 3 finished" in r.output
     assert "damaged: mode-none_seed-1" in r.output and "corrupt or truncated" in r.output
     # the same state everywhere: damaged in the log, the summary, the table and runs.status
     assert (res / "table.md").exists() and "1 damaged" in (res / "table.md").read_text()
     assert runs.status(bad)[0] == "damaged"
     (bad / runs.CHECKPOINT).unlink()  # the damaged file removed: the run trains from scratch
     r = cli("reproduce", recipe, "--results", res)
-    assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.stdout, r.output
+    assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.output
     assert runs.status(bad)[0] == "finished" and not (bad / runs.ERROR).exists()

@@ -12,7 +12,7 @@ from softmaso.errors import UserError
 
 
 def test_synthetic_training_learns_above_chance(tmp_path):
-    res = training.fit(tiny(), tmp_path / "run", device="cpu", live=False)
+    res = training.fit(tiny(), tmp_path / "run", device="cpu")
     assert res["status"] == "finished" and res["epochs"] == 3
     assert res["final_test_acc"] > 0.3  # chance is 0.1
     files = {p.name for p in (tmp_path / "run").iterdir()}
@@ -26,14 +26,14 @@ def test_synthetic_training_learns_above_chance(tmp_path):
 
 def test_finished_run_is_not_redone(tmp_path):
     cfg = tiny(**{"train.epochs": 1})
-    first = training.fit(cfg, tmp_path, device="cpu", live=False)
-    again = training.fit(cfg, tmp_path, device="cpu", live=False)
+    first = training.fit(cfg, tmp_path, device="cpu")
+    again = training.fit(cfg, tmp_path, device="cpu")
     assert again["skipped"] and again["final_test_acc"] == first["final_test_acc"]
 
 
 def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     cfg = tiny(**{"ortho.mode": "penalty"})
-    training.fit(cfg, tmp_path / "straight", device="cpu", live=False)
+    training.fit(cfg, tmp_path / "straight", device="cpu")
 
     real_evaluate, calls = training.evaluate, {"n": 0}
 
@@ -45,11 +45,11 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, monkeypat
 
     monkeypatch.setattr(training, "evaluate", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        training.fit(cfg, tmp_path / "resumed", device="cpu", live=False)
+        training.fit(cfg, tmp_path / "resumed", device="cpu")
     assert not (tmp_path / "resumed" / runs.RESULT).exists()
     assert len(metric_rows(tmp_path / "resumed")) == 1  # epoch 1 was saved, epoch 2 was not
     monkeypatch.setattr(training, "evaluate", real_evaluate)
-    res = training.fit(cfg, tmp_path / "resumed", device="cpu", live=False)
+    res = training.fit(cfg, tmp_path / "resumed", device="cpu")
     assert res["status"] == "finished"
     assert metric_rows(tmp_path / "resumed") == metric_rows(tmp_path / "straight")
 
@@ -59,7 +59,7 @@ def test_divergence_stops_with_status_diverged(tmp_path, monkeypatch):
 
     forward = LargeCNN.forward
     monkeypatch.setattr(LargeCNN, "forward", lambda self, x: forward(self, x) * float("nan"))
-    res = training.fit(tiny(), tmp_path, device="cpu", live=False)
+    res = training.fit(tiny(), tmp_path, device="cpu")
     assert res["status"] == "diverged" and res["epochs"] == 0
     assert json.loads((tmp_path / runs.RESULT).read_text())["status"] == "diverged"
     with pytest.raises(UserError, match="diverged in epoch 1, before any checkpoint"):
@@ -67,7 +67,7 @@ def test_divergence_stops_with_status_diverged(tmp_path, monkeypatch):
 
 
 def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_path):
-    res = training.fit(tiny(**{"train.epochs": 2}), tmp_path / "run", device="cpu", live=False)
+    res = training.fit(tiny(**{"train.epochs": 2}), tmp_path / "run", device="cpu")
     ev = training.evaluate_saved(tmp_path / "run", device="cpu")
     assert ev["test_acc"] == pytest.approx(res["final_test_acc"], abs=1e-9)
 
@@ -89,7 +89,7 @@ def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_pat
 
 def test_a_run_dir_holds_one_config(tmp_path):
     one = tiny(**{"train.epochs": 1})
-    training.fit(one, tmp_path, device="cpu", live=False)
+    training.fit(one, tmp_path, device="cpu")
     other = one.with_overrides(**{"optim.lr": 0.01})
     with pytest.raises(
         UserError, match=r"config \(optim.lr: 0.003 there, 0.01 here\); it is a fin"
@@ -115,7 +115,7 @@ def test_a_run_dir_holds_one_config(tmp_path):
     with pytest.raises(UserError, match=r"config \(optim.lr: 0.003 there, 0.01 here\)"):
         training.fit(other, tmp_path, device="cpu")
     assert not config.exists()
-    training.fit(one, tmp_path, device="cpu", live=False)
+    training.fit(one, tmp_path, device="cpu")
     assert config.read_text() == text
 
 
@@ -123,7 +123,7 @@ def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
     from safetensors.torch import load_file
 
     cfg = tiny(**{"ortho.mode": "exact", "model.activation": "swish", "train.epochs": 1})
-    res = training.fit(cfg, tmp_path, device="cpu", live=False)
+    res = training.fit(cfg, tmp_path, device="cpu")
     assert res["status"] == "finished"
     w = load_file(str(tmp_path / runs.WEIGHTS))["features.3.0.weight"].flatten(1).double()
     assert torch.allclose(w @ w.T, torch.eye(w.shape[0], dtype=torch.float64), atol=1e-5)
@@ -237,10 +237,10 @@ def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch
 
     monkeypatch.setattr(runs, "write_metrics", killed)
     with pytest.raises(KeyboardInterrupt):
-        training.fit(cfg, tmp_path, device="cpu", live=False)
+        training.fit(cfg, tmp_path, device="cpu")
     assert len(metric_rows(tmp_path)) == 1 and not (tmp_path / runs.RESULT).exists()
     monkeypatch.setattr(runs, "write_metrics", real)
-    res = training.fit(cfg, tmp_path, device="cpu", live=False)
+    res = training.fit(cfg, tmp_path, device="cpu")
     assert res["status"] == "finished" and res["epochs"] == 2
     assert [r["epoch"] for r in metric_rows(tmp_path)] == [1, 2]
     assert not list(tmp_path.glob(".*.tmp"))
@@ -248,9 +248,9 @@ def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch
 
 def test_bf16_autocast_trains_on_a_cpu(tmp_path):
     """train.amp on a CPU: the forward in bf16, the loss and the weights in fp32."""
-    fp32 = training.fit(tiny(**{"train.epochs": 1}), tmp_path / "a", device="cpu", live=False)
+    fp32 = training.fit(tiny(**{"train.epochs": 1}), tmp_path / "a", device="cpu")
     bf16 = training.fit(
-        tiny(**{"train.epochs": 1, "train.amp": True}), tmp_path / "b", device="cpu", live=False
+        tiny(**{"train.epochs": 1, "train.amp": True}), tmp_path / "b", device="cpu"
     )
     assert fp32["status"] == bf16["status"] == "finished"
     loss = [metric_rows(tmp_path / d)[0]["train_loss"] for d in ("a", "b")]
