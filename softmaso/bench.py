@@ -22,6 +22,7 @@ variant alike. Figures:
 
 from __future__ import annotations
 
+import logging
 import resource
 import statistics
 import sys
@@ -36,6 +37,8 @@ from softmaso import runs
 from softmaso.config import RunConfig
 from softmaso.packed_training import pack_speedup
 from softmaso.timing import interleaved, rounds, sync
+
+log = logging.getLogger(__name__)
 
 FORWARD_GFLOP = 0.542  # per 32x32 image, largeCNN, counted by FlopCounterMode; a step ~ 3x
 GRID_IMAGES = 30 * (73_257 * 150 + 50_000 * 150 + 50_000 * 200)  # 90 runs: svhn, c10, c100
@@ -225,16 +228,16 @@ def _cuda_variants(device, base, width, *, steps: int, repeats: int) -> dict[str
 
 
 def _cuda_extras(
-    device, base, cfgs: list[RunConfig], width: float, *, steps: int, repeats: int, log=print
+    device, base, cfgs: list[RunConfig], width: float, *, steps: int, repeats: int
 ) -> dict[str, Any]:
     """(d)'s CUDA-only figures: the single-model variants, and the pack of `cfgs` in bf16 and
     with ``train.compile``; each failure reported in place of its figure."""
-    log("(d) CUDA: batch 50 and 100, bf16, captured step (CUDA graph) ...")
+    log.info("(d) CUDA: batch 50 and 100, bf16, captured step (CUDA graph) ...")
     out: dict[str, Any] = {
         "d_cuda": _cuda_variants(device, base, width, steps=steps, repeats=repeats)
     }
     for key, override in (("bf16", {"train.amp": True}), ("compiled", {"train.compile": True})):
-        log(f"(d) CUDA: packed, {key} ...")
+        log.info(f"(d) CUDA: packed, {key} ...")
         variant = [c.with_overrides(**override) for c in cfgs]
         out[f"d_packed_{key}"] = _guarded(
             lambda v=variant: pack_speedup(v, device, data=base.data, steps=steps, repeats=repeats)
@@ -286,7 +289,6 @@ def measure(
     quick: bool = False,
     width: float = 1.0,
     cifar_sized: bool = True,
-    log=print,
 ) -> dict[str, Any]:
     """All figures; `width` < 1 and `cifar_sized=False` only for tests (targets are for width 1)."""
     steps, repeats = (2, 3) if quick else (5, 5)
@@ -297,25 +299,25 @@ def measure(
         "date": runs.now(),
     }
     out["device"].pop("argv", None)
-    out["busy_before"] = _busy(log)
+    out["busy_before"] = _busy()
     timing = {"steps": steps, "repeats": repeats}
     base = _setup(device, width=width)
-    out.update(_step_figures(device, base, width, quick, timing, log))
-    out.update(_ortho_figures(device, base, width, quick, timing, log))
-    log("(c) evaluation throughput ...")
+    out.update(_step_figures(device, base, width, quick, timing))
+    out.update(_ortho_figures(device, base, width, quick, timing))
+    log.info("(c) evaluation throughput ...")
     from softmaso.training import evaluate
 
     t = interleaved({"eval": lambda: evaluate(base)}, device, steps=1, repeats=repeats)
     out["c_eval_images_per_s"] = len(base.data.y_test) / t["eval"]
-    out.update(_packed_figures(device, base, width, timing, log))
+    out.update(_packed_figures(device, base, width, timing))
     out["d_projection"] = _projection(out)
-    out["e_memory"] = _memory_figures(device, width, cifar_sized, log)
+    out["e_memory"] = _memory_figures(device, width, cifar_sized)
     return out
 
 
-def _step_figures(device, base, width: float, quick: bool, timing: dict, log) -> dict[str, Any]:
+def _step_figures(device, base, width: float, quick: bool, timing: dict) -> dict[str, Any]:
     """(a) the training step against a plain loop, and with train.compile."""
-    log("(a) training step vs a plain loop, batch 50, full width ...")
+    log.info("(a) training step vs a plain loop, batch 50, full width ...")
     variants = {"softmaso": _softmaso_step(base), "plain": _plain_step(base)}
     t = interleaved(variants, device, **timing)
     out: dict[str, Any] = {
@@ -325,7 +327,7 @@ def _step_figures(device, base, width: float, quick: bool, timing: dict, log) ->
             "ratio": t["plain"] / t["softmaso"],
         }
     }
-    log("(a) the same step in bf16 (train.amp) ...")
+    log.info("(a) the same step in bf16 (train.amp) ...")
     bf16 = {
         "fp32": _softmaso_step(base),
         "bf16": _softmaso_step(_setup(device, amp=True, width=width)),
@@ -340,15 +342,15 @@ def _step_figures(device, base, width: float, quick: bool, timing: dict, log) ->
         }
     )
     if device.type == "cuda" or not quick:  # ~12 s to compile cold on 2 CPU cores
-        log("(a) the same step with train.compile ...")
+        log.info("(a) the same step with train.compile ...")
         steps, repeats = timing["steps"], timing["repeats"]
         out["a_compiled"] = _guarded(lambda: _compiled_speedup(device, base, width, steps, repeats))
     return out
 
 
-def _ortho_figures(device, base, width: float, quick: bool, timing: dict, log) -> dict[str, Any]:
+def _ortho_figures(device, base, width: float, quick: bool, timing: dict) -> dict[str, Any]:
     """(b) the step of each orthogonality mode against none, and exact's orthonormality."""
-    log("(b) orthogonality overheads, batch 50 ...")
+    log.info("(b) orthogonality overheads, batch 50 ...")
     exact = {"exact": _setup(device, "exact", width=width)}
     exact["exact_qr"] = _setup(device, "exact", width=width, method="qr")
     variants = {"none": _softmaso_step(base)}
@@ -367,22 +369,22 @@ def _ortho_figures(device, base, width: float, quick: bool, timing: dict, log) -
     }
 
 
-def _packed_figures(device, base, width: float, timing: dict, log) -> dict[str, Any]:
+def _packed_figures(device, base, width: float, timing: dict) -> dict[str, Any]:
     """(d) packed against separate training, CUDA extras, and the grid's projected time."""
     runs_ = PACK_RUNS_CUDA if device.type == "cuda" else PACK_RUNS_CPU
-    log(f"(d) packed training: {runs_} runs in one network against {runs_} separate steps ...")
+    log.info(f"(d) packed training: {runs_} runs in one network against {runs_} separate steps ...")
     cfgs = [_config(width=width).with_overrides(seed=i) for i in range(runs_)]
     out = {"d_packed": _guarded(lambda: pack_speedup(cfgs, device, data=base.data, **timing))}
     if device.type == "cuda":
-        out.update(_cuda_extras(device, base, cfgs, width, **timing, log=log))
+        out.update(_cuda_extras(device, base, cfgs, width, **timing))
     return out
 
 
-def _memory_figures(device, width: float, cifar_sized: bool, log) -> dict[str, Any]:
+def _memory_figures(device, width: float, cifar_sized: bool) -> dict[str, Any]:
     """(e) peak memory: this process, a CIFAR-sized run in a fresh process, CUDA."""
     out: dict[str, Any] = {"bench_process_peak_rss_gib": _peak_rss_gib()}
     if cifar_sized:
-        log("(e) peak memory of a CIFAR-sized run (50,000 + 10,000 images), fresh process ...")
+        log.info("(e) peak memory of a CIFAR-sized run (50,000 + 10,000 images), fresh process ...")
         rss = _guarded(lambda: {"gib": _cifar_sized_rss(device, width)})
         out["cifar_sized_run_peak_rss_gib"] = rss.get("gib", rss.get("error"))
     if device.type == "cuda":
@@ -407,7 +409,7 @@ except (OSError, IndexError):
 """
 
 
-def _busy(log, seconds: float = 1.0) -> float | None:
+def _busy(seconds: float = 1.0) -> float | None:
     """The fraction of the machine's CPU time that other processes used during `seconds`
     before measuring (this one sleeps meanwhile), from /proc/stat; None where there is none.
     Warns above a quarter: the figures then measure a shared machine (packing and the
@@ -426,7 +428,7 @@ def _busy(log, seconds: float = 1.0) -> float | None:
         return None
     busy = (b1 - b0) / max(t1 - t0, 1)
     if busy > 0.25:
-        log(f"warning: other processes used {busy:.0%} of the CPUs: the figures will be noisy")
+        log.warning(f"other processes used {busy:.0%} of the CPUs: the figures will be noisy")
     return busy
 
 

@@ -657,7 +657,7 @@ def bench(
 
     if json_path is not None:
         check_output_file(json_path, where="--json")
-    res = measure(resolve_device(device), quick=quick, log=lambda m: typer.echo(m, err=True))
+    res = measure(resolve_device(device), quick=quick)
     Console().print(render(res))
     if json_path is not None:
         runs.write_json(json_path, res)

@@ -8,9 +8,7 @@ from softmaso.bench import measure, render
 
 
 def test_bench_reports_every_figure_on_a_narrow_model():
-    res = measure(
-        torch.device("cpu"), quick=True, width=0.0625, cifar_sized=False, log=lambda m: None
-    )
+    res = measure(torch.device("cpu"), quick=True, width=0.0625, cifar_sized=False)
     assert res["a_step"]["softmaso_images_per_s"] > 0 and res["a_step"]["ratio"] > 0
     modes = {"none", "penalty", "exact", "exact_qr", "exact_python_gs", "so", "srip", "torch"}
     assert set(res["b_ortho"]) == modes
