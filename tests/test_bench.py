@@ -69,7 +69,7 @@ def test_cuda_figures_report_a_failed_capture_and_measure_the_rest(monkeypatch):
     dev = torch.device("cpu")
     base = bench._setup(dev, width=0.0625)
     cfgs = [bench._config(width=0.0625).with_overrides(seed=i) for i in range(2)]
-    out = bench._cuda_extras(dev, base, cfgs, 0.0625, steps=1, repeats=1, log=lambda m: None)
+    out = bench._cuda_extras(dev, base, cfgs, 0.0625, steps=1, repeats=1)
     cuda = out["d_cuda"]
     assert cuda["captured_b50"] == {
         "error": "RuntimeError: operation not permitted when stream is capturing"
@@ -123,18 +123,18 @@ def _rows(res, compiled):
     return list(render(full).columns[0].cells)
 
 
-def test_bench_notices_another_process_using_the_cpu():
+def test_bench_notices_another_process_using_the_cpu(caplog):
     import os
     import subprocess
     import sys
 
     from softmaso.bench import _busy
 
-    said = []
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        busy = _busy(said.append, seconds=0.5)
+        busy = _busy(seconds=0.5)
     finally:
         spinner.kill()
     assert busy is not None and busy >= 0.8 / os.cpu_count()  # one of the CPUs, at least
+    said = [r.getMessage() for r in caplog.records if r.name == "softmaso.bench"]
     assert (busy > 0.25) == bool(said) and all("noisy" in s for s in said)
