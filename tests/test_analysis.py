@@ -105,10 +105,7 @@ def test_folding_batch_norm_gives_the_pre_activations():
 
 def test_analyze_a_trained_run_and_a_folder_through_the_cli(cli, tmp_path):
     run = tmp_path / "res" / "one"
-    assert (
-        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"]
-        == "finished"
-    )
+    assert training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"] == "finished"
     r = cli("analyze", run, "--images", 40, "--decisions", 500, "--threads", 1)
     assert r.exit_code == 0, r.output
     text = (run / "analysis" / "analysis.md").read_text()
@@ -138,10 +135,7 @@ def test_analyze_bad_input_is_one_line(cli, tmp_path):
     r = cli("analyze", tmp_path / "empty")
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
     run = tmp_path / "other"
-    assert (
-        training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"]
-        == "finished"
-    )
+    assert training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"] == "finished"
     from safetensors.torch import save_file
 
     save_file({"classifier.weight": torch.zeros(3, 3, 1, 1)}, str(run / runs.WEIGHTS))

@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 from softmaso import packed_training, training
 from softmaso.compiled import CompiledForward
 from softmaso.data import Preprocessor, load_data
+from softmaso.packing import PackedAdam
 
 
 def _float64_setup(cfg):
@@ -144,7 +145,9 @@ def test_compiled_pack_equals_eager_pack_in_float64():
     def run(compile_):
         cs = [c.with_overrides(**{"train.compile": compile_}) for c in cfgs]
         pack = packed_training.new_pack(cs, data, torch.device("cpu"))
-        pack.model.double()
+        pack.model.double()  # new tensors: the optimiser's views of them must be made afterwards
+        lrs, wds = [c.optim.lr for c in cs], [c.optim.weight_decay for c in cs]
+        pack.optimizer = PackedAdam(pack.model, lr=lrs, weight_decay=wds, foreach=True)
         pack.forward = (
             CompiledForward(pack.model, torch.device("cpu"), packed_training.packed_outputs)
             if compile_

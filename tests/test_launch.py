@@ -168,3 +168,26 @@ def test_sbatch_without_a_controller_is_one_line(cli, tmp_path, monkeypatch):
     assert r.exit_code == 2 and error.startswith("softmaso: error: --launcher slurm"), r.output
     assert all(line.startswith("table2: ") for line in said), r.output
     assert "SLURM refused the job array" in r.stderr and "Unable to contact" in r.stderr
+
+
+def test_quiet_and_verbose_are_log_levels(cli, tmp_path):
+    """A grid says a line per run and its summary; -q only warnings and errors; -v adds every
+    run's line per epoch. What it says is on stderr, through logging."""
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(
+        "data: {name: synthetic, synthetic_train: 100}\nmodel: {width: 0.0625}\n"
+        "optim: {batch_size: 50}\ntrain: {epochs: 2}\nsweep: {seed: [0, 1]}\n"
+    )
+    said = {}
+    for flag in ("-q", None, "-v"):
+        args = [flag] if flag else []
+        r = cli(*args, "reproduce", recipe, "--results", tmp_path / f"r{flag}")
+        assert r.exit_code == 0, r.output
+        said[flag] = r.stderr.splitlines()
+    assert said["-q"] == []
+    grid = [line for line in said[None] if line.startswith("[grid] ")]
+    assert len(grid) == 2 and "2/2 one/" in grid[1] and "one: 2 finished" in said[None]
+    assert not any(" epoch " in line for line in said[None])
+    epochs = [line for line in said["-v"] if "] epoch " in line]
+    assert len(epochs) == 4  # 2 runs x 2 epochs, each tagged with its run
+    assert len([line for line in said["-v"] if line.startswith("[grid] ")]) == 2
