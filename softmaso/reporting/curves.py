@@ -1,8 +1,9 @@
 """Learning curves of an experiment: test accuracy and orthogonality error per epoch.
 
-``load_curves(dir)`` reads every run's metrics.jsonl into one tidy frame (a row per run and
-epoch). ``plot_curves(dir, out)`` draws two figures with one panel per combination of the
-keys that vary across runs, ortho.mode and seed aside (for Table 2: dataset x learning rate):
+``load_curves(dir)`` is the runs :func:`~softmaso.reporting.frame.collect` read (with their
+metrics.jsonl) as one tidy frame, a row per run and epoch. ``plot_curves(dir, out)`` draws
+two figures with one panel per combination of the keys that vary across runs, ortho.mode
+and seed aside (for Table 2: dataset x learning rate):
 
     curves.png/.pdf        test accuracy (%) per epoch (solid) and training accuracy (dashed:
                            the running accuracy of the epoch's training pass, in train mode),
@@ -24,7 +25,7 @@ from softmaso import runs as rundir
 from softmaso.errors import UserError
 from softmaso.reporting import tables
 from softmaso.reporting.figure1 import save_figure
-from softmaso.reporting.frame import collect, number
+from softmaso.reporting.frame import collect, epochs
 
 COLORS = {
     "none": "tab:blue",
@@ -35,58 +36,22 @@ COLORS = {
     "torch": "tab:olive",
 }
 COLUMNS = (
-    "dir",
-    "status",
-    "seed",
-    "epoch",
-    "test_acc",
-    "train_acc",
-    "train_loss",
-    "ortho_error_mean",
+    "dir", "status", "seed", "epoch", "test_acc", "train_acc", "train_loss", "ortho_error_mean",
     "smoke",
-)
-
-
-def _mean_error(errors) -> float:
-    values = list(errors.values()) if isinstance(errors, dict) else []
-    values = [number(v) for v in values]
-    values = [v for v in values if not math.isnan(v)]
-    return math.fsum(values) / len(values) if values else math.nan
+)  # fmt: skip
 
 
 def _curves(results_dir: Path, found=None):
     """(tidy frame, panel keys, column key, name) of an experiment directory (`found`: its
     runs, :func:`collect`ed already)."""
-    import pandas as pd
-
-    root = Path(results_dir)
-    found = collect(root) if found is None else found
+    found = collect(results_dir) if found is None else found
     row_keys, col_key, _ = tables.table_keys(found)
     keys = [*row_keys, *([col_key] if col_key else [])]
     if "ortho.mode" not in keys:
         keys.append("ortho.mode")
-    records = []
-    for run in found.to_dict("records"):
-        if run["status"] in ("pending", "missing", "damaged"):
-            continue
-        for m in rundir.read_metrics(root / run["dir"]):
-            records.append(
-                {
-                    **{k: tables.clean(run.get(k)) for k in keys},
-                    "dir": run["dir"],
-                    "status": run["status"],
-                    "seed": run.get("seed"),
-                    "epoch": int(m["epoch"]),
-                    "test_acc": number(m.get("test_acc")),
-                    "train_acc": number(m.get("train_acc")),
-                    "train_loss": number(m.get("train_loss")),
-                    "ortho_error_mean": _mean_error(m.get("ortho_error")),
-                    "smoke": bool(run["smoke"]),
-                }
-            )
-    df = pd.DataFrame(records, columns=[*keys, *COLUMNS])
+    df = epochs(found)[[*keys, *COLUMNS]]
     panel_keys = [k for k in row_keys if k != "ortho.mode"]
-    return df, panel_keys, col_key, str(found.attrs.get("name", root.name))
+    return df, panel_keys, col_key, str(found.attrs.get("name", Path(results_dir).name))
 
 
 def load_curves(results_dir: Path):

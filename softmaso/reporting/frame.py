@@ -1,5 +1,7 @@
-"""Runs as a DataFrame: every run directory under a results folder, and from ``grid.json``
-the runs that were expected but never started, one row each (``collect``).
+"""Runs as a DataFrame, read once per report: every run directory under a results folder, and
+from ``grid.json`` the runs that were expected but never started, one row each (``collect``);
+each run's evaluated epochs ride along in its row, and ``epochs`` spreads them out to one row
+per run and epoch.
 
 Each run gets a state: finished, diverged, damaged, failed (error.txt: training raised, or its
 worker died), started (no result yet: training, or interrupted), pending (config only) or
@@ -17,11 +19,14 @@ from softmaso.errors import UserError
 
 GRID = rundir.GRID
 UNFINISHED = ("diverged", "damaged", "started", "pending", "missing", "failed")
-# acc: result.json's final test accuracy (fraction); test_accs: the test accuracy of every
-# evaluated epoch, in order (metrics.jsonl), from which a table takes its endpoint.
-# machines: the (device, threads) of each launch of the run, as "cpu AMD EPYC x1".
-BOOKKEEPING = (
-    "dir", "status", "acc", "smoke", "problem", "packed", "epoch_s", "test_accs", "machines"
+# acc: result.json's final test accuracy (fraction); epochs: one record per evaluated epoch of
+# metrics.jsonl, in order (EPOCH_COLUMNS; see `epochs`); machines: the (device, threads) of
+# each launch of the run, as "cpu AMD EPYC x1".
+BOOKKEEPING = ("dir", "status", "acc", "smoke", "problem", "packed", "epochs", "machines")
+# An epoch's record: test and training accuracy (fractions), training loss, the mean over
+# layers of the orthogonality error, the training pass's wall-clock seconds; NaN where absent.
+EPOCH_COLUMNS = (
+    "epoch", "test_acc", "train_acc", "train_loss", "ortho_error_mean", "train_seconds"
 )  # fmt: skip
 
 
@@ -38,12 +43,9 @@ def collect(results_dir: Path):
         raise UserError("RESULTS_DIR", f"{str(root)!r} does not exist or is not a directory")
     grid = rundir.read_grid(root)
     smoke = bool(grid.get("smoke", False)) if grid else False
-    found, unplaced = [], []  # unplaced: damaged runs whose config cannot be read
-    for path in sorted(root.rglob(rundir.CONFIG)):
-        row = _read_run(root, path.parent, smoke)
-        (found if row.get("config") is not False else unplaced).append(row)
-    for row in found:
-        row.pop("config", None)
+    read = [_read_run(root, path.parent, smoke) for path in sorted(root.rglob(rundir.CONFIG))]
+    found = [r for r in read if "config" not in r]
+    unplaced = [r for r in read if "config" in r]  # damaged runs whose config cannot be read
     foreign = []  # run directories below a grid's root that its grid.json does not list
     if grid and grid["runs"]:
         listed = {Path(e["dir"]).as_posix() for e in grid["runs"]}
@@ -64,7 +66,7 @@ def collect(results_dir: Path):
             f"(no run directory with {rundir.CONFIG}, no {GRID} listing runs)",
         )
     df = pd.DataFrame(found + expected)
-    keys = list(dict.fromkeys(k for row in found + expected for k in row))
+    keys = dict.fromkeys(k for row in found + expected for k in row)
     df = df[[*BOOKKEEPING, *(k for k in keys if k not in BOOKKEEPING)]]
     df["acc"] = df["acc"].astype(float)
     df.attrs["name"] = (grid or {}).get("experiment") or root.resolve().name
@@ -73,25 +75,42 @@ def collect(results_dir: Path):
     return df
 
 
+def epochs(runs):
+    """One row per run and evaluated epoch: the run's columns (its epochs aside), then
+    EPOCH_COLUMNS; runs without an evaluated epoch have no row."""
+    import pandas as pd
+
+    spread = runs["epochs"].explode().dropna()  # a record per epoch, indexed by its run's row
+    tidy = pd.DataFrame(list(spread), columns=list(EPOCH_COLUMNS))
+    head = runs.drop(columns="epochs").loc[spread.index].reset_index(drop=True)
+    return pd.concat([head, tidy], axis=1)
+
+
+def _row(rel: str, status: str, smoke: bool, **values) -> dict[str, Any]:
+    """A run's bookkeeping columns (a run that never finished: no accuracy, no epochs)."""
+    row = {"dir": rel, "status": status, "acc": math.nan, "smoke": smoke, "problem": None}
+    return {**row, "packed": False, "epochs": (), "machines": (), **values}
+
+
 def _read_run(root: Path, run_dir: Path, grid_smoke: bool) -> dict[str, Any]:
     """A run's row: bookkeeping and config keys. A damaged run (unreadable result.json, an
     accuracy outside [0, 1], ...) has status 'damaged' and its reason in 'problem'; one whose
-    config cannot be read has config False (it cannot be placed in the table)."""
+    config cannot be read has a 'config' entry (it cannot be placed in the table)."""
     rel = run_dir.relative_to(root).as_posix()
     tree = rundir.read_config(run_dir)
     if tree is None:
         problem = f"{rundir.CONFIG} cannot be read (not a YAML mapping)"
         return {"dir": rel, "status": "damaged", "problem": problem, "config": False}
     status, result, problem = rundir.status(run_dir)
-    row = {"dir": rel, "status": status, "acc": math.nan, "smoke": grid_smoke, "epoch_s": math.nan}
-    row.update(problem=problem, packed=False, test_accs=(), machines=_machines(run_dir))
+    row = _row(rel, status, grid_smoke, problem=problem, machines=_machines(run_dir))
+    if status != "damaged":
+        row["epochs"] = _epochs(run_dir)
     if result is not None:
         row["packed"] = isinstance(result.get("packed_with"), int)
         if isinstance(result.get("smoke"), bool):
             row["smoke"] = result["smoke"]
         if status == "finished":
             row["acc"] = float(result["final_test_acc"])
-            row["epoch_s"], row["test_accs"] = _epochs(run_dir)
     return {**row, **rundir.flatten(tree)}
 
 
@@ -102,10 +121,8 @@ def _machines(run_dir: Path) -> tuple[str, ...]:
     seen = []
     for env in rundir.launches(run_dir):
         dev = env.get("device") if isinstance(env.get("device"), dict) else {}
-        text = f"{dev.get('type', '?')} {dev.get('name', '?')} x{dev.get('threads', '?')}"
-        if text not in seen:
-            seen.append(text)
-    return tuple(seen)
+        seen.append(f"{dev.get('type', '?')} {dev.get('name', '?')} x{dev.get('threads', '?')}")
+    return tuple(dict.fromkeys(seen))
 
 
 def number(value: Any) -> float:
@@ -116,17 +133,20 @@ def number(value: Any) -> float:
     return float(value)
 
 
-def _epochs(run_dir: Path) -> tuple[float, tuple[float, ...]]:
-    """(median training seconds per epoch, test accuracy of each evaluated epoch in order)
-    from metrics.jsonl; the median is NaN where no row has train_seconds (runs from before
-    they were recorded). An epoch given twice counts once, as its last row."""
-    import statistics
-
+def _epochs(run_dir: Path) -> tuple[dict[str, float], ...]:
+    """metrics.jsonl as one record (EPOCH_COLUMNS) per evaluated epoch, in order; an epoch
+    given twice counts once, as its last row."""
     by_epoch = {r["epoch"]: r for r in rundir.read_metrics(run_dir)}
-    rows = [by_epoch[e] for e in sorted(by_epoch)]
-    seconds = [s for s in (number(r.get("train_seconds")) for r in rows) if not math.isnan(s)]
-    accs = tuple(a for a in (number(r.get("test_acc")) for r in rows) if not math.isnan(a))
-    return (statistics.median(seconds) if seconds else math.nan), accs
+    out = []
+    for epoch in sorted(by_epoch):
+        row = by_epoch[epoch]
+        errors = row.get("ortho_error")
+        errors = [number(v) for v in (errors.values() if isinstance(errors, dict) else ())]
+        errors = [v for v in errors if not math.isnan(v)]
+        metrics = {k: number(row.get(k)) for k in EPOCH_COLUMNS[1:]}
+        metrics["ortho_error_mean"] = math.fsum(errors) / len(errors) if errors else math.nan
+        out.append({"epoch": epoch, **metrics})
+    return tuple(out)
 
 
 def _missing_runs(
@@ -152,21 +172,7 @@ def _missing_runs(
             )
         failed = (root / rel / rundir.ERROR).exists()  # its job died before it began
         status = "damaged" if rel in damaged else "failed" if failed else "missing"
-        out.append(
-            {
-                "dir": rel,
-                "status": status,
-                "acc": math.nan,
-                "smoke": smoke,
-                "problem": damaged.get(rel),
-                "packed": False,
-                "epoch_s": math.nan,
-                "test_accs": (),
-                "machines": (),
-                **base,
-                **settings,
-            }
-        )
+        out.append({**_row(rel, status, smoke, problem=damaged.get(rel)), **base, **settings})
     return out
 
 

@@ -10,12 +10,14 @@ the mean of the last K evaluated epochs). Each cell that has a baseline (by defa
 ``ortho.mode=none`` cell of its row group and column; any setting can be) gets a gain with its
 95% interval, Welch's p, Holm's p over the table's gains and the detectable effect
 (:mod:`softmaso.reporting.stats`).
+
+Each part of a rendered table (the accuracies, the gains, the training times, the paper's
+Table 2) is a frame of text cells whose columns are its header; markdown and LaTeX lay those
+frames out, and CSV and JSON write the frame of cell records (``records``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -26,7 +28,7 @@ from typing import Any, Literal
 
 from softmaso.config import FINAL, Baseline, Endpoint
 from softmaso.errors import UserError
-from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED
+from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED, epochs
 from softmaso.reporting.paper import PAPER_SOURCE, paper_gain, paper_value
 from softmaso.reporting.stats import Comparison, compare, holm
 
@@ -61,6 +63,28 @@ DISPLAY = {
 SMOKE_TITLE = "SMOKE RUN — synthetic stand-in data, not the paper's numbers"
 DEFAULT_BASELINE = (("ortho.mode", "none"),)
 SHORT = "short"  # finished runs with fewer evaluated epochs than the endpoint needs
+GAIN_STATS = ("gain", "95% CI", "p", "p (Holm)", "detectable (80%)")
+GAIN_NOTE = (
+    "Gains over the baseline, in accuracy points: mean − the baseline cell's mean (its row "
+    "group and column); 95% CI: Welch's t interval; p: Welch's t-test, two-sided; Holm: p "
+    "adjusted by Holm's step-down method over this table's gains; detectable: the smallest "
+    "true gain these runs would detect with 80% power at alpha = 0.05 (noncentral t, the "
+    "same spread). n/a where a side has fewer than 2 runs."
+)
+TIME_NOTE = (
+    "Training time per epoch (s): each run's median over its epochs of the training pass's "
+    "wall-clock seconds (metrics.jsonl's train_seconds, evaluation excluded), mean ± std over "
+    "the finished runs. Compare only runs that shared a machine and its load (env.json names it)."
+)
+PAPER_NOTE = (
+    f"Against the paper: {PAPER_SOURCE}, mean ± std over 5 runs. Differences and gains in "
+    "accuracy points; gain = ortho − baseline at the same learning rate; p = Welch's t-test "
+    "(two-sided, unequal variances) on our runs, n/a when a side has fewer than 2."
+)
+PAPER_GAINS_NOTE = (
+    f"The paper's gains at this table's learning rates ({PAPER_SOURCE}: its ortho row − its "
+    "baseline, in points, on its datasets; our runs above are not among its settings)."
+)
 
 
 def footnote(endpoint: Endpoint) -> str:
@@ -72,7 +96,6 @@ def footnote(endpoint: Endpoint) -> str:
     )
 
 
-# ----------------------------------------------------------------------------------- collect
 # --------------------------------------------------------------------------------- summarize
 @dataclass(frozen=True)
 class Cell:
@@ -84,7 +107,6 @@ class Cell:
     seeds: tuple[int, ...]  # their seeds
     counts: dict[str, int]  # diverged, started, pending, missing, short -> number of runs
     settings: dict[str, Any]  # every config key with one value over the cell's runs
-    dirs: tuple[str, ...]
     packed: int = 0  # finished runs that trained in a pack
     epoch_s: tuple[float, ...] = ()  # each finished run's median training seconds per epoch
 
@@ -136,36 +158,23 @@ def clean(value: Any) -> Any:
     return value
 
 
-def _distinct(values) -> set:
-    return {clean(v) for v in values} - {None}
-
-
-def _determined(records: list[dict], key: str, by: list[str]) -> bool:
-    """Whether `key` has one value for each combination of the keys `by`."""
-    if not by:
-        return False
-    seen: dict[tuple, set] = {}
-    for r in records:
-        seen.setdefault(tuple(clean(r.get(k)) for k in by), set()).update(_distinct([r.get(key)]))
-    return all(len(values) <= 1 for values in seen.values())
-
-
 def table_keys(runs) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
     """(row keys, column key, folded keys) from the config keys that vary across runs.
 
     optim.lr is the column key when it varies. A varying key that another row key (or the
     column) determines, like CIFAR-100's batch size, is folded away unless it is protected.
     """
-    records = runs.to_dict("records")
     config = [k for k in runs.columns if k not in BOOKKEEPING and k not in NEVER_SPLIT]
-    varying = [k for k in config if len(_distinct(runs[k])) > 1]
+    varying = [k for k in config if runs[k].nunique() > 1]
     col_key = COLUMN_KEY if COLUMN_KEY in varying else None
     first = [k for k in ROW_PRIORITY if k in varying]
     rows = first + [k for k in varying if k not in first and k != col_key]
     folded = []
     for key in reversed(rows[:]):  # least important first; recipe goes last
         others = [k for k in rows if k != key] + ([col_key] if col_key else [])
-        if key not in PROTECTED and _determined(records, key, others):
+        if key in PROTECTED or not others:
+            continue
+        if runs.groupby(others, dropna=False)[key].nunique().le(1).all():  # one per combination
             rows.remove(key)
             folded.append(key)
     return tuple(rows), col_key, tuple(reversed(folded))
@@ -183,55 +192,24 @@ def rank(key: str | None, value: Any) -> tuple:
     return (1, 0, str(value))
 
 
-def endpoint_value(run: dict, endpoint: Endpoint) -> float | None:
-    """A finished run's accuracy (fraction) at `endpoint`; None where it has none (a run
-    with fewer evaluated epochs than last:K needs)."""
+def per_run(runs, endpoint: Endpoint):
+    """(accuracy (%) at `endpoint`, median training seconds per epoch) of each finished run,
+    as two Series beside `runs`: NaN for the other runs, an accuracy of NaN for a run with
+    fewer evaluated epochs than last:K needs, seconds of NaN where none were recorded."""
+    finished = runs["status"] == "finished"
+    tidy = epochs(runs[finished])  # a row per run and epoch
+    seconds = runs["dir"].map(tidy.groupby("dir")["train_seconds"].median())
+    tested = tidy.dropna(subset=["test_acc"]).groupby("dir")["test_acc"]
     if endpoint.kind == "final":
-        return clean(run["acc"])
-    accs = tuple(run.get("test_accs") or ())
-    if endpoint.kind == "best":
-        return max(accs) if accs else None
-    return statistics.fmean(accs[-endpoint.k :]) if len(accs) >= endpoint.k else None
-
-
-def _cell(row: tuple, col: Any, members: list[dict], endpoint: Endpoint = FINAL) -> Cell:
-    finished = [r for r in members if r["status"] == "finished"]
-    at = {r["dir"]: endpoint_value(r, endpoint) for r in finished}
-    done = sorted(
-        (r for r in finished if at[r["dir"]] is not None),
-        key=lambda r: rank("seed", clean(r.get("seed"))),
-    )
-    counts = {s: sum(r["status"] == s for r in members) for s in UNFINISHED}
-    counts[SHORT] = len(finished) - len(done)
-    keys = [k for k in members[0] if k not in BOOKKEEPING]
-    settings = {}
-    for k in keys:
-        values = _distinct(r.get(k) for r in members)
-        if len(values) == 1:
-            settings[k] = values.pop()
-    return Cell(
-        row,
-        col,
-        tuple(100.0 * float(at[r["dir"]]) for r in done),
-        tuple(clean(r.get("seed")) for r in done),
-        counts,
-        settings,
-        tuple(r["dir"] for r in members),
-        sum(bool(r.get("packed")) for r in done),
-        tuple(float(r["epoch_s"]) for r in done if clean(r.get("epoch_s")) is not None),
-    )
-
-
-def _duplicate_seeds(cell: Cell, members: list[dict], label: str) -> list[str]:
-    by_seed: dict[Any, list[str]] = {}
-    for r in members:
-        by_seed.setdefault(clean(r.get("seed")), []).append(r["dir"])
-    return [
-        f"{label}: seed {seed} appears {len(dirs)} times ({', '.join(dirs)}): mixed recipe "
-        "versions or copied runs? All of them are counted."
-        for seed, dirs in by_seed.items()
-        if len(dirs) > 1
-    ]
+        value = runs["acc"]
+    elif endpoint.kind == "best":
+        value = runs["dir"].map(tested.max())
+    else:
+        k = endpoint.k
+        value = runs["dir"].map(
+            tested.agg(lambda a: statistics.fmean(a.iloc[-k:]) if len(a) >= k else math.nan)
+        )
+    return 100.0 * value.where(finished), seconds.where(finished)
 
 
 def summarize(runs, *, endpoint: Endpoint = FINAL, baseline: Baseline | None = None) -> Summary:
@@ -242,45 +220,32 @@ def summarize(runs, *, endpoint: Endpoint = FINAL, baseline: Baseline | None = N
     if len(runs) == 0:
         raise UserError("RESULTS_DIR", "no runs to tabulate")
     row_keys, col_key, folded = table_keys(runs)
-    groups: dict[tuple[tuple, Any], list[dict]] = {}
-    for r in runs.to_dict("records"):
-        row = tuple(clean(r.get(k)) for k in row_keys)
-        col = clean(r.get(col_key)) if col_key else None
-        groups.setdefault((row, col), []).append(r)
-    rows = sorted({row for row, _ in groups}, key=lambda row: _row_rank(row_keys, row))
-    cols = sorted({col for _, col in groups}, key=lambda col: rank(col_key, col))
-    cells, warnings = {}, []
-    for (row, col), members in groups.items():
-        cells[(row, col)] = _cell(row, col, members, endpoint)
-        where = _where(row_keys, row, col_key, col)
-        warnings += _duplicate_seeds(cells[(row, col)], members, where)
-        machines = sorted({m for r in members if r["status"] == "finished" for m in r["machines"]})
-        if len(machines) > 1:
-            warnings.append(
-                f"{where}: its finished runs trained on {' and '.join(machines)} (env.json, "
-                "launches.jsonl); on a CPU the thread count changes the sums, so the numbers"
-            )
-    for r in runs.to_dict("records"):
-        if r["status"] == "damaged":
-            warnings.append(f"damaged run {r['dir']}: {r['problem']}; not counted")
-    warnings += [f"damaged run {u}; not counted" for u in runs.attrs.get("unplaced", [])]
-    if foreign := runs.attrs.get("foreign"):
-        shown = ", ".join(foreign[:3]) + (
-            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        )
-        warnings.append(
-            f"{len(foreign)} run director{'y' if len(foreign) == 1 else 'ies'} below this grid "
-            f"that its grid.json does not list ({shown}): not counted"
-        )
+    config = [k for k in runs.columns if k not in BOOKKEEPING]
+    value, seconds = per_run(runs, endpoint)
+    values = runs[list(row_keys)].astype(object).to_numpy().tolist()  # Python values
+    keyed = runs.assign(
+        row=[tuple(map(clean, v)) for v in values],
+        col=runs[col_key] if col_key else None,
+        value=value,
+        seconds=seconds,
+    )
+    cells, warnings = {}, _folder_warnings(runs)
+    for (row, col), members in keyed.groupby(["row", "col"], sort=False, dropna=False):
+        col = clean(col)
+        pairs = zip((*row_keys, col_key), (*row, col), strict=True)
+        where = ", ".join(f"{k}={v}" for k, v in pairs if k) or "all runs"
+        cells[(row, col)] = _cell(row, col, members, config)
+        warnings += _cell_warnings(members, where)
+    mixed = runs["smoke"].any() and not runs["smoke"].all()
     summary = Summary(
         name=str(runs.attrs.get("name", "runs")),
         row_keys=row_keys,
         col_key=col_key,
-        rows=tuple(rows),
-        cols=tuple(cols),
+        rows=tuple(sorted({r for r, _ in cells}, key=lambda r: _row_rank(row_keys, r))),
+        cols=tuple(sorted({c for _, c in cells}, key=lambda c: rank(col_key, c))),
         cells=cells,
         smoke=bool(runs["smoke"].all()),
-        smoke_rows=_smoke_rows(runs, row_keys),
+        smoke_rows=frozenset(keyed.loc[keyed["smoke"].astype(bool), "row"] if mixed else ()),
         folded_keys=folded,
         warnings=(),
         endpoint=endpoint,
@@ -297,6 +262,63 @@ def summarize(runs, *, endpoint: Endpoint = FINAL, baseline: Baseline | None = N
     return replace(summary, comparisons=comparisons, warnings=tuple(sorted(warnings)))
 
 
+def _cell(row: tuple, col: Any, members, config: list[str]) -> Cell:
+    """The cell of `members`, its runs (with their endpoint `value` and `seconds`)."""
+    done = members[members["value"].notna()].sort_values("seed", kind="stable")
+    states = members["status"].value_counts()
+    counts = {s: int(states.get(s, 0)) for s in UNFINISHED}
+    counts[SHORT] = int(states.get("finished", 0)) - len(done)
+    one = members[config].nunique() == 1  # the keys with one value (missing ones aside)
+    return Cell(
+        row,
+        col,
+        accs=tuple(map(float, done["value"])),
+        seeds=tuple(map(clean, done["seed"])),
+        counts=counts,
+        settings={k: clean(members[k].dropna().iloc[0]) for k in one.index[one]},
+        packed=int(done["packed"].sum()),
+        epoch_s=tuple(map(float, done["seconds"].dropna())),
+    )
+
+
+def _folder_warnings(runs) -> list[str]:
+    """Damaged runs, and run directories below the grid that its grid.json does not list."""
+    damaged = runs[runs["status"] == "damaged"]
+    out = [f"damaged run {r.dir}: {r.problem}; not counted" for r in damaged.itertuples()]
+    out += [f"damaged run {u}; not counted" for u in runs.attrs.get("unplaced", [])]
+    if foreign := runs.attrs.get("foreign"):
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        out.append(
+            f"{len(foreign)} run director{'y' if len(foreign) == 1 else 'ies'} below this grid "
+            f"that its grid.json does not list ({', '.join(foreign[:3])}{more}): not counted"
+        )
+    return out
+
+
+def _cell_warnings(members, where: str) -> list[str]:
+    """A seed given twice in one cell; finished runs of one cell on different machines."""
+    dirs = members.groupby("seed", sort=False, dropna=False)["dir"].agg(list)
+    out = [
+        f"{where}: seed {clean(seed)} appears {len(d)} times ({', '.join(d)}): mixed recipe "
+        "versions or copied runs? All of them are counted."
+        for seed, d in dirs.items()
+        if len(d) > 1
+    ]
+    finished = members.loc[members["status"] == "finished", "machines"]
+    machines = sorted({m for ms in finished for m in ms})
+    if len(machines) > 1:
+        out.append(
+            f"{where}: its finished runs trained on {' and '.join(machines)} (env.json, "
+            "launches.jsonl); on a CPU the thread count changes the sums, so the numbers"
+        )
+    return out
+
+
+def _row_rank(keys: tuple[str, ...], row: tuple) -> list:
+    return [rank(k, v) for k, v in zip(keys, row, strict=True)]
+
+
+# ------------------------------------------------------------------------------- the gains
 def _same(a: Any, b: Any) -> bool:
     """Equal settings: numbers up to rounding (0.001 == 1e-3), booleans only to booleans."""
     if isinstance(a, bool) or isinstance(b, bool):
@@ -308,11 +330,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def _matches(summary: Summary, row: tuple, col: Any) -> bool:
     """Whether the cell at (row, col) has every baseline setting."""
-    keys = summary.row_keys
-    return all(
-        _same(col, value) if key == summary.col_key else _same(row[keys.index(key)], value)
-        for key, value in summary.baseline
-    )
+    values = {**dict(zip(summary.row_keys, row, strict=True)), summary.col_key: col}
+    return all(_same(values[key], value) for key, value in summary.baseline)
 
 
 def _baseline_of(summary: Summary, row: tuple, col: Any) -> tuple[tuple, Any] | None:
@@ -337,46 +356,24 @@ def _comparisons(summary: Summary):
     """Every cell's comparison with its baseline, Holm-adjusted over the table; and why
     there are none, where there are none."""
     text = _baseline_text(summary)
-    keys = {*summary.row_keys, summary.col_key}
-    missing = [key for key, _ in summary.baseline if key not in keys]
+    missing = [k for k, _ in summary.baseline if k not in {*summary.row_keys, summary.col_key}]
     if missing:
         return {}, f"baseline {text}: {missing[0]} is not a row or column key of this table"
     pairs = {}
-    for (row, col), cell in summary.cells.items():
-        base = _baseline_of(summary, row, col)
+    for at, cell in summary.cells.items():
+        base = _baseline_of(summary, *at)
         if base is not None and (c := compare(cell.accs, summary.cells[base].accs)):
-            pairs[(row, col)] = (base, c)
+            pairs[at] = (base, c)
     if not pairs:
         return {}, f"baseline {text}: no cell of this table has it"
-    order = list(pairs)
-    adjusted = holm([pairs[k][1].p for k in order])
+    adjusted = holm([c.p for _, c in pairs.values()])
     return {
-        k: (pairs[k][0], replace(pairs[k][1], p_holm=adj))
-        for k, adj in zip(order, adjusted, strict=True)
+        at: (base, replace(c, p_holm=p))
+        for (at, (base, c)), p in zip(pairs.items(), adjusted, strict=True)
     }, None
 
 
-def _smoke_rows(runs, row_keys: tuple[str, ...]) -> frozenset:
-    """The rows holding smoke runs, when a table mixes smoke and real runs (else empty)."""
-    if runs["smoke"].all() or not runs["smoke"].any():
-        return frozenset()
-    return frozenset(
-        tuple(clean(r.get(k)) for k in row_keys) for r in runs.to_dict("records") if r["smoke"]
-    )
-
-
-def _row_rank(keys: tuple[str, ...], row: tuple) -> list:
-    return [rank(k, v) for k, v in zip(keys, row, strict=True)]
-
-
-def _where(row_keys, row, col_key, col) -> str:
-    parts = [f"{k}={v}" for k, v in zip(row_keys, row, strict=True)]
-    if col_key:
-        parts.append(f"{col_key}={col}")
-    return ", ".join(parts) or "all runs"
-
-
-# ---------------------------------------------------------------------------- the paper
+# ------------------------------------------------------------------------------- the paper
 @dataclass(frozen=True)
 class Versus:
     """One cell beside the paper's Table 2; all numbers in accuracy points (%)."""
@@ -399,20 +396,14 @@ def _num(x: float | None, digits: int | None = None) -> float | None:
 def versus(summary: Summary, cell: Cell) -> Versus:
     paper = paper_value(cell)
     base_at, comparison = summary.comparisons.get((cell.row, cell.col), (None, None))
-    base = summary.cells[base_at] if base_at else None
-    base_paper = paper_value(base) if base else None
-    gain = gain_paper = p = None
-    if comparison is not None:
-        gain, p = _num(comparison.gain), comparison.p
-        if paper and base_paper:
-            gain_paper = paper[0] - base_paper[0]
+    base_paper = paper_value(summary.cells[base_at]) if base_at else None
     return Versus(
         paper_mean=paper[0] if paper else None,
         paper_std=paper[1] if paper else None,
         diff=_num(cell.mean - paper[0]) if paper else None,
-        gain=gain,
-        gain_paper=gain_paper,
-        gain_p=p,
+        gain=_num(comparison.gain) if comparison else None,
+        gain_paper=paper[0] - base_paper[0] if comparison and paper and base_paper else None,
+        gain_p=comparison.p if comparison else None,
     )
 
 
@@ -421,17 +412,70 @@ def _paper_groups(summary: Summary) -> list[tuple[tuple, list[tuple]]]:
     i = summary.row_keys.index("ortho.mode") if "ortho.mode" in summary.row_keys else None
     groups: dict[tuple, list[tuple]] = {}
     for row in summary.rows:
-        key = row if i is None else row[:i] + row[i + 1 :]
-        groups.setdefault(key, []).append(row)
+        groups.setdefault(row if i is None else row[:i] + row[i + 1 :], []).append(row)
     return [
         (key, rows)
         for key, rows in groups.items()
-        if any(
-            (c := summary.cell(r, col)) is not None and paper_value(c)
-            for r in rows
-            for col in summary.cols
-        )
+        if any(paper_value(c) for c in _cells_of(summary, rows))
     ]
+
+
+def _cells_of(summary: Summary, rows: list[tuple]) -> list[Cell]:
+    return [c for r in rows for col in summary.cols if (c := summary.cell(r, col)) is not None]
+
+
+def _block(summary: Summary, rows: list[tuple]) -> list[list[str]]:
+    """The comparison lines of one group: ours / paper / difference per row, then gains."""
+    i = summary.row_keys.index("ortho.mode") if "ortho.mode" in summary.row_keys else None
+    lines, gains = [], []
+    for row in rows:
+        cells = [summary.cell(row, col) for col in summary.cols]
+        mode = row[i] if i is not None else next(c for c in cells if c).settings.get("ortho.mode")
+        name = show("ortho.mode", mode)
+        vs = [versus(summary, c) if c else None for c in cells]
+        paper = [
+            f"{v.paper_mean:.1f} ± {v.paper_std:.1f}" if v and v.paper_mean is not None else ""
+            for v in vs
+        ]
+        lines.append([f"{name}: ours", *(cell_text(c, with_n=False) for c in cells)])
+        lines.append([f"{name}: paper", *paper])
+        lines.append([f"{name}: ours − paper", *(_signed(v.diff) if v else "" for v in vs)])
+        if any(v and (v.gain is not None or v.gain_paper is not None) for v in vs):
+            ours = [
+                "" if v is None or v.gain is None else f"{_signed(v.gain)} (p={p_text(v.gain_p)})"
+                for v in vs
+            ]
+            gains.append([f"gain {name} − baseline: ours", *ours])
+            paper = [_signed(v.gain_paper) if v else "" for v in vs]
+            gains.append([f"gain {name} − baseline: paper", *paper])
+    return lines + gains
+
+
+def _group_title(summary: Summary, key: tuple, rows: list[tuple]) -> str:
+    keys = [k for k in summary.row_keys if k != "ortho.mode"]
+    parts = [
+        show(k, v) if k in ("data.name", "recipe") else f"{k} = {show(k, v)}"
+        for k, v in zip(keys, key, strict=True)
+    ]
+    if "data.name" not in keys:
+        parts.insert(0, show("data.name", _cells_of(summary, rows)[0].settings.get("data.name")))
+    return ", ".join(parts)
+
+
+def paper_gain_lines(summary: Summary) -> list[list[str]]:
+    """Where the table's columns are learning rates of Table 2 (and it holds a penalty
+    comparison): a line per dataset of Table 2 with the paper's gain per column; else []."""
+    has_penalty = any(c.settings.get("ortho.mode") == "penalty" for c in summary.cells.values())
+    if summary.col_key != COLUMN_KEY or not has_penalty:
+        return []
+    lines = [
+        [
+            f"{show('data.name', name)} (paper)",
+            *(_signed(paper_gain(name, lr)) for lr in summary.cols),
+        ]
+        for name in DATASETS
+    ]
+    return [line for line in lines if any(line[1:])]
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -461,21 +505,17 @@ def title(summary: Summary) -> str:
     return f"{SMOKE_TITLE}. {text}" if summary.smoke else text
 
 
-def _notes(cell: Cell) -> str:
-    notes = [f"{cell.counts[s]} {s}" for s in UNFINISHED if cell.counts.get(s)]
-    if cell.counts.get(SHORT):
-        notes.append(f"{cell.counts[SHORT]} finished too short for the endpoint")
-    return ", ".join(notes + ([f"{cell.packed} packed"] if cell.packed else []))
-
-
-def cell_text(cell: Cell | None, *, pm: str = "±", dash: str = "—", with_n: bool = True) -> str:
+def cell_text(cell: Cell | None, *, with_n: bool = True) -> str:
     """'80.3 ± 0.4 (n=5)', '79.9 ± 0.5 (n=4; 1 diverged)', '— (3 missing, 2 started)'."""
     if cell is None:
         return ""
-    notes = _notes(cell)
+    notes = [f"{cell.counts[s]} {s}" for s in UNFINISHED if cell.counts.get(s)]
+    if cell.counts.get(SHORT):
+        notes.append(f"{cell.counts[SHORT]} finished too short for the endpoint")
+    notes = ", ".join(notes + ([f"{cell.packed} packed"] if cell.packed else []))
     if cell.n == 0:
-        return f"{dash} ({notes})" if notes else dash
-    acc = f"{cell.mean:.1f}" + (f" {pm} {cell.std:.1f}" if cell.n > 1 else "")
+        return f"— ({notes})" if notes else "—"
+    acc = f"{cell.mean:.1f}" + (f" ± {cell.std:.1f}" if cell.n > 1 else "")
     if not with_n:
         return acc
     return f"{acc} (n={cell.n}" + (f"; {notes})" if notes else ")")
@@ -485,93 +525,15 @@ def _signed(x: float | None) -> str:
     return "" if x is None else f"{x:+.1f}"
 
 
-def _gain_text(v: Versus | None) -> str:
-    return "" if v is None or v.gain is None else f"{_signed(v.gain)} (p={p_text(v.gain_p)})"
-
-
-def _paper_text(v: Versus, pm: str) -> str:
-    return "" if v.paper_mean is None else f"{v.paper_mean:.1f} {pm} {v.paper_std:.1f}"
-
-
-def _block_lines(summary: Summary, rows: list[tuple], pm: str) -> list[list[str]]:
-    """The comparison lines of one group: ours / paper / difference per row, then gains."""
-    i = summary.row_keys.index("ortho.mode") if "ortho.mode" in summary.row_keys else None
-    lines, gains = [], []
-    for row in rows:
-        cells = [summary.cell(row, col) for col in summary.cols]
-        mode = row[i] if i is not None else next(c for c in cells if c).settings.get("ortho.mode")
-        name = show("ortho.mode", mode)
-        vs = [versus(summary, c) if c else None for c in cells]
-        lines.append([f"{name}: ours", *(cell_text(c, pm=pm, with_n=False) for c in cells)])
-        lines.append([f"{name}: paper", *(_paper_text(v, pm) if v else "" for v in vs)])
-        lines.append([f"{name}: ours − paper", *(_signed(v.diff) if v else "" for v in vs)])
-        if any(v and v.gain is not None for v in vs) or any(
-            v and v.gain_paper is not None for v in vs
-        ):
-            gains.append(
-                [
-                    f"gain {name} − baseline: ours",
-                    *(_gain_text(v) for v in vs),
-                ]
-            )
-            gains.append(
-                [
-                    f"gain {name} − baseline: paper",
-                    *(_signed(v.gain_paper) if v else "" for v in vs),
-                ]
-            )
-    return lines + gains
-
-
-def _group_title(summary: Summary, key: tuple, rows: list[tuple]) -> str:
-    keys = [k for k in summary.row_keys if k != "ortho.mode"]
-    parts = [
-        show(k, v) if k in ("data.name", "recipe") else f"{k} = {show(k, v)}"
-        for k, v in zip(keys, key, strict=True)
-    ]
-    if "data.name" not in keys:
-        cell = next(c for c in (summary.cell(r, col) for r in rows for col in summary.cols) if c)
-        parts.insert(0, show("data.name", cell.settings.get("data.name")))
-    return ", ".join(parts)
-
-
-PAPER_NOTE = (
-    f"Against the paper: {PAPER_SOURCE}, mean ± std over 5 runs. Differences and gains in "
-    "accuracy points; gain = ortho − baseline at the same learning rate; p = Welch's t-test "
-    "(two-sided, unequal variances) on our runs, n/a when a side has fewer than 2."
-)
-
-
-GAIN_NOTE = (
-    "Gains over the baseline, in accuracy points: mean − the baseline cell's mean (its row "
-    "group and column); 95% CI: Welch's t interval; p: Welch's t-test, two-sided; Holm: p "
-    "adjusted by Holm's step-down method over this table's gains; detectable: the smallest "
-    "true gain these runs would detect with 80% power at alpha = 0.05 (noncentral t, the "
-    "same spread). n/a where a side has fewer than 2 runs."
-)
-GAIN_STATS = ("gain", "95% CI", "p", "p (Holm)", "detectable (80%)")
-
-
-def _fixed(x: float | None, digits: int = 2, signed: bool = True) -> str:
+def _fixed(x: float | None, signed: bool = True) -> str:
     if x is None or math.isnan(x):
         return "n/a"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
 def p_text(p: float | None) -> str:
     """A p-value as tables print it: 3 significant digits (n/a for none)."""
     return "n/a" if p is None else f"{p:.3g}"
-
-
-def comparison_cells(c: Comparison) -> list[str]:
-    """gain, '[low, high]', p, Holm p, detectable: the cells of one gain line."""
-    ci = "n/a" if c.ci_low is None else f"[{_fixed(c.ci_low)}, {_fixed(c.ci_high)}]"
-    return [_fixed(c.gain), ci, p_text(c.p), p_text(c.p_holm), _fixed(c.detectable, 2, False)]
-
-
-def gain_header(summary: Summary) -> list[str]:
-    col = [("lr" if summary.col_key == COLUMN_KEY else summary.col_key)] if summary.col_key else []
-    return [*(summary.row_keys or ["runs"]), *col, f"vs {_baseline_text(summary)}", *GAIN_STATS]
 
 
 def _setting_text(baseline: Baseline) -> str:
@@ -586,53 +548,57 @@ def _baseline_text(summary: Summary) -> str:
     )
 
 
-def gain_lines(summary: Summary) -> list[list[str]]:
-    """One line per cell with a baseline: its row labels (and column), the baseline row's
-    labels (its column where the baseline is a column), then gain, CI, p, Holm p and the
-    detectable effect."""
-    lines = []
-    for row in summary.rows:
-        for col in summary.cols:
-            if (found := summary.comparisons.get((row, col))) is None:
-                continue
-            (base_row, base_col), c = found
-            where = [show(summary.col_key, col)] if summary.col_key else []
-            versus_label = ", ".join(_row_labels(summary, base_row))  # the baseline's row
-            if base_col != col:
-                versus_label = show(summary.col_key, base_col)
-            lines.append(
-                [
-                    *(_row_labels(summary, row) or ["all"]),
-                    *where,
-                    versus_label,
-                    *comparison_cells(c),
-                ]
-            )
-    return lines
+def _row_labels(summary: Summary, row: tuple) -> list[str]:
+    """The row's labels (["all"] for a table without row keys), SMOKE marked."""
+    labels = [show(k, v) for k, v in zip(summary.row_keys, row, strict=True)]
+    if row in summary.smoke_rows and labels:
+        labels[0] = f"{labels[0]} (SMOKE)"
+    return labels or ["all"]
 
 
-TIME_NOTE = (
-    "Training time per epoch (s): each run's median over its epochs of the training pass's "
-    "wall-clock seconds (metrics.jsonl's train_seconds, evaluation excluded), mean ± std over "
-    "the finished runs. Compare only runs that shared a machine and its load (env.json names it)."
-)
+# -------------------------------------------------------------------------- the parts as frames
+def _frame(header: list[str], lines: list[list[str]]):
+    import pandas as pd
+
+    return pd.DataFrame(lines, columns=header, dtype=object)
 
 
-def time_lines(summary: Summary) -> list[list[str]]:
-    """Per row: its labels, then the cell's mean ± std training seconds per epoch per column;
-    [] when no finished run recorded them."""
-    if not any(c.epoch_s for c in summary.cells.values()):
-        return []
-    return [
-        [
-            *(_row_labels(summary, row) or ["all"]),
-            *(_seconds_text(summary.cell(row, c)) for c in summary.cols),
-        ]
+def grid(summary: Summary, text=None, what: str | None = None):
+    """The table's rows x columns as a frame: a row's labels, then `text` of each cell
+    (default: its accuracy); `what` heads the one column of a table without a column key."""
+    labels = [column_label(summary.col_key, c) for c in summary.cols]
+    header = [
+        *(summary.row_keys or ["runs"]),
+        *([what] if what and not summary.col_key else labels),
+    ]
+    text = text or cell_text
+    lines = [
+        [*_row_labels(summary, row), *(text(summary.cell(row, c)) for c in summary.cols)]
         for row in summary.rows
     ]
+    return _frame(header, lines)
+
+
+def gain_frame(summary: Summary):
+    """One line per cell with a baseline: its row labels (and column), the baseline row's
+    labels (its column where the baseline is a column), then gain, CI, p, Holm p and the
+    detectable effect; None where no cell has a baseline."""
+    lines = []
+    for (row, col), ((base_row, base_col), c) in _in_order(summary, summary.comparisons):
+        where = [show(summary.col_key, col)] if summary.col_key else []
+        base = ", ".join(_row_labels(summary, base_row)[: len(summary.row_keys)])
+        if base_col != col:
+            base = show(summary.col_key, base_col)
+        ci = "n/a" if c.ci_low is None else f"[{_fixed(c.ci_low)}, {_fixed(c.ci_high)}]"
+        stats = [_fixed(c.gain), ci, p_text(c.p), p_text(c.p_holm), _fixed(c.detectable, False)]
+        lines.append([*_row_labels(summary, row), *where, base, *stats])
+    col = [("lr" if summary.col_key == COLUMN_KEY else summary.col_key)] if summary.col_key else []
+    header = [*(summary.row_keys or ["runs"]), *col, f"vs {_baseline_text(summary)}", *GAIN_STATS]
+    return _frame(header, lines) if lines else None
 
 
 def _seconds_text(cell: Cell | None) -> str:
+    """A cell's mean ± std training seconds per epoch."""
     if cell is None or not cell.epoch_s:
         return "—"
     mean = statistics.fmean(cell.epoch_s)
@@ -641,12 +607,11 @@ def _seconds_text(cell: Cell | None) -> str:
     return f"{mean:.1f} ± {statistics.stdev(cell.epoch_s):.1f}"
 
 
-def _side_header(summary: Summary, what: str) -> list[str]:
-    """The header of a table beside the main one: its rows' keys, then one column per column
-    of the main table, or one column `what` where it has none."""
-    if summary.col_key is None:
-        return [*(summary.row_keys or ["runs"]), what]
-    return [*summary.row_keys, *(column_label(summary.col_key, c) for c in summary.cols)]
+def _in_order(summary: Summary, by_cell: dict) -> list:
+    """The (cell, value) items of a dict keyed by cell, in the table's row and column order."""
+    return [
+        ((r, c), by_cell[(r, c)]) for r in summary.rows for c in summary.cols if (r, c) in by_cell
+    ]
 
 
 def conv1_note(summary: Summary) -> str | None:
@@ -674,6 +639,35 @@ def conv1_note(summary: Summary) -> str | None:
     )
 
 
+def records(summary: Summary, paper: bool):
+    """One tidy record per cell: row keys, column key, statistics, counts (+ the paper), and
+    the cell's accuracies and seeds. Accuracies and differences are rounded to 1e-6 points;
+    p-values are not rounded."""
+    import pandas as pd
+
+    out = []
+    for (row, col), cell in _in_order(summary, summary.cells):
+        rec: dict[str, Any] = dict(zip(summary.row_keys, row, strict=True))
+        if summary.col_key:
+            rec[summary.col_key] = col
+        rec.update(mean=_num(cell.mean, 6), std=_num(cell.std, 6), n=cell.n, **cell.counts)
+        rec["smoke"] = summary.smoke or row in summary.smoke_rows
+        rec["epoch_s"] = _num(statistics.fmean(cell.epoch_s), 3) if cell.epoch_s else None
+        rec["endpoint"] = summary.endpoint.text
+        base_at, c = summary.comparisons.get((row, col), (None, Comparison(math.nan)))
+        rec["baseline"] = _setting_text(summary.baseline) if base_at else None
+        rec.update(gain=_num(c.gain, 6), gain_ci_low=_num(c.ci_low, 6))
+        rec.update(gain_ci_high=_num(c.ci_high, 6), gain_p=c.p, gain_p_holm=c.p_holm)
+        rec["gain_detectable"] = _num(c.detectable, 6)
+        if paper:
+            v = versus(summary, cell)
+            rec.update(paper_mean=v.paper_mean, paper_std=v.paper_std)
+            rec.update(diff=_num(v.diff, 6), gain_paper=_num(v.gain_paper, 6))
+        rec.update(accs=[round(a, 6) for a in cell.accs], seeds=list(cell.seeds))
+        out.append(rec)
+    return pd.DataFrame(out, dtype=object)
+
+
 # ------------------------------------------------------------------------------ renderers
 def render(
     summary: Summary, fmt: Literal["markdown", "latex", "csv", "json"], *, paper: bool = False
@@ -685,106 +679,54 @@ def render(
     return renderers[fmt](summary, paper)
 
 
-def _header(summary: Summary) -> list[str]:
-    return [*summary.row_keys, *(column_label(summary.col_key, c) for c in summary.cols)]
+def _pipe(frame, left: int) -> list[str]:
+    """A frame as a markdown pipe table: `left` label columns, then right-aligned ones."""
 
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
-def _row_labels(summary: Summary, row: tuple) -> list[str]:
-    labels = [show(k, v) for k, v in zip(summary.row_keys, row, strict=True)]
-    if row in summary.smoke_rows and labels:
-        labels[0] = f"{labels[0]} (SMOKE)"
-    return labels
-
-
-def _pipe(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-
-def _pipe_table(header: list[str], body: list[list[str]], left: int) -> list[str]:
-    rule = ["---"] * left + ["---:"] * (len(header) - left)
-    return [_pipe(header), _pipe(rule), *(_pipe(line) for line in body)]
+    rule = ["---"] * left + ["---:"] * (frame.shape[1] - left)
+    return [line(frame.columns), line(rule), *(line(r) for r in frame.itertuples(index=False))]
 
 
 def _markdown(summary: Summary, paper: bool) -> str:
     left = max(len(summary.row_keys), 1)
-    header = _header(summary) if summary.row_keys else ["runs", *_header(summary)]
-    body = [
-        [
-            *(_row_labels(summary, row) or ["all"]),
-            *(cell_text(summary.cell(row, c)) for c in summary.cols),
-        ]
-        for row in summary.rows
-    ]
-    lines = [f"### {title(summary)}", "", *_pipe_table(header, body, left), ""]
+    lines = [f"### {title(summary)}", "", *_pipe(grid(summary), left), ""]
     lines.append(footnote(summary.endpoint))
     if summary.folded_keys:
         lines.append(f"Also varying, fixed by the rows: {', '.join(summary.folded_keys)}.")
-    if gains := gain_lines(summary):
-        header = gain_header(summary)
-        lines += ["", GAIN_NOTE, "", *_pipe_table(header, gains, len(header) - len(GAIN_STATS))]
+    if (gains := gain_frame(summary)) is not None:
+        lines += ["", GAIN_NOTE, "", *_pipe(gains, gains.shape[1] - len(GAIN_STATS))]
     if note := conv1_note(summary):
         lines += ["", note]
-    if times := time_lines(summary):
-        lines += [
-            "",
-            TIME_NOTE,
-            "",
-            *_pipe_table(_side_header(summary, "training s per epoch"), times, left),
-        ]
+    if any(c.epoch_s for c in summary.cells.values()):  # a table of training seconds
+        times = grid(summary, _seconds_text, "training s per epoch")
+        lines += ["", TIME_NOTE, "", *_pipe(times, left)]
     lines += [f"> Warning: {w}" for w in summary.warnings]
     if paper:
         lines += ["", *_markdown_paper(summary)]
     return "\n".join(lines) + "\n"
 
 
-PAPER_GAINS_NOTE = (
-    f"The paper's gains at this table's learning rates ({PAPER_SOURCE}: its ortho row − its "
-    "baseline, in points, on its datasets; our runs above are not among its settings)."
-)
-
-
-def paper_gain_lines(summary: Summary) -> list[list[str]]:
-    """Where the table's columns are learning rates of Table 2 (and it holds a penalty
-    comparison): a line per dataset of Table 2 with the paper's gain per column; else []."""
-    has_penalty = any(c.settings.get("ortho.mode") == "penalty" for c in summary.cells.values())
-    if summary.col_key != COLUMN_KEY or not has_penalty:
-        return []
-    lines = []
-    for name in DATASETS:
-        cells = [_signed(paper_gain(name, lr)) for lr in summary.cols]
-        if any(cells):
-            lines.append([f"{show('data.name', name)} (paper)", *cells])
-    return lines
-
-
 def _markdown_paper(summary: Summary) -> list[str]:
+    labels = [column_label(summary.col_key, c) for c in summary.cols]
     groups = _paper_groups(summary)
     if not groups:
         lines = [f"No cell of this table has a counterpart in {PAPER_SOURCE}."]
         if gains := paper_gain_lines(summary):
-            header = ["", *(column_label(summary.col_key, c) for c in summary.cols)]
-            lines += ["", PAPER_GAINS_NOTE, "", *_pipe_table(header, gains, 1)]
+            lines += ["", PAPER_GAINS_NOTE, "", *_pipe(_frame(["", *labels], gains), 1)]
         return lines
     lines = [f"**{PAPER_NOTE}**"]
     for key, rows in groups:
-        header = [_group_title(summary, key, rows)]
-        header += [column_label(summary.col_key, c) for c in summary.cols]
-        lines += ["", *_pipe_table(header, _block_lines(summary, rows, "±"), 1)]
+        block = _frame([_group_title(summary, key, rows), *labels], _block(summary, rows))
+        lines += ["", *_pipe(block, 1)]
     return lines
 
 
 TEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}  # fmt: skip
 
 
 def tex_escape(text: str) -> str:
@@ -793,137 +735,65 @@ def tex_escape(text: str) -> str:
     return out.replace("±", r"$\pm$").replace("—", "---").replace("−", "$-$")
 
 
-def _tex_rows(lines: list[list[str]]) -> list[str]:
-    return [" & ".join(tex_escape(c) for c in line) + r" \\" for line in lines]
+def _tex_rows(lines) -> list[str]:
+    return [" & ".join(tex_escape(str(c)) for c in line) + r" \\" for line in lines]
+
+
+def _tabular(frame, left: int, body: list[str]) -> list[str]:
+    """A booktabs tabular of `frame`'s header and the `body` lines."""
+    spec = "l" * left + "r" * (frame.shape[1] - left)
+    head = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", *_tex_rows([frame.columns])]
+    return [*head, *body, r"\bottomrule", r"\end{tabular}"]
 
 
 def _latex(summary: Summary, paper: bool) -> str:
-    left = max(len(summary.row_keys), 1)
-    header = _header(summary) if summary.row_keys else ["runs", *_header(summary)]
     caption = f"{title(summary)}. {footnote(summary.endpoint)}"
     if paper and _paper_groups(summary):
         caption += f" Below: {PAPER_NOTE}"
+    frame = grid(summary)
+    body = []
+    for i, line in enumerate(frame.itertuples(index=False)):  # a rule between row groups
+        if i and summary.rows[i][:1] != summary.rows[i - 1][:1]:
+            body.append(r"\midrule")
+        body += _tex_rows([line])
     lines = [
         r"% softmaso table; needs \usepackage{booktabs}",
         *(f"% warning: {w}" for w in summary.warnings),
         r"\begin{table}[ht]",
         r"\centering",
         r"\caption{" + tex_escape(caption) + "}",
-        r"\begin{tabular}{" + "l" * left + "r" * len(summary.cols) + "}",
-        r"\toprule",
-        *_tex_rows([header]),
-        r"\midrule",
+        *_tabular(frame, max(len(summary.row_keys), 1), [r"\midrule", *body]),
     ]
-    previous = None
-    for row in summary.rows:
-        if previous is not None and row[:1] != previous[:1]:
-            lines.append(r"\midrule")
-        label = _row_labels(summary, row) or ["all"]
-        lines += _tex_rows([[*label, *(cell_text(summary.cell(row, c)) for c in summary.cols)]])
-        previous = row
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if gains := gain_lines(summary):
-        lines += [
-            r"\par\medskip",
-            tex_escape(GAIN_NOTE),
-            r"\par\medskip",
-            r"\begin{tabular}{"
-            + "l" * (len(gain_header(summary)) - len(GAIN_STATS))
-            + "r" * len(GAIN_STATS)
-            + "}",
-            r"\toprule",
-            *_tex_rows([gain_header(summary)]),
-            r"\midrule",
-            *_tex_rows(gains),
-            r"\bottomrule",
-            r"\end{tabular}",
-        ]
+    if (gains := gain_frame(summary)) is not None:
+        rows = [r"\midrule", *_tex_rows(gains.itertuples(index=False))]
+        lines += [r"\par\medskip", tex_escape(GAIN_NOTE), r"\par\medskip"]
+        lines += _tabular(gains, gains.shape[1] - len(GAIN_STATS), rows)
     if note := conv1_note(summary):
         lines += [r"\par\medskip", tex_escape(note)]
     if paper:
         lines += _latex_paper(summary)
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, r"\end{table}"]) + "\n"
 
 
 def _latex_paper(summary: Summary) -> list[str]:
     groups = _paper_groups(summary)
     if not groups:
         return [f"% no cell has a counterpart in {PAPER_SOURCE}"]
-    width = 1 + len(summary.cols)
-    header = ["", *(column_label(summary.col_key, c) for c in summary.cols)]
-    lines = [
-        r"\par\medskip",
-        r"\begin{tabular}{l" + "r" * len(summary.cols) + "}",
-        r"\toprule",
-        *_tex_rows([header]),
-    ]
+    header = _frame(["", *(column_label(summary.col_key, c) for c in summary.cols)], [])
+    body = []
     for key, rows in groups:
         name = tex_escape(_group_title(summary, key, rows))
-        lines += [r"\midrule", rf"\multicolumn{{{width}}}{{l}}{{\textit{{{name}}}}} \\"]
-        lines += _tex_rows(_block_lines(summary, rows, "±"))
-    return [*lines, r"\bottomrule", r"\end{tabular}"]
-
-
-def _records(summary: Summary, paper: bool) -> list[tuple[dict[str, Any], Cell]]:
-    """One tidy record per cell: row keys, column key, statistics, counts (+ the paper).
-
-    Accuracies and differences are rounded to 1e-6 points; p-values are not rounded."""
-    out = []
-    for row in summary.rows:
-        for col in summary.cols:
-            cell = summary.cell(row, col)
-            if cell is None:
-                continue
-            rec: dict[str, Any] = dict(zip(summary.row_keys, row, strict=True))
-            if summary.col_key:
-                rec[summary.col_key] = col
-            rec.update(mean=_num(cell.mean, 6), std=_num(cell.std, 6), n=cell.n, **cell.counts)
-            rec["smoke"] = summary.smoke or row in summary.smoke_rows
-            rec["epoch_s"] = _num(statistics.fmean(cell.epoch_s), 3) if cell.epoch_s else None
-            rec["endpoint"] = summary.endpoint.text
-            rec.update(_comparison_record(summary, row, col))
-            v = versus(summary, cell)
-            if paper:
-                rec.update(
-                    paper_mean=v.paper_mean,
-                    paper_std=v.paper_std,
-                    diff=_num(v.diff, 6),
-                    gain_paper=_num(v.gain_paper, 6),
-                )
-            out.append((rec, cell))
-    return out
-
-
-def _comparison_record(summary: Summary, row: tuple, col: Any) -> dict[str, Any]:
-    """The gain columns of a cell's record (None where it has no baseline)."""
-    base_at, c = summary.comparisons.get((row, col), (None, None))
-    if c is None:
-        c = Comparison(math.nan)
-    return {
-        "baseline": _setting_text(summary.baseline) if base_at else None,
-        "gain": _num(c.gain, 6),
-        "gain_ci_low": _num(c.ci_low, 6) if c.ci_low is not None else None,
-        "gain_ci_high": _num(c.ci_high, 6) if c.ci_high is not None else None,
-        "gain_p": c.p,
-        "gain_p_holm": c.p_holm,
-        "gain_detectable": _num(c.detectable, 6) if c.detectable is not None else None,
-    }
+        body += [r"\midrule", rf"\multicolumn{{{header.shape[1]}}}{{l}}{{\textit{{{name}}}}} \\"]
+        body += _tex_rows(_block(summary, rows))
+    return [r"\par\medskip", *_tabular(header, 1, body)]
 
 
 def _csv(summary: Summary, paper: bool) -> str:
-    records = [rec for rec, _ in _records(summary, paper)]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in rec.items()} for rec in records)
-    return buf.getvalue()
+    frame = records(summary, paper).drop(columns=["accs", "seeds"])
+    return frame.to_csv(index=False, lineterminator="\n", na_rep="")
 
 
 def _json(summary: Summary, paper: bool) -> str:
-    cells = []
-    for rec, cell in _records(summary, paper):
-        cells.append({**rec, "accs": [round(a, 6) for a in cell.accs], "seeds": list(cell.seeds)})
     doc = {
         "name": summary.name,
         "title": title(summary),
@@ -938,7 +808,7 @@ def _json(summary: Summary, paper: bool) -> str:
         "footnote": footnote(summary.endpoint),
         "gain_note": GAIN_NOTE,
         "warnings": list(summary.warnings),
-        "cells": cells,
+        "cells": records(summary, paper).to_dict("records"),
     }
     if paper:
         doc["paper"] = {"source": PAPER_SOURCE, "note": PAPER_NOTE}
