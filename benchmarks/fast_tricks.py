@@ -4,21 +4,21 @@ same step through its public fallback, on the CPU.
     python benchmarks/fast_tricks.py [--width 1] [--steps 4] [--repeats 7] [--json out.json]
 
 Each figure is the median over rounds of (fallback / trick - 1) of the step's process CPU
-time (user + system, one thread), the two timed in turns after a warm-up round, so another
-process on the machine shifts both alike. Process time, not wall time: it counts what the
-step itself costs and not the waits for a shared core. The tricks:
+time (user + system, one thread), the two timed in turns, so another process on the machine
+shifts both alike. Process time, not wall time: it counts what the step itself costs and not
+the waits for a shared core. The trick measured:
 
-- ``onednn``: ``fast.matmul_nt`` through oneDNN against ``x @ w.mT`` (``exact`` mode);
-- ``prefill``: ``orthogonality.prefill_orthonormal`` (parametrize's private cache, a batched
-  factorisation per shape) against each layer computing its own weight (``exact`` mode);
 - ``malloc``: ``fast.keep_freed_memory`` (glibc's mallopt) against the C library's defaults
   (``none`` mode); process-wide, so each arm runs in a fresh process of its own, in turns.
+
+Two more were measured at commit 64965fc and removed for gaining under 3% of a step
+(benchmarks/RESULTS.md): oneDNN's matmul for the exact parametrisation's products and
+parametrize's private cache for batched orthonormalisation.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import statistics
@@ -40,36 +40,6 @@ def _cpu_seconds(step, steps: int) -> float:
     for _ in range(steps):
         step()
     return (time.process_time() - t0) / steps
-
-
-@contextlib.contextmanager
-def _without(trick: str):
-    """The trick replaced by its public fallback within the block."""
-    from softmaso import fast, orthogonality
-
-    name, owner = {
-        "onednn": ("onednn_linear", fast),
-        "prefill": ("parametrize_cache", orthogonality),
-    }[trick]
-    kept = getattr(owner, name)
-    setattr(owner, name, lambda: None)
-    try:
-        yield
-    finally:
-        setattr(owner, name, kept)
-
-
-def in_process(trick: str, width: float, steps: int, repeats: int) -> list[float]:
-    """Per round, fallback / trick - 1 for a trick that can be switched within a process."""
-    step = _step("exact", width)
-    ratios = []
-    for rnd in range(repeats + 1):
-        with_trick = _cpu_seconds(step, steps)
-        with _without(trick):
-            without = _cpu_seconds(step, steps)
-        if rnd:  # round 0 warms up
-            ratios.append(without / with_trick - 1)
-    return ratios
 
 
 _ARM = """
@@ -113,11 +83,7 @@ def main() -> None:
         "repeats": a.repeats,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    found = {
-        "onednn": in_process("onednn", a.width, a.steps, a.repeats),
-        "prefill": in_process("prefill", a.width, a.steps, a.repeats),
-        "malloc": malloc(a.width, a.steps, a.repeats),
-    }
+    found = {"malloc": malloc(a.width, a.steps, a.repeats)}
     for trick, ratios in found.items():
         out[trick] = {"gain": statistics.median(ratios), "range": [min(ratios), max(ratios)]}
         print(

@@ -13,7 +13,7 @@ does not say how overlapping positions enter), this module gives
   orthogonal rows (largeCNN's first layer: 96 filters of 27 values); there the columns are
   made orthonormal instead, the closest one can get. Forward by a float64-Gram Cholesky-QR
   (or Householder QR), backward by hand in two products (C_out x n x C_out and
-  C_out x 2 C_out x n, through oneDNN on the CPU: :func:`matmul_nt`), where the authors' loop
+  C_out x 2 C_out x n), where the authors' loop
   over filters costs two steps' worth (``softmaso bench``);
 * ``HammingApodize``: App. B's apodised filters (``ortho.apodize``);
 * ``orthogonality_error`` / ``layer_diagnostics``: how far a layer is from (11), logged per epoch.
@@ -23,8 +23,7 @@ Symbols: W (C_out, n) flattened filters, G = W W^T (C_out, C_out) their Gram mat
 The plural functions (``gram_penalties``, ``orthogonality_errors``, ``orthonormality_errors``,
 ``orthonormalise``, ``layer_diagnostics``) take one weight, (C_out, C_in, kh, kw) or (C_out,
 n), or a stack of G same-shaped weights, (G, C_out, C_in, kh, kw) or (G, C_out, n), and give
-one value per weight: batched linear algebra, as torch.linalg's leading dimensions. Same-shaped
-layers of one network are orthonormalised as such a stack (:func:`prefill_orthonormal`).
+one value per weight: batched linear algebra, as torch.linalg's leading dimensions.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from softmaso.config import OrthoConfig
-from softmaso.fast import matmul_nt, parametrize_cache
 
 Method = Literal["cholesky", "qr"]
 CL = torch.channels_last
@@ -69,7 +67,7 @@ class _OffDiagonalEnergy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
-        gram = matmul_nt(rows, rows)  # (..., m, m)
+        gram = rows @ rows.mT  # (..., m, m)
         off = gram - torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1))  # zero diagonals
         ctx.save_for_backward(rows, off)
         return (off * off).sum(dim=(-2, -1))
@@ -78,7 +76,7 @@ class _OffDiagonalEnergy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         rows, off = ctx.saved_tensors
-        return matmul_nt(off * (4 * grad)[..., None, None], rows.mT)  # (..., m, n)
+        return off * (4 * grad)[..., None, None] @ rows  # (..., m, n)
 
 
 def gram_penalties(w: torch.Tensor) -> torch.Tensor:
@@ -233,30 +231,30 @@ def _lower_times(lower: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """lower (..., m, m) lower triangular @ x (..., m, n), skipping its zero top-right block
     where that pays: 3/4 of a full product's multiply-adds, in two products."""
     if not _blocked(x):
-        return matmul_nt(lower, x.mT)
+        return lower @ x
     h = lower.shape[-1] // 2
-    top = matmul_nt(lower[..., :h, :h], x[..., :h, :].mT)  # (..., h, n)
-    return torch.cat([top, matmul_nt(lower[..., h:, :], x.mT)], dim=-2)
+    top = lower[..., :h, :h] @ x[..., :h, :]  # (..., h, n)
+    return torch.cat([top, lower[..., h:, :] @ x], dim=-2)
 
 
 def _upper_times(upper: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """upper (..., m, m) upper triangular @ x (..., m, n), skipping its zero bottom-left block."""
     if not _blocked(x):
-        return matmul_nt(upper, x.mT)
+        return upper @ x
     h = upper.shape[-1] // 2
-    top = matmul_nt(upper[..., :h, :], x.mT)  # (..., h, n)
-    return torch.cat([top, matmul_nt(upper[..., h:, h:], x[..., h:, :].mT)], dim=-2)
+    top = upper[..., :h, :] @ x  # (..., h, n)
+    return torch.cat([top, upper[..., h:, h:] @ x[..., h:, :]], dim=-2)
 
 
 def _lower_of_product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x y^T (..., m, m) for x, y (..., m, n), exact on and below the diagonal; its top-right
     block is left zero (3/4 of the multiply-adds), or holds x y^T's where blocks do not pay."""
     if not _blocked(x):
-        return matmul_nt(x, y)
+        return x @ y.mT
     h = x.shape[-2] // 2
-    corner = matmul_nt(x[..., :h, :], y[..., :h, :])  # (..., h, h)
+    corner = x[..., :h, :] @ y[..., :h, :].mT  # (..., h, h)
     top = torch.cat([corner, corner.new_zeros(*corner.shape[:-1], y.shape[-2] - h)], dim=-1)
-    return torch.cat([top, matmul_nt(x[..., h:, :], y)], dim=-2)
+    return torch.cat([top, x[..., h:, :] @ y.mT], dim=-2)
 
 
 def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +301,7 @@ class _GramSchmidt(torch.autograd.Function):
         q, l_inv = ctx.saved_tensors  # (G, m, n), (G, m, m)
         low = _lower_of_product(dq, q).tril()  # tril(M), M = dq q^T: (G, m, m)
         sym = low + low.tril(-1).mT
-        return _upper_times(l_inv.mT, dq - matmul_nt(sym, q.mT)), None
+        return _upper_times(l_inv.mT, dq - sym @ q), None
 
 
 def orthonormalise(w: torch.Tensor, method: Method = "cholesky") -> torch.Tensor:
@@ -364,33 +362,6 @@ class Orthonormal(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method!r}"
-
-
-def prefill_orthonormal(modules: Iterable[nn.Module]) -> None:
-    """Inside ``parametrize.cached()``: the ``exact`` weights of same-shaped layers (largeCNN:
-    conv2-3, conv5-7) orthonormalised in one batched call per shape, and put in the cache that
-    ``module.weight`` then reads; the other layers are left to their parametrisation.
-
-    Fewer, larger factorisations; the same values as layer by layer, up to the rounding of
-    batched products. Uses parametrize's cache (:func:`softmaso.fast.parametrize_cache`).
-    """
-    cache = parametrize_cache()
-    if cache is None:
-        return  # another torch: each layer computes its own weight, as before
-    groups: dict[tuple, list[nn.Module]] = {}
-    for m in modules:
-        chain = m.parametrizations["weight"] if parametrize.is_parametrized(m, "weight") else []
-        if len(chain) == 1 and isinstance(chain[0], Orthonormal):
-            w = chain.original
-            key = (w.shape, w.stride(), w.dtype, w.device, chain[0].method)
-            groups.setdefault(key, []).append(m)
-    for (shape, *_, method), members in groups.items():
-        if len(members) < 2:
-            continue
-        joined = torch.cat([m.parametrizations["weight"].original for m in members])  # layout kept
-        q = orthonormalise(joined.unflatten(0, (len(members), shape[0])), method)  # a stack
-        for m, w in zip(members, q.unbind(0), strict=True):
-            cache[(id(m), "weight")] = w
 
 
 def sgs_reference(w: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,6 @@ from softmaso.orthogonality import (
     apply_orthogonality,
     layer_diagnostics,
     ortho_loss,
-    prefill_orthonormal,
 )
 from softmaso.ui import EPOCHS, Task
 
@@ -66,29 +65,9 @@ class Setup:
     names: list[str] = field(default_factory=list)
 
 
-def parametrised(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
-    """(module, name) of every parametrised tensor of `model` (e.g. exact's conv weights)."""
-    return [
-        (module, name)
-        for module in model.modules()
-        if parametrize.is_parametrized(module)
-        for name in module.parametrizations
-    ]
-
-
-def _eager_forward(model, tensors, device: torch.device, amp: bool, outputs, x, y):
+def _eager_forward(model, device: torch.device, amp: bool, outputs, x, y):
     with autocast(device, amp):
-        if not tensors:
-            return outputs(model(x), y)
-        # All parametrised weights computed first, then served from the cache to the forward:
-        # run back to back, exact's eight orthonormalisations (and their backward, which the
-        # autograd engine then also runs last) cost less of a CPU step than each
-        # just before its conv (``softmaso bench``). The same values either way.
-        with parametrize.cached():
-            prefill_orthonormal(dict.fromkeys(module for module, _ in tensors))
-            for module, name in tensors:
-                getattr(module, name)
-            return outputs(model(x), y)
+        return outputs(model(x), y)
 
 
 def make_forward(
@@ -101,7 +80,7 @@ def make_forward(
     correct count of a single run by default): compiled with ``train.compile``, else eager."""
     if train.compile:
         return CompiledForward(model, device, outputs, amp=train.amp)
-    return functools.partial(_eager_forward, model, parametrised(model), device, train.amp, outputs)
+    return functools.partial(_eager_forward, model, device, train.amp, outputs)
 
 
 def adam_options(device: torch.device) -> dict[str, bool]:

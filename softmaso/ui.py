@@ -132,24 +132,3 @@ class Task:
         """Hide the line if others share the bar (a grid's finished run); the last one stays."""
         if self.shown and sum(t.visible for t in _bar.tasks) > 1:
             _bar.update(self.id, visible=False)
-
-
-class Reporter:  # TRANSITIONAL: packed_training's old interface, on Task and logging
-    def __init__(self, title, epochs, steps, *, start_epoch=0, live=None, progress=None, quiet=0):
-        self.title, self.task = title, Task(title, epochs * steps, start_epoch * steps)
-
-    def step(self) -> None:
-        self.task.advance()
-
-    def epoch(self, row: dict, name: str | None = None) -> None:
-        text = f"epoch {row['epoch']} train {row['train_acc']:.4f} test {row['test_acc']:.4f}"
-        if self.task.shown:
-            self.task.note(text)
-        else:
-            logging.getLogger(EPOCHS).info(text, extra={"tag": name or self.title})
-
-    def message(self, text: str) -> None:
-        logging.getLogger(LOGGER).info(text, extra={"tag": self.title})
-
-    def close(self) -> None:
-        self.task.close()

@@ -19,7 +19,6 @@ from softmaso.orthogonality import (
     gram_penalties,
     gram_penalty,
     layer_diagnostics,
-    matmul_nt,
     ortho_loss,
     orthogonality_error,
     orthonormality_error,
@@ -147,60 +146,6 @@ def test_hand_written_backward_matches_autograd_through_qr(method, shape, blocke
     (got_grad,) = torch.autograd.grad(got, a, dq)
     assert torch.allclose(got, want, atol=1e-12, rtol=0)
     assert torch.allclose(got_grad, want_grad, atol=1e-9 * want_grad.abs().max(), rtol=0)
-
-
-@pytest.mark.parametrize("lead", [(), (2,)])
-def test_matmul_nt_is_x_times_w_transposed_through_onednn(lead, monkeypatch):
-    from softmaso import fast
-
-    calls = []
-    onednn = fast.onednn_linear()
-    if onednn is not None:  # count the oneDNN calls
-        monkeypatch.setattr(fast, "onednn_linear", lambda: lambda *a: calls.append(1) or onednn(*a))
-    x64, w64 = (
-        _randn(*lead, 96, 864, seed=30, dtype=torch.float64),
-        _randn(*lead, 120, 864, seed=31, dtype=torch.float64),
-    )
-    for x, w in [(x64, w64), (x64, w64.mT.contiguous().mT)]:  # w contiguous, w a transposed view
-        got = matmul_nt(x.float(), w.float())
-        want = x64 @ w64.mT
-        assert got.dtype == torch.float32 and got.shape == want.shape
-        assert (got - want).abs().max() < 1e-5 * want.abs().max()
-        # the public fallback gives the same float32 product, to float32 rounding
-        assert torch.allclose(got, x.float() @ w.float().mT, rtol=1e-5, atol=1e-4)
-    assert len(calls) == (2 * math.prod(lead) if onednn is not None else 0)
-    small = matmul_nt(x64[..., :8, :16].float(), w64[..., :8, :16].float())  # MKL
-    assert torch.allclose(small, (x64[..., :8, :16] @ w64[..., :8, :16].mT).float(), atol=1e-5)
-
-
-def test_without_onednn_matmul_nt_falls_back_to_matmul(monkeypatch):
-    from softmaso import fast
-
-    x, w = _randn(96, 864, seed=32), _randn(120, 864, seed=33)
-    monkeypatch.setattr(fast, "onednn_linear", lambda: None)
-    assert torch.equal(matmul_nt(x, w), x @ w.mT)
-
-
-def test_prefill_without_parametrize_cache_gives_the_same_weights(monkeypatch):
-    """The private cache is a shortcut: without it each layer computes its own weight."""
-    from torch.nn.utils import parametrize
-
-    from softmaso import fast, orthogonality
-    from softmaso.config import OrthoConfig
-
-    torch.manual_seed(0)
-    convs = [torch.nn.Conv2d(8, 8, 3).double() for _ in range(3)]
-    orthogonality.apply_orthogonality(convs, OrthoConfig(mode="exact"))
-    with parametrize.cached():
-        orthogonality.prefill_orthonormal(convs)
-        batched = [c.weight.clone() for c in convs]
-    monkeypatch.setattr(fast, "parametrize_cache", lambda: None)
-    monkeypatch.setattr(orthogonality, "parametrize_cache", lambda: None)
-    with parametrize.cached():
-        orthogonality.prefill_orthonormal(convs)
-        alone = [c.weight.clone() for c in convs]
-    for a, b in zip(batched, alone, strict=True):
-        assert torch.allclose(a, b, atol=1e-12)
 
 
 @pytest.mark.parametrize("m", [1, 2, 5, 96])
@@ -432,27 +377,3 @@ def test_new_modes_train_alone_and_never_pack(tmp_path):
 
     units = plan_units([R(c) for c in both], pack=True)
     assert sorted(len(u) for u in units) == [1, 1, 1, 2]
-
-
-def test_same_shaped_layers_are_orthonormalised_in_one_batched_call():
-    from torch.nn.utils import parametrize
-
-    from softmaso.config import ModelConfig
-    from softmaso.models import build_model
-    from softmaso.orthogonality import orthonormalise, prefill_orthonormal
-
-    model = build_model(ModelConfig(width=0.125), num_classes=10).double()
-    model = model.to(memory_format=torch.channels_last)
-    apply_orthogonality(model.ortho_convs(), OrthoConfig(mode="exact"))
-    convs = model.ortho_convs()
-    originals = [c.parametrizations["weight"].original for c in convs]
-    with parametrize.cached():
-        prefill_orthonormal(convs)
-        cached = set(parametrize._cache)
-        weights = [c.weight for c in convs]
-    assert {(id(c), "weight") for c in convs[1:3] + convs[4:7]} == cached  # conv2-3, conv5-7
-    for w, original in zip(weights, originals, strict=True):
-        assert torch.allclose(w, orthonormalise(original), atol=1e-12)
-        assert w.is_contiguous(memory_format=torch.channels_last)
-    sum(w.sum() for w in weights).backward()
-    assert all(o.grad is not None and torch.isfinite(o.grad).all() for o in originals)

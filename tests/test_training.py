@@ -130,38 +130,6 @@ def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
     assert max(metric_rows(tmp_path)[-1]["ortho_error"].values()) < 1e-6
 
 
-def test_exact_weights_are_all_orthonormalised_before_the_forward_with_the_same_result():
-    """The eager step computes every parametrised weight first, same-shaped layers in one
-    batched call (conv2-3, conv5-7; faster on the CPU), and its loss and gradients equal
-    those of the plain forward, which computes each at its conv, up to the rounding of the
-    batched products."""
-    from torch.nn.utils import parametrize
-
-    from softmaso.orthogonality import Orthonormal
-
-    cfg = tiny(**{"ortho.mode": "exact", "data.synthetic_train": 200})
-    s = training.build(cfg, torch.device("cpu"))
-    calls = []
-    for conv in s.convs:
-        for p in conv.parametrizations.weight:
-            if isinstance(p, Orthonormal):
-                p.register_forward_hook(lambda *_: calls.append("ortho"))
-        conv.register_forward_pre_hook(lambda *_: calls.append("conv"))
-    x = training._prepare(s, s.data.x_train[:50])
-    y = s.data.y_train[:50]
-
-    loss, _ = s.forward(x, y)
-    assert calls == ["ortho"] * 3 + ["conv"] * 8  # conv1, conv4, conv8 alone; the rest batched
-    grads = torch.autograd.grad(loss, list(s.model.parameters()))
-    calls.clear()
-    plain, _ = training.single_outputs(s.model(x), y)
-    assert calls == ["conv", "ortho"] * 8  # the pre-hook runs before the conv reads its weight
-    assert not parametrize.is_parametrized(s.model.classifier)
-    assert torch.allclose(loss, plain, rtol=1e-5, atol=0)
-    for g, h in zip(grads, torch.autograd.grad(plain, list(s.model.parameters())), strict=True):
-        assert torch.allclose(g, h, rtol=1e-3, atol=1e-5 * h.abs().max().item())
-
-
 _KEPT = """
 import os, sys, torch
 from softmaso import fast
