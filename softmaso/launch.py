@@ -99,7 +99,7 @@ def train_unit(
 
         kw = {"pack": launch.pack, "data_dir": launch.data_dir, "smoke": launch.smoke}
         try:
-            packed = train_pack(unit, device, **kw, log=lambda m: log.info(m, extra=GRID))
+            packed = train_pack(unit, device, **kw)
         except Exception as e:  # out of memory in the pack: its runs fail, the grid goes on
             return fail_unit(unit, e)
         if packed is not None:
@@ -747,7 +747,10 @@ def reproduce(
         ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
         how = replace(launch, pack=ex.settle_pack(root, launch.pack))
         smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
-        log.info(f"{label}: {len(todo)} runs in {root}{smoke_note}")
+        slurm_at_once = how.slurm.parallelism or Slurm.PARALLELISM
+        at_once = max(len(how.devices), 1) if how.launcher == "local" else slurm_at_once
+        plan = ex.plan_line(todo, at_once=at_once)
+        log.info(f"{label}: {plan}, in {root}{smoke_note}")
         if how.launcher == "slurm":
             outcomes = launch_slurm(todo, how, folder=root / ".submitit")
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -58,8 +59,12 @@ from softmaso.training import (
     make_model,
     peak_memory,
     place,
+    show_epoch,
 )
-from softmaso.ui import Reporter
+from softmaso.ui import Task
+
+logger = logging.getLogger(__name__)
+GRID = {"tag": "grid"}  # a grid's own lines
 
 T = TypeVar("T")
 # A pack evaluates P runs on each chunk of test images: chunks shrink with P so that a chunk
@@ -137,10 +142,10 @@ def _make_pack(
     apply_packed_orthogonality(model, [c.ortho for c in cfgs])
     model = place(model, device, PACK_LAYOUT)
     opt = PackedAdam(
-        model.parameters(),
-        runs=len(cfgs),
+        model,
         lr=[c.optim.lr for c in cfgs],
         weight_decay=[c.optim.weight_decay for c in cfgs],
+        **adam_options(device),
     )
     pack_state(states, model, opt)
     samplers = [
@@ -266,9 +271,7 @@ class Ended:
         }
 
 
-def run_epochs(
-    stepper: PackStepper, *, start: int, title: str, live=None, progress=None, quiet=False
-) -> list[Ended]:
+def run_epochs(stepper: PackStepper, *, start: int, title: str) -> list[Ended]:
     """Epochs `start`..end of the pack's runs; how each ended, in the pack's order (the epoch
     loop of :func:`softmaso.training.fit`, for P runs, of which any may diverge and leave)."""
     cfg, n = stepper.cfgs[0], len(stepper.cfgs)
@@ -276,26 +279,21 @@ def run_epochs(
     now = time.perf_counter()  # t0[i]: when run i would have started, counting past epochs
     t0 = [now - sum(r["seconds"] for r in h) for h in stepper.histories]
     ended: dict[int, Ended] = {}
-    rep = Reporter(
-        title,
-        cfg.train.epochs,
-        stepper.steps_per_epoch,
-        start_epoch=start,
-        live=live,
-        progress=progress,
-        quiet=quiet,
-    )
+    steps = stepper.steps_per_epoch
+    bar = Task(title, total=cfg.train.epochs * steps, completed=start * steps)
     if start:
-        rep.message(f"resuming after epoch {start} from {_checkpoints(stepper)}")
+        logger.info(
+            f"resuming after epoch {start} from {_checkpoints(stepper)}", extra={"tag": title}
+        )
     writer = runs.CheckpointWriter()
     try:
         peak_memory(stepper.device)  # the first epoch's peak starts here
         for epoch in range(start, cfg.train.epochs):
-            stepper, at = _epoch(stepper, at, epoch, rep, t0, ended, writer)
+            stepper, at = _epoch(stepper, at, epoch, bar, t0, ended, writer)
             if stepper is None:
                 break
     finally:
-        rep.close()
+        bar.close()
         writer.close()  # the last checkpoints are on disk before any result is written
     if stepper is not None:
         stepper.export()
@@ -304,18 +302,16 @@ def run_epochs(
     return [ended[i] for i in range(n)]
 
 
-def _epoch(stepper, at, epoch, rep, t0, ended, writer):
+def _epoch(stepper, at, epoch, bar, t0, ended, writer):
     """One epoch of every run; the stepper (and positions) left after dropping diverged runs."""
     cfg, device = stepper.cfgs[0], stepper.device
     t_start = time.perf_counter()
-    st = stepper.train_epoch(epoch, rep.step)
+    st = stepper.train_epoch(epoch, bar.advance)
     bad = {p for p, v in enumerate(st.losses) if not math.isfinite(v)}
     for p in sorted(bad):
         rest = ", the other runs go on" if len(bad) < len(at) else ""
-        rep.message(
-            f"{stepper.dirs[p].name}: epoch {epoch + 1} loss is {st.losses[p]}; "
-            f"stopping (diverged){rest}"
-        )
+        why = f"epoch {epoch + 1} loss is {st.losses[p]}; stopping (diverged){rest}"
+        logger.warning(why, extra={"tag": stepper.dirs[p].name})
         ended[at[p]] = Ended("diverged", stepper.histories[p], time.perf_counter() - t0[at[p]])
     if bad:
         keep = [p for p in range(len(at)) if p not in bad]
@@ -344,7 +340,7 @@ def _epoch(stepper, at, epoch, rep, t0, ended, writer):
             memory=memory,
         )
         history.append(row)
-        rep.epoch(row, name=stepper.dirs[p].name if len(at) > 1 else None)
+        show_epoch(bar, stepper.dirs[p].name, row)
     if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
         metrics = list(zip(stepper.dirs, stepper.histories, strict=True))
         writer.submit(stepper.checkpoints(epoch + 1), metrics)  # written while training goes on
@@ -382,12 +378,10 @@ class PackStepper:
         )
 
     def lrs(self) -> list[float]:
-        return list(self.pack.optimizer.param_groups[0]["lr"])
+        return self.pack.optimizer.lrs()
 
     def _states(self) -> list[dict[str, Any]]:
-        return unpack_state(
-            self.pack.model, self.pack.optimizer, adam_options=adam_options(self.device)
-        )
+        return unpack_state(self.pack.model, self.pack.optimizer)
 
     def checkpoints(self, epoch: int) -> list[tuple[Path, dict]]:
         """Each run's single-run checkpoint (the pack split by unpack_state)."""
@@ -440,15 +434,12 @@ def fit_packed(
     *,
     device: str | torch.device = "auto",
     data_dir: Path | None = None,
-    live: bool | None = None,
     extra: dict[str, Any] | None = None,
-    progress=None,
     data=None,
-    quiet: bool = False,
     checked: bool = False,
 ) -> list[dict[str, Any]]:
     """Train (or resume, or skip if finished) P runs as packs; one result.json content each
-    (`quiet`: no line per run and epoch, as :func:`softmaso.training.fit`).
+    (progress and epochs shown as :func:`softmaso.training.fit` shows them).
 
     The runs must share :func:`pack_key`. `extra` is merged into every result.json. Results
     come back in the order of `cfgs`. `data`: their dataset, already loaded (on any device),
@@ -485,9 +476,7 @@ def fit_packed(
         )
         stepper = PackStepper(pack, data, prep, device)
         title = f"pack of {pack.runs} runs from {pack.dirs[0].name}"
-        ends = run_epochs(
-            stepper, start=start, title=title, live=live, progress=progress, quiet=quiet
-        )
+        ends = run_epochs(stepper, start=start, title=title)
         for i, end in zip(idx, ends, strict=True):
             extra_i = {**(extra or {}), "packed_with": len(idx)}
             results[i] = runs.finish_run(cfgs[i], run_dirs[i], **end.fields(device, extra_i))
@@ -515,14 +504,13 @@ def train_pack(
     pack: bool | None,
     data_dir: Path | None,
     smoke: bool,
-    progress=None,
-    log: Callable[[str], None] = print,
 ) -> dict[Path, str] | None:
     """A grid's unit of runs (anything with ``.cfg`` and ``.dir``) trained as one pack: each
     run's outcome (finished, diverged, busy, skipped-..., conflict, damaged). None, for the
     caller to train them one by one, when `pack` is False, when fewer than two runs are left to
     train, or when `pack` is None and packing is not measured on this device
-    (:func:`measures_packing`: CPUs) or measures no faster (:func:`decide_pack`)."""
+    (:func:`measures_packing`: CPUs) or measures no faster (:func:`decide_pack`). Its lines
+    are the grid's (``[grid] ...``)."""
     if pack is False or (pack is None and not measures_packing([device])):
         return None
     out: dict[Path, str] = {}
@@ -552,24 +540,23 @@ def train_pack(
         data = None
         if pack is None:
             chosen, why, data = decide_pack([r.cfg for r in mine], device, data_dir)
-            log(why)
+            logger.info(why, extra=GRID)
             if not chosen:
                 return None
         for line in said:
-            log(line)
-        kw = {"device": device, "data_dir": data_dir, "live": False, "progress": progress}
+            logger.info(line, extra=GRID)
         try:
             results = fit_packed(
                 [r.cfg for r in mine],
                 [r.dir for r in mine],
-                **kw,
+                device=device,
+                data_dir=data_dir,
                 data=data,
-                quiet=True,
                 extra={"smoke": smoke},
                 checked=True,
             )
         except UserError as e:  # a damaged checkpoint of one run: the pack cannot start
-            log(f"damaged: pack of {len(mine)} runs: {e}")
+            logger.warning(f"damaged: pack of {len(mine)} runs: {e}", extra=GRID)
             return {**out, **{r.dir: "damaged" for r in mine}}
         out.update({r.dir: str(res["status"]) for r, res in zip(mine, results, strict=True)})
     return {run.dir: out[run.dir] for run in unit}

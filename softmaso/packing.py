@@ -19,8 +19,8 @@ filters only; batch norm, the activations and global average pooling act per cha
 batch-norm statistics are per channel over (B, H, W), so per run. The loss is
 sum_p [mean cross-entropy of run p + lambda_p * penalty_p] (:func:`packed_loss`,
 :func:`packed_ortho_loss`); no term depends on two runs' parameters, so the gradient of run
-p's slice is run p's own gradient. :class:`PackedAdam` is torch.optim.Adam's elementwise
-update with run p's learning rate and weight decay on run p's slice. What differs is the
+p's slice is run p's own gradient. :class:`PackedAdam` is one torch.optim.Adam per run,
+stepping views of run p's slices with run p's learning rate and weight decay. What differs is the
 summation order inside the kernels: in float64, after three steps, gradients, weights, BN
 statistics, Adam moments and outputs agree with separate training to ~3e-14 of each
 tensor's scale (tests/test_packing.py asserts 1e-10); in float32 to rounding, which, as with
@@ -33,11 +33,17 @@ Nothing mixes runs, so a run that diverges (NaN) leaves the others untouched.
 :func:`unpack_state` splits a pack into per-run ``LargeCNN`` and ``torch.optim.Adam``
 state dicts; :func:`pack_state` stacks them back, so a pack starts from seeded single-run
 models and resumes from (or hands back to) single-run checkpoints.
+
+Why grouped convolutions by hand and not ``torch.func`` (``stack_module_state`` and
+``vmap(functional_call)`` over the single-run model, which computes the same): vmap's batch
+norm applies the per-run affine as separate passes, forward and backward, and the whole step
+measured 1.1-1.3x slower on the CPU than this network (issue 23).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,7 +55,6 @@ from softmaso.models import LAYERS, channels, make_activation
 from softmaso.orthogonality import (
     HammingApodize,
     Method,
-    Orthonormal,
     at_least_fp32,
     gram_penalties,
     orthonormalise,
@@ -156,7 +161,7 @@ def packed_ortho_loss(model: PackedLargeCNN, weights: torch.Tensor) -> torch.Ten
     return (weights.to(per_run) * per_run).sum()
 
 
-class PackedOrthonormal(Orthonormal):
+class PackedOrthonormal(nn.Module):
     """Parametrisation: :class:`softmaso.orthogonality.Orthonormal` of each run's filters.
 
     The packed weight (P*C_out, C_in, kh, kw) is viewed as (P, C_out, n) and all P runs are
@@ -165,11 +170,14 @@ class PackedOrthonormal(Orthonormal):
     """
 
     def __init__(self, runs: int, *, method: Method = "cholesky"):
-        super().__init__(method=method)
-        self.runs = runs
+        super().__init__()
+        self.runs, self.method = runs, method
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return same_layout(orthonormalise(run_stack(w, self.runs), self.method).flatten(0, 1), w)
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        return w
 
     def extra_repr(self) -> str:
         return f"runs={self.runs}, method={self.method!r}"
@@ -214,221 +222,79 @@ def _per_run(value: float | Sequence[float], runs: int, name: str) -> tuple[floa
     return tuple(float(v) for v in values)
 
 
-class PackedAdam(torch.optim.Optimizer):
-    """Adam with a learning rate and an L2 weight decay per run (torch.optim.Adam's update).
+class PackedAdam:
+    """One ``torch.optim.Adam`` per run, over run p's slices of the pack's parameters.
 
-    Every parameter's first axis holds the P runs' slices one after another (see the module
-    docstring), so run p's entries move as torch.optim.Adam(lr=lr[p],
-    weight_decay=weight_decay[p]) would move them (no amsgrad, no maximize). The per-run
-    values are expanded once into dense tensors of each parameter's shape, so a step is ~10
-    ``torch._foreach_*`` calls over all parameters with no loop over runs. All runs of a
-    parameter share one step count.
-    ``param_groups[i]["lr"]`` is a tuple of P floats; assigning another tuple takes effect at
-    the next step.
+    Run p's Adam holds views of the packed parameters (run p's rows, in
+    ``LargeCNN.parameters()`` order), so its in-place steps move the pack, and its state dict
+    is a single run's: each run keeps its own lr, weight decay, step count and moments.
+    ``step`` hands each Adam its slices of the packed gradients. `options` go to every Adam
+    (``training.adam_options``: fused on CUDA, foreach on CPU). Create it after the model is
+    on its device and dtype (``.to`` replaces the tensors the views share).
     """
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor],
+        model: PackedLargeCNN,
         *,
-        runs: int,
         lr: float | Sequence[float],
         weight_decay: float | Sequence[float] = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        **options: Any,
     ):
-        defaults = {
-            "lr": _per_run(lr, runs, "lr"),
-            "weight_decay": _per_run(weight_decay, runs, "weight_decay"),
-            "betas": (float(betas[0]), float(betas[1])),
-            "eps": float(eps),
-        }
-        super().__init__(params, defaults)
-        self.runs = runs
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.dim() == 0 or p.shape[0] % runs:
-                    raise ValueError(f"a parameter of shape {tuple(p.shape)} is not {runs} runs")
-        self._maps: dict[tuple[str, int], tuple[tuple[float, ...], torch.Tensor]] = {}
+        self.params, runs = list(model.parameters()), model.runs
+        self._storage = [p.data_ptr() for p in self.params]  # what the views share
+        lrs, wds = _per_run(lr, runs, "lr"), _per_run(weight_decay, runs, "weight_decay")
+        slices = zip(*(_split(p.detach(), runs) for p in self.params), strict=True)  # per run
+        self.adams = [
+            torch.optim.Adam([nn.Parameter(v) for v in views], lr=r, weight_decay=wd, **options)
+            for views, r, wd in zip(slices, lrs, wds, strict=True)
+        ]
 
-    def _run_map(self, kind: str, p: torch.Tensor, values: tuple[float, ...]) -> torch.Tensor:
-        """values (P,) expanded to p's shape: run r's entries hold values[r] (cached)."""
-        key = (kind, id(p))
-        cached = self._maps.get(key)
-        if (
-            cached is None
-            or cached[0] != values
-            or (cached[1].dtype, cached[1].device) != (p.dtype, p.device)
-        ):
-            v = torch.tensor(values, dtype=p.dtype, device=p.device)  # (P,)
-            full = v.view(-1, *[1] * p.dim()).expand(_split(p, self.runs).shape)  # (P, X, ...)
-            dense = torch.empty_like(p).copy_(full.reshape(p.shape))  # p's strides: fast foreach
-            cached = (values, dense)
-            self._maps[key] = cached
-        return cached[1]
-
-    def _state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0)  # on the host, as torch.optim.Adam's
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
-        return loss
+    def step(self) -> None:
+        if [p.data_ptr() for p in self.params] != self._storage:
+            raise RuntimeError(
+                "the pack's tensors were replaced (.to, .double): make PackedAdam after"
+            )
+        runs = len(self.adams)
+        grads = [[None] * runs if p.grad is None else _split(p.grad, runs) for p in self.params]
+        for adam, run_grads in zip(self.adams, zip(*grads, strict=True), strict=True):
+            views = adam.param_groups[0]["params"]
+            for view, grad in zip(views, run_grads, strict=True):
+                view.grad = grad  # None where the pack got none, as for a single run
+            adam.step()
+            for view in views:
+                view.grad = None
 
-    def _step_group(self, group: dict[str, Any]) -> None:
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            return
-        states = [self._state(p) for p in params]
-        grads = [p.grad for p in params]
-        m = [s["exp_avg"] for s in states]
-        v = [s["exp_avg_sq"] for s in states]
-        steps = [s["step"] for s in states]
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1.0)
-        if any(group["weight_decay"]):
-            wd = [self._run_map("wd", p, group["weight_decay"]) for p in params]
-            grads = torch._foreach_addcmul(grads, params, wd)  # g + wd_p * theta
-        torch._foreach_lerp_(m, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
-        torch._foreach_mul_(v, beta2)
-        torch._foreach_addcmul_(v, grads, grads, 1 - beta2)  # v <- beta2 v + (1 - beta2) g^2
-        counts = [s.item() for s in steps]  # host tensors: no device sync
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in counts])
-        torch._foreach_add_(denom, group["eps"])  # sqrt(v_hat) + eps
-        ratio = torch._foreach_div(m, denom)  # (m / bc1 is folded into the scalar below)
-        lr = [self._run_map("lr", p, group["lr"]) for p in params]
-        torch._foreach_addcmul_(params, ratio, lr, [-1 / (1 - beta1**t) for t in counts])
+    def lrs(self) -> list[float]:
+        return [adam.param_groups[0]["lr"] for adam in self.adams]
 
 
-# ------------------------------------------------------------------------- state: split
+# ------------------------------------------------------------------------ state: split, stack
 def _run_tensor(t: torch.Tensor, runs: int, p: int) -> torch.Tensor:
+    """Run p's copy of a packed tensor; a 0-dim one (BN's step counter) is every run's."""
     return t.clone() if t.dim() == 0 else _split(t, runs)[p].clone()
 
 
-def _the_group(opt: PackedAdam, params: list[torch.Tensor]) -> dict[str, Any]:
-    if len(opt.param_groups) != 1 or opt.param_groups[0]["params"] != params:
-        raise ValueError("the optimiser must hold model.parameters(), in order, in one group")
-    return opt.param_groups[0]
-
-
-def _adam_group(group: dict, p: int, n: int, options: Mapping[str, Any] | None) -> dict:
-    """Run p's param group as torch.optim.Adam writes it (this torch version's keys). The
-    implementation options (fused, foreach) are written in, not given to the CPU stand-in
-    Adam that lists the keys: fused Adam on a CPU tensor needs torch >= 2.4."""
-    adam = torch.optim.Adam(
-        [torch.zeros(1)],
-        lr=group["lr"][p],
-        weight_decay=group["weight_decay"][p],
-        betas=group["betas"],
-        eps=group["eps"],
-    )
-    return {**adam.state_dict()["param_groups"][0], **(options or {}), "params": list(range(n))}
-
-
-def _adam_state(opt: PackedAdam, params: list[torch.Tensor], p: int) -> dict[int, dict]:
-    out = {}
-    for i, param in enumerate(params):
-        s = opt.state.get(param)
-        if s:
-            out[i] = {
-                "step": s["step"].clone(),
-                "exp_avg": _run_tensor(s["exp_avg"], opt.runs, p),
-                "exp_avg_sq": _run_tensor(s["exp_avg_sq"], opt.runs, p),
-            }
-    return out
-
-
-def unpack_state(
-    model: PackedLargeCNN,
-    opt: PackedAdam | None = None,
-    *,
-    adam_options: Mapping[str, Any] | None = None,
-) -> list[dict[str, Any]]:
+def unpack_state(model: PackedLargeCNN, opt: PackedAdam | None = None) -> list[dict[str, Any]]:
     """Per run p: {"model": a LargeCNN state_dict, "optimizer": a torch.optim.Adam state_dict}.
 
     "model" loads into ``build_model(cfg, num_classes=...)`` with the same
     ``apply_orthogonality`` as the pack (exact mode: the raw weight under
     ``parametrizations.weight.original``) and computes what the pack computes for run p;
-    BN running statistics included. "optimizer" (only when `opt` is given) loads into
-    ``torch.optim.Adam(model.parameters(), **adam_options)``; its param group carries run
-    p's lr and weight decay, and `adam_options` (e.g. ``{"foreach": True}``), since
-    load_state_dict replaces the group's settings with the saved ones.
+    BN running statistics included. "optimizer" (only when `opt` is given) is run p's own
+    Adam's state dict, which loads into ``torch.optim.Adam(model.parameters())``.
     """
     runs, sd = model.runs, model.state_dict()
     out = [{"model": {k: _run_tensor(t, runs, p) for k, t in sd.items()}} for p in range(runs)]
     if opt is not None:
-        params = list(model.parameters())
-        group = _the_group(opt, params)
-        for p, run in enumerate(out):
-            run["optimizer"] = {
-                "state": _adam_state(opt, params, p),
-                "param_groups": [_adam_group(group, p, len(params), adam_options)],
-            }
+        for run, adam in zip(out, opt.adams, strict=True):
+            run["optimizer"] = copy.deepcopy(adam.state_dict())  # a snapshot, as "model"
     return out
-
-
-# ------------------------------------------------------------------------- state: stack
-def _same(values: list, what: str) -> Any:
-    if any(v != values[0] for v in values[1:]):
-        raise ValueError(f"the runs of a pack must agree on {what}; got {values}")
-    return values[0]
-
-
-def _pack_model(states: Sequence[Mapping[str, Any]], model: PackedLargeCNN) -> None:
-    packed = {}
-    for key, ref in model.state_dict().items():
-        parts = [s["model"][key] for s in states]
-        if ref.dim() == 0:  # BN num_batches_tracked: one counter for the pack
-            _same([t.item() for t in parts], key)
-            packed[key] = parts[0]
-        else:
-            packed[key] = torch.cat(parts, dim=0)  # (P*X, ...)
-    model.load_state_dict(packed)
-
-
-def _pack_param_state(entries: list[dict | None], param: torch.Tensor, i: int) -> dict | None:
-    if all(e is None for e in entries):
-        return None
-    if any(e is None for e in entries):
-        raise ValueError(f"parameter {i} has Adam state in some runs and not in others")
-    step = _same([float(e["step"]) for e in entries], f"the Adam step count of parameter {i}")
-    like = {"dtype": param.dtype, "device": param.device}
-    return {
-        "step": torch.tensor(step),
-        "exp_avg": torch.cat([e["exp_avg"] for e in entries]).to(**like),
-        "exp_avg_sq": torch.cat([e["exp_avg_sq"] for e in entries]).to(**like),
-    }
-
-
-def _pack_optimizer(adams: list[Mapping[str, Any]], model: PackedLargeCNN, opt: PackedAdam):
-    params = list(model.parameters())
-    group = _the_group(opt, params)
-    groups = [a["param_groups"] for a in adams]
-    if any(len(g) != 1 or len(g[0]["params"]) != len(params) for g in groups):
-        raise ValueError(f"each run's Adam state must hold one group of {len(params)} parameters")
-    groups = [g[0] for g in groups]
-    if any(g.get("amsgrad") or g.get("maximize") for g in groups):
-        raise ValueError("PackedAdam has no amsgrad or maximize")
-    group["betas"] = tuple(_same([tuple(g["betas"]) for g in groups], "Adam betas"))
-    group["eps"] = _same([g["eps"] for g in groups], "Adam eps")
-    group["lr"] = _per_run([g["lr"] for g in groups], opt.runs, "lr")
-    group["weight_decay"] = _per_run([g["weight_decay"] for g in groups], opt.runs, "weight_decay")
-    for i, param in enumerate(params):
-        state = _pack_param_state([a["state"].get(i) for a in adams], param, i)
-        opt.state.pop(param, None)
-        if state is not None:
-            opt.state[param] = state
 
 
 def pack_state(
@@ -437,16 +303,26 @@ def pack_state(
     """The inverse of :func:`unpack_state`: load P runs' states into the pack, in place.
 
     Each state is {"model": a LargeCNN state_dict, "optimizer": a torch.optim.Adam
-    state_dict (optional)}; e.g. freshly seeded models (no optimizer state yet) or single-run
-    checkpoints. The optimizer takes each run's lr and weight decay from its state, as
-    torch's load_state_dict does. Runs must agree on the step counts and Adam's betas/eps.
+    state_dict (optional)}: e.g. freshly seeded models (no optimizer state yet) or single-run
+    checkpoints. Each run's Adam loads its run's state, lr and weight decay included, as
+    torch's load_state_dict does. Runs must agree on batch norm's step counter, one per pack.
     """
     if len(states) != model.runs:
         raise ValueError(f"{len(states)} run states for a pack of {model.runs} runs")
-    _pack_model(states, model)
+    packed = {}
+    for key, ref in model.state_dict().items():
+        parts = [s["model"][key] for s in states]
+        if ref.dim() == 0:  # BN num_batches_tracked: one counter for the pack
+            if any(t.item() != parts[0].item() for t in parts):
+                counts = [t.item() for t in parts]
+                raise ValueError(f"the runs of a pack must agree on {key}; got {counts}")
+            packed[key] = parts[0]
+        else:
+            packed[key] = torch.cat(parts, dim=0)  # (P*X, ...)
+    model.load_state_dict(packed)
     adams = [s.get("optimizer") for s in states]
-    if opt is None or all(a is None for a in adams):
-        return
-    if any(a is None for a in adams):
-        raise ValueError("some runs have an optimizer state and some do not")
-    _pack_optimizer(adams, model, opt)
+    if opt is not None and any(a is not None for a in adams):
+        if any(a is None for a in adams):
+            raise ValueError("some runs have an optimizer state and some do not")
+        for adam, state in zip(opt.adams, adams, strict=True):
+            adam.load_state_dict(state)

@@ -6,6 +6,7 @@ exact resume, divergence of one run, and runs at different epochs.
 """
 
 import json
+import logging
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def _trio(**over):
 def test_packed_runs_match_separate_runs(tmp_path):
     cfgs = _trio(**{"train.epochs": 2, "data.augment": True})
     assert len({pack_key(c) for c in cfgs}) == 1
-    packed = fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu", live=False)
+    packed = fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu")
     for i, cfg in enumerate(cfgs):
         alone = training.fit(cfg, tmp_path / f"s{i}", device="cpu")
         assert packed[i]["status"] == "finished" and packed[i]["packed_with"] == 3
@@ -61,7 +62,7 @@ def test_first_steps_agree_to_rounding(tmp_path):
     """Two steps per epoch: too few for Adam to amplify rounding, so any difference in
     initialisation, data order, augmentation draws, preprocessing or per-run lr would show."""
     cfgs = _trio(**{"train.epochs": 1, "data.subset": 100, "data.augment": True})
-    fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu", live=False)
+    fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu")
     for i, cfg in enumerate(cfgs):
         training.fit(cfg, tmp_path / f"s{i}", device="cpu")
         got, want = metric_rows(tmp_path / f"p{i}")[0], metric_rows(tmp_path / f"s{i}")[0]
@@ -73,9 +74,9 @@ def test_first_steps_agree_to_rounding(tmp_path):
 def test_a_pack_in_nchw_trains_as_in_channels_last(tmp_path, monkeypatch):
     """PACK_LAYOUT is a memory layout only (the GPU check times both): the same first epoch."""
     cfgs = _trio(**{"train.epochs": 1, "data.subset": 100})
-    fit_packed(cfgs, [tmp_path / f"cl{i}" for i in range(3)], device="cpu", live=False)
+    fit_packed(cfgs, [tmp_path / f"cl{i}" for i in range(3)], device="cpu")
     monkeypatch.setattr(packed_training, "PACK_LAYOUT", torch.contiguous_format)
-    fit_packed(cfgs, [tmp_path / f"nchw{i}" for i in range(3)], device="cpu", live=False)
+    fit_packed(cfgs, [tmp_path / f"nchw{i}" for i in range(3)], device="cpu")
     for i in range(3):
         got, want = metric_rows(tmp_path / f"nchw{i}")[0], metric_rows(tmp_path / f"cl{i}")[0]
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-5)
@@ -85,7 +86,7 @@ def test_a_pack_in_nchw_trains_as_in_channels_last(tmp_path, monkeypatch):
 def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
     cfgs = _trio()
     dirs = [tmp_path / f"r{i}" for i in range(3)]
-    fit_packed(cfgs, [tmp_path / f"straight{i}" for i in range(3)], device="cpu", live=False)
+    fit_packed(cfgs, [tmp_path / f"straight{i}" for i in range(3)], device="cpu")
     real, calls = packed_training._evaluate, {"n": 0}
 
     def interrupting(*args):
@@ -96,11 +97,11 @@ def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(packed_training, "_evaluate", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        fit_packed(cfgs, dirs, device="cpu", live=False)
+        fit_packed(cfgs, dirs, device="cpu")
     assert [len(metric_rows(d)) for d in dirs] == [1, 1, 1]
     assert not any((d / runs.RESULT).exists() for d in dirs)
     monkeypatch.setattr(packed_training, "_evaluate", real)
-    fit_packed(cfgs, dirs, device="cpu", live=False)
+    fit_packed(cfgs, dirs, device="cpu")
     for i, d in enumerate(dirs):
         assert metric_rows(d) == metric_rows(tmp_path / f"straight{i}")
 
@@ -119,7 +120,7 @@ def test_a_diverged_run_leaves_the_pack(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(PackedLargeCNN, "forward", nan_in_run_1_of_3)
-    res = fit_packed(_trio(), [tmp_path / f"r{i}" for i in range(3)], device="cpu", live=False)
+    res = fit_packed(_trio(), [tmp_path / f"r{i}" for i in range(3)], device="cpu")
     assert [r["status"] for r in res] == ["finished", "diverged", "finished"]
     assert [r["epochs"] for r in res] == [3, 0, 3]
     assert json.loads((tmp_path / "r1" / runs.RESULT).read_text())["status"] == "diverged"
@@ -141,7 +142,7 @@ def test_runs_at_different_epochs_train_in_separate_packs(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):  # run 0 stops after epoch 1, alone
         training.fit(cfgs[0], tmp_path / "r0", device="cpu")
     monkeypatch.setattr(training, "evaluate", real)
-    res = fit_packed(cfgs, [tmp_path / f"r{i}" for i in range(3)], device="cpu", live=False)
+    res = fit_packed(cfgs, [tmp_path / f"r{i}" for i in range(3)], device="cpu")
     assert [r["status"] for r in res] == ["finished"] * 3
     assert [r["packed_with"] for r in res] == [1, 2, 2]
     assert [r["epoch"] for r in metric_rows(tmp_path / "r0")] == [1, 2]
@@ -171,8 +172,13 @@ def test_plan_units_groups_table2_by_dataset(tmp_path):
     assert len(plan_units(todo, pack=False)) == 90
 
 
+def _pack_decisions(caplog) -> list[str]:
+    """The logged decisions whether to pack ("packing: ...", "not packing: ...")."""
+    return [m for m in caplog.messages if m.startswith(("packing", "not packing"))]
+
+
 @pytest.mark.parametrize(("speedup", "packs"), [(3.0, True), (0.6, False)])
-def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, packs):
+def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, caplog, speedup, packs):
     import softmaso.data
     import softmaso.packed_training
     import softmaso.training
@@ -191,9 +197,10 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, pa
         ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
         for i in range(2)
     ]
-    said = []
-    out = launch.train_unit(unit, launch.Launch(), "cpu", log=said.append)
+    with caplog.at_level(logging.INFO, logger="softmaso"):
+        out = launch.train_unit(unit, launch.Launch(), "cpu")
     assert set(out.values()) == {"finished"}
+    said = _pack_decisions(caplog)
     assert said and said[0].startswith("packing" if packs else "not packing")
     assert len(loads) == (1 if packs else 3)  # the probe's data trains the pack
     packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
@@ -201,17 +208,15 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, speedup, pa
     assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"skipped-finished"}
 
 
-def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch):
+def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(packed_training, "pack_speedup", lambda *a, **k: pytest.fail("probed"))
     unit = [
         ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
         for i in range(2)
     ]
-    said = []
-    assert set(launch.train_unit(unit, launch.Launch(), "cpu", log=said.append).values()) == {
-        "finished"
-    }
-    assert said == []
+    with caplog.at_level(logging.INFO, logger="softmaso"):
+        assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"finished"}
+    assert _pack_decisions(caplog) == []
     assert plan_units(unit, pack=None) == [[unit[0], unit[1]]]  # library default: grouped
     packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == {None}

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softmaso.config import ModelConfig, OrthoConfig
+from softmaso.config import ModelConfig, OrthoConfig, TrainConfig
 from softmaso.models import build_model
 from softmaso.orthogonality import (
     Orthonormal,
@@ -16,6 +16,7 @@ from softmaso.orthogonality import (
     layer_diagnostics,
     ortho_loss,
 )
+from softmaso.packed_training import packed_outputs
 from softmaso.packing import (
     PackedAdam,
     PackedLargeCNN,
@@ -23,12 +24,12 @@ from softmaso.packing import (
     apply_packed_orthogonality,
     pack_inputs,
     pack_state,
-    packed_loss,
     packed_ortho_loss,
     penalty_weights,
     run_stack,
     unpack_state,
 )
+from softmaso.training import make_forward
 
 RTOL = 1e-10
 K, B, HW = 4, 6, 12  # classes, batch, image side (12: the valid 3x3 conv still sees 3x3)
@@ -72,7 +73,7 @@ def _pack(cfg, models, orthos, lrs, wds, *, in_channels=3):
     packed = PackedLargeCNN(cfg, num_classes=K, runs=len(models), in_channels=in_channels)
     packed = packed.double()
     apply_packed_orthogonality(packed, orthos)
-    opt = PackedAdam(packed.parameters(), runs=len(models), lr=lrs, weight_decay=wds)
+    opt = PackedAdam(packed, lr=lrs, weight_decay=wds, foreach=True)
     pack_state([{"model": m.state_dict()} for m in models], packed, opt)
     return packed, opt
 
@@ -98,7 +99,9 @@ def _separate_step(models, adams, orthos, xs, ys) -> torch.Tensor:
 
 
 def _packed_step(packed, opt, weights, xs, ys) -> torch.Tensor:
-    total, per_run = packed_loss(packed(pack_inputs(xs)), ys)
+    """The training forward of packed_training (make_forward's)."""
+    forward = make_forward(packed, torch.device("cpu"), TrainConfig(), packed_outputs)
+    total, per_run, _ = forward(pack_inputs(xs), ys)
     if weights is not None:
         total = total + packed_ortho_loss(packed, weights)
     opt.zero_grad(set_to_none=True)
@@ -184,11 +187,11 @@ def test_unpacked_runs_resume_as_single_runs_and_repack_bitwise():
     weights, gen = penalty_weights(orthos), torch.Generator().manual_seed(1)
     for _ in range(2):
         _packed_step(packed, opt, weights, *_batch(gen, 2))
-    runs = unpack_state(packed, opt, adam_options={"foreach": True})
+    runs = unpack_state(packed, opt)
     # repacked into a new pack: the same tensors, bit for bit
     again, again_opt = _pack(NARROW, _separate(NARROW, orthos), orthos, (1.0, 1.0), wds)
     pack_state(runs, again, again_opt)
-    assert again_opt.param_groups[0]["lr"] == lrs
+    assert again_opt.lrs() == list(lrs)
     for key, t in packed.state_dict().items():
         assert torch.equal(again.state_dict()[key], t), key
     # loaded into single runs, they take the same next step as the pack
@@ -272,7 +275,7 @@ def test_a_pack_refuses_what_it_cannot_train_together():
     with pytest.raises(ValueError, match="3 ortho configs"):
         apply_packed_orthogonality(packed, [NONE] * 3)
     with pytest.raises(ValueError, match="lr must be 2"):
-        PackedAdam(packed.parameters(), runs=2, lr=(1e-3,))
+        PackedAdam(packed, lr=(1e-3,))
     models = _separate(NARROW, [NONE, NONE])
     adams = _adams(models, (1e-3, 1e-3), (0.0, 0.0))
     gen = torch.Generator().manual_seed(3)
@@ -282,6 +285,6 @@ def test_a_pack_refuses_what_it_cannot_train_together():
         {"model": m.state_dict(), "optimizer": a.state_dict()}
         for m, a in zip(models, adams, strict=True)
     ]
-    opt = PackedAdam(packed.parameters(), runs=2, lr=1e-3)
-    with pytest.raises(ValueError, match="must agree on"):
+    opt = PackedAdam(packed, lr=1e-3)
+    with pytest.raises(ValueError, match="must agree on"):  # batch norm's one step counter
         pack_state(states, packed, opt)
