@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: smoke test lint clean gpu-wheels fashion
+.PHONY: smoke test lint clean gpu-wheels fashion slurm-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,13 +41,30 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
-# Wheels a lent GPU machine lacks (it has torch, typer, rich, pandas, ... but no network), for
-# Python 3.12 there: carry .whl and run benchmarks/gpu.sh on it (see benchmarks/RESULTS.md).
-gpu-wheels: $(STAMP)
-	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+# The real-SLURM tests (tests/test_slurm_cluster.py; `make test` skips them): a one-node cluster
+# on this machine (scripts/slurm-cluster.sh: installs slurm-wlm if absent, as root, and keeps its
+# files in $(SLURM_DIR)), the tests, then the cluster stopped whatever they said.
+SLURM_DIR ?= /tmp/softmaso-slurm
+slurm-test: $(STAMP)
+	SOFTMASO_SLURM_DIR=$(SLURM_DIR) scripts/slurm-cluster.sh start
+	SOFTMASO_SLURM=1 SOFTMASO_SLURM_DIR=$(SLURM_DIR) SLURM_CONF=$(SLURM_DIR)/slurm.conf \
+	  $(BIN)/python -m pytest -p no:cacheprovider tests/test_slurm_cluster.py; \
+	  status=$$?; SOFTMASO_SLURM_DIR=$(SLURM_DIR) scripts/slurm-cluster.sh stop; exit $$status
+
+# Wheels a lent GPU machine lacks (it has torch, typer, rich, pandas, ... but no network), for its
+# Python (GPU_PYTHON): pydantic and submitit with what they need (pydantic-core, annotated-types,
+# typing-extensions, typing-inspection, cloudpickle), about 2.8 MB, downloaded alone (no venv,
+# no torch), at the versions .venv runs where there is one. Carry .whl and run
+# benchmarks/gpu-first.sh there (see benchmarks/RESULTS.md).
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|submitit|cloudpickle
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --only-binary=:all: --python-version $(GPU_PYTHON) \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	  --platform manylinux2014_x86_64 -d .whl \
-	  $$($(BIN)/python -m pip list --format=freeze | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|submitit)==')
+	  $$( (test -x $(BIN)/python && $(BIN)/python -m pip list --format=freeze | \
+	    grep -iE '^($(GPU_WHEELS))==') || echo pydantic submitit)
+	ls -l .whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,26 @@ def test_quiet_and_verbose_are_log_levels(cli, tmp_path):
     epochs = [line for line in said["-v"] if "] epoch " in line]
     assert len(epochs) == 4  # 2 runs x 2 epochs, each tagged with its run
     assert len([line for line in said["-v"] if line.startswith("[grid] ")]) == 2
+
+
+def test_slurm_options_refused_in_one_line_and_local_jobs_share_the_cores(cli, monkeypatch):
+    """--slurm-time and --slurm-parallelism below 1, and --no-wait where this process runs the
+    jobs, are one-line errors; submitit's local cluster runs the cores / threads jobs at once,
+    each with its share of the cores, unless told otherwise."""
+    for bad, says in (
+        (["--slurm-time", "0"], "--slurm-time"),
+        (["--slurm-parallelism", "0"], "--slurm-parallelism"),
+        (["--slurm-cluster", "debug", "--no-wait"], "--no-wait"),
+    ):
+        r = cli("reproduce", "table2", "--launcher", "slurm", *bad)
+        assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    monkeypatch.setattr("softmaso.devices.cpu_cores", lambda: 8)
+    local = launch.Launch(launcher="slurm", slurm=launch.Slurm(cluster="local"))
+    settled = launch._settle_parallelism(local)
+    assert (settled.slurm.parallelism, settled.threads) == (8, 1)
+    settled = launch._settle_parallelism(replace(local, threads=2))
+    assert (settled.slurm.parallelism, settled.threads) == (4, 2)
+    settled = launch._settle_parallelism(replace(local, slurm=launch.Slurm("local", parallelism=2)))
+    assert (settled.slurm.parallelism, settled.threads) == (2, 4)
+    on_slurm = launch._settle_parallelism(launch.Launch(launcher="slurm"))
+    assert on_slurm.slurm.parallelism == launch.Slurm.PARALLELISM
