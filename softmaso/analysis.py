@@ -270,3 +270,13 @@ def analyze_run(
         stats["learned_beta"] = learned_beta(block[2])
         rows.append({"layer": f"conv{i + 1}", "units": u.shape[1], **stats})
     return rows
+
+
+def default_out(target: Path) -> Path:
+    """Where ``softmaso analyze TARGET`` writes without ``--out``: beside a run directory
+    (``PARENT/analysis/RUN``: a run directory holds only what its training wrote), or a results
+    folder's ``analysis/``, as ``softmaso table`` writes beside the runs."""
+    target = Path(target)
+    if (target / runs.CONFIG).is_file():
+        return target.parent / "analysis" / target.name
+    return target / "analysis"

@@ -184,8 +184,8 @@ Threads = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="CPU threads per training process (torch.set_num_threads); recorded in env.json.",
-        show_default="torch's: every core (reproduce: the cores divided among the workers)",
+        help="CPU threads per training process, recorded in env.json.",
+        show_default="torch's: every core; reproduce: the cores shared by the workers",
     ),
 ]
 
@@ -513,10 +513,12 @@ def recipes_(
     if copy is not None:
         typer.echo(f"wrote {recipes.copy(copy[0], copy[1])}")
         return
-    for name in recipes.names():
+    names = recipes.names()
+    width = max(map(len, names), default=0)  # the longest name sets the column
+    for name in names:
         parsed = read_recipe(recipes.path_of(name))
         sweep = " x ".join(f"{k} ({len(v)})" for k, v in parsed.sweep.items())
-        typer.echo(f"{name:<18} {'sweep: ' + sweep if sweep else 'one run'}")
+        typer.echo(f"{name:<{width}}  {'sweep: ' + sweep if sweep else 'one run'}")
     typer.echo("")
     for name, members in recipes.EXPERIMENTS.items():
         typer.echo(f"experiment {name}: {', '.join(members)}")
@@ -588,7 +590,12 @@ def analyze(
         Path, typer.Argument(help="A finished run directory, or a results folder of runs.")
     ],
     out: Annotated[
-        Path | None, typer.Option(help="Folder for the outputs.", show_default="TARGET/analysis")
+        Path | None,
+        typer.Option(
+            help="Folder for the outputs.",
+            show_default="beside a run: its folder's analysis/RUN; of a results folder: "
+            "TARGET/analysis",
+        ),
     ] = None,
     images: Annotated[int, typer.Option(min=1, help="Test images each run is analysed on.")] = 500,
     decisions: Annotated[
@@ -596,19 +603,34 @@ def analyze(
         typer.Option(min=2, help="Most (image, position) samples per layer in joint statistics."),
     ] = 20_000,
     data_dir: DataDir = None,
-    threads: Threads = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads of this process (torch.set_num_threads).",
+            show_default="torch's: every core",
+        ),
+    ] = None,
 ) -> None:
     """Measure the paper's mechanisms in trained networks, per layer: VQ occupancy, soft-VQ
     entropy, unit-firing correlation, the factorial model's cross terms and joint-MAP changes
-    (Thm. 4), the Thm. 2 region prior; compared across groups of runs like `softmaso table`."""
+    (Thm. 4), the Thm. 2 region prior; compared across groups of runs like `softmaso table`.
+
+    Written beside a run directory (never into it), or into a results folder's analysis/."""
+    from softmaso.analysis import default_out
     from softmaso.devices import set_threads
     from softmaso.reporting.analysis import analyze as run
 
     set_threads(threads)
     log = functools.partial(typer.echo, err=True)
-    for path in run(
-        target, out=out, images=images, decisions=decisions, data_dir=data_dir, log=log
-    ):
+    kw = {"images": images, "decisions": decisions, "data_dir": data_dir, "log": log}
+    try:
+        written = run(target, out=out or default_out(target), **kw)
+    except UserError as e:  # the argument is TARGET here, as --help says
+        if e.where != "RESULTS_DIR":
+            raise
+        raise UserError("TARGET", e.message) from None
+    for path in written:
         typer.echo(f"wrote {path}")
 
 

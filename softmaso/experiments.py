@@ -223,3 +223,35 @@ def check_grid(todo: list[Run]) -> None:
     if conflicts:
         more = f" (and {len(conflicts) - 1} more runs like it)" if len(conflicts) > 1 else ""
         raise RunConflict("--results", f"{conflicts[0]}{more}")
+
+
+def plan_line(todo: list[Run], *, at_once: int = 1) -> str:
+    """What a grid is about to do, said before it trains: "N runs to train (M finished
+    already), about T", T from the seconds per epoch of its finished runs (their result.json's
+    wall_seconds over epochs) times the epochs left, shared by `at_once` runs training together;
+    unknown, and said so, until a run of the grid has finished (a run's speed depends on the
+    machine, its load and the model far too much to guess it from the recipe)."""
+    left = ended = diverged = 0
+    epochs_left, seconds, epochs_done = 0, 0.0, 0
+    for run in todo:
+        state, result, _ = runs.status(run.dir)
+        if state == "finished":
+            seconds += result.get("wall_seconds") or 0.0
+            epochs_done += result.get("epochs") or 0
+        done = result.get("epochs", 0) if result else len(runs.read_metrics(run.dir))
+        if state == "diverged" or (state == "finished" and done >= run.cfg.train.epochs):
+            ended += 1
+            diverged += state == "diverged"
+            continue
+        left += 1
+        epochs_left += max(run.cfg.train.epochs - done, 0)
+    also = f"{ended - diverged} finished" + (f", {diverged} diverged" if diverged else "")
+    line = f"{left} run{'s' if left != 1 else ''} to train ({also} already)"
+    if not left:
+        return line
+    if not seconds or not epochs_done:
+        return f"{line}, time unknown until the first run ends"
+    total = seconds / epochs_done * epochs_left / max(at_once, 1)
+    shown = f"{total:.0f} s" if total < 90 else f"{total / 60:.0f} min"
+    shown = f"{total / 3600:.1f} h" if total >= 90 * 60 else shown
+    return f"{line}, about {shown} ({seconds / epochs_done:.1f} s per epoch so far)"

@@ -24,6 +24,7 @@ import platform
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def record_error(run_dir: Path, why: str, *, damaged: bool = False) -> None:
     text = f"{DAMAGED if damaged else ''}{why.rstrip()}\n"
     with contextlib.suppress(OSError):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / ERROR).write_text(text)
+        atomic_write(Path(run_dir) / ERROR, lambda tmp: tmp.write_text(text))
 
 
 def read_grid(root: Path) -> dict[str, Any] | None:
@@ -215,9 +216,10 @@ def claim(run_dir: Path) -> Iterator[bool]:
 
     An exclusive ``fcntl.flock`` on ``run_dir/.lock``: `softmaso train` and `softmaso
     reproduce` both take it, so two processes never train one run; the kernel drops it when its
-    process dies, so a killed run leaves no stale lock. Where the filesystem has no flock
+    process dies, so a killed run leaves no stale lock. The lock file is removed as the lock is
+    released (:func:`_flocked` says how that stays safe). Where the filesystem has no flock
     (Lustre mounted without it: ENOSYS), an exclusive lock file instead (:func:`_held_file`).
-    A directory the claim made is removed again if nothing but the lock was written in it.
+    A directory the claim made is removed again if nothing was written in it.
     """
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,79 +227,148 @@ def claim(run_dir: Path) -> Iterator[bool]:
         with _flocked(run_dir / LOCK) as mine:
             yield mine
     finally:
-        if made and {p.name for p in run_dir.iterdir()} <= {LOCK}:
-            (run_dir / LOCK).unlink(missing_ok=True)  # nothing was written (bad data, say)
-            with contextlib.suppress(OSError):
+        if made and not any(run_dir.iterdir()):  # nothing was written (bad data, say)
+            with contextlib.suppress(OSError):  # (not empty: another process claims it now)
                 run_dir.rmdir()
 
 
 NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # a filesystem without
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd` (not removed, nor made anew)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    there = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 @contextlib.contextmanager
 def _flocked(path: Path) -> Iterator[bool]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    """flock `path` (made if needed) for the block, and remove it on the way out.
+
+    The file is removed while the lock is still held, then unlocked. A process that opened the
+    file before the removal gets its flock only afterwards, on a file no longer at `path`:
+    so, once locked, each process checks that `path` still names the file it locked, and
+    starts again if not. Whoever holds the lock holds the file at `path`."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder, emptied, was removed by a claim that made it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             yield False
             return
         except OSError as e:
+            os.close(fd)
             if e.errno not in NO_FLOCK:
                 raise
-            os.close(fd)
-            fd = -1
+            with contextlib.suppress(OSError):  # no flock here: the file locks nothing
+                path.unlink()
             with _held_file(path.with_name(HELD)) as mine:
                 yield mine
             return
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # locked a file that was removed meanwhile: try the one there now
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield True
     finally:
-        if fd >= 0:
-            os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()  # still locked: anyone who opened it will find it gone
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 HELD = ".lock.held"  # the lock file where flock is missing: created with O_EXCL, "pid@host"
+TAKEOVER_S = 600  # a takeover marker older than this was left by a process killed in it
 
 
 @contextlib.contextmanager
 def _held_file(path: Path) -> Iterator[bool]:
     """An exclusive lock by creating `path` with O_EXCL (atomic on NFS v3+ and Lustre too),
     holding "pid@host"; removed on exit. A lock left by a dead process of this host is stale
-    and taken over; one from another host is respected (its process cannot be checked)."""
-    for _ in range(2):
+    and taken over (:func:`_take_over`); one from another host is respected (its process
+    cannot be checked)."""
+    for _ in range(3):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             break
         except FileExistsError:
-            if not _stale(path):
+            if not _take_over(path):
                 yield False
                 return
-            path.unlink(missing_ok=True)
+        except FileNotFoundError:  # the folder, emptied, was removed by a claim that made it
+            path.parent.mkdir(parents=True, exist_ok=True)
     else:
         yield False
         return
     try:
         os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
+        mine = os.fstat(fd)
         os.close(fd)
         yield True
     finally:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            there = os.stat(path)
+            if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):  # (not taken over)
+                path.unlink()
 
 
-def _stale(path: Path) -> bool:
-    """Whether a lock file was left by a process of this host that no longer runs."""
+def _take_over(path: Path) -> bool:
+    """Remove the lock file at `path` if it is stale (:func:`_stale`); whether it was, or is
+    gone: then the caller tries the lock again.
+
+    Two processes that find one stale file must not both remove it: the second would remove
+    the fresh lock the first made meanwhile, and both would hold the lock. So a stale file is
+    removed only by the process that creates, with O_EXCL, a marker named after that very file
+    (its inode and modification time), and only if `path` still names it, with the same text;
+    the others find the marker, or the file gone."""
     try:
-        pid, _, host = path.read_text().strip().partition("@")
+        seen, text = os.stat(path), path.read_text()
+    except FileNotFoundError:
+        return True  # released meanwhile
+    except OSError:
+        return False
+    if not _stale(text):
+        return False
+    marker = path.with_name(f"{path.name}.{seen.st_ino}-{seen.st_mtime_ns}.takeover")
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:  # another process takes it over now (or was killed doing so)
+        with contextlib.suppress(OSError):
+            if time.time() - marker.stat().st_mtime > TAKEOVER_S:
+                marker.unlink()
+        return True
+    try:
+        there = os.stat(path)
+        same = (there.st_ino, there.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns)
+        if same and path.read_text() == text:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    finally:
+        marker.unlink(missing_ok=True)
+    return True
+
+
+def _stale(text: str) -> bool:
+    """Whether a lock file's text ("pid@host") names a process of this host that no longer
+    runs."""
+    try:
+        pid, _, host = text.strip().partition("@")
         pid = int(pid)
-    except (OSError, ValueError):
+    except ValueError:
         return False  # being written, or unreadable: not ours to remove
-    if host != os.uname().nodename:
+    if pid <= 0 or host != os.uname().nodename:
         return False
     try:
         os.kill(pid, 0)
@@ -493,7 +564,11 @@ def check_run_dir(cfg: RunConfig, run_dir: Path, finished: bool = False) -> None
     shown = "; ".join(
         f"{k}: {there.get(k, 'not set')} there, {here.get(k, 'not set')} here" for k in diff[:3]
     ) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-    if finished:
+    if diff == [GROWS]:
+        advice = (
+            "a run is trained on to more epochs, never back to fewer; choose another run directory"
+        )
+    elif finished:
         advice = "it is a finished run; choose another run directory"
     elif all(k in there and k in here for k in diff):
         advice = (
@@ -525,7 +600,7 @@ def saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
 
 def launches(run_dir: Path) -> list[dict[str, Any]]:
     """Each launch's environment, oldest first (launches.jsonl; env.json alone for runs from
-    before it was kept); unreadable lines are skipped."""
+    before it was kept); unreadable lines (a line a crash cut short) are skipped."""
     out = []
     path = Path(run_dir) / LAUNCHES
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
@@ -570,16 +645,32 @@ def open_run(cfg: RunConfig, run_dir: Path, device) -> None:
     for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
         stale.unlink(missing_ok=True)
     (run_dir / ERROR).unlink(missing_ok=True)  # a failed run trains again
+    (run_dir / RESULT).unlink(missing_ok=True)  # a finished run trained on: started again
     atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(dump_yaml(cfg)))
     env = environment(device)
     first = read_json(run_dir / ENV)
     if first is None:
         write_json(run_dir / ENV, env)
     earlier = [first] if isinstance(first, dict) and not (run_dir / LAUNCHES).exists() else []
-    with open(run_dir / LAUNCHES, "a") as f:  # short lines: appended whole, or not at all
-        f.write("".join(json.dumps(e) + "\n" for e in [*earlier, env]))  # a run from before
-        f.flush()
-        os.fsync(f.fileno())
+    append_lines(run_dir / LAUNCHES, [*earlier, env])  # earlier: a run from before the file
+
+
+def append_lines(path: Path, docs: list[dict[str, Any]]) -> None:
+    """Append JSON lines to `path` in one write on an O_APPEND descriptor, then fsync: a crash
+    leaves them all or a torn last line, which readers skip (:func:`launches`). A torn line
+    left by an earlier crash is ended first, so it never swallows the new ones."""
+    text = "".join(json.dumps(doc) + "\n" for doc in docs)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            text = "\n" + text
+        data = text.encode()
+        if os.write(fd, data) != len(data):  # a full disk: say so, as a write that raises would
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resume_state(run_dir: Path, device) -> dict | None:
@@ -623,17 +714,48 @@ def finish_run(
     return result
 
 
+GROWS = "train.epochs"  # the one key a run is trained on in (see :func:`trains_on`)
+
+
 def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
     """The skipped-run result if the run has ended (finished or diverged: a diverged run would
-    diverge again); RunConflict if the directory is another's; UserError if its result.json is
-    damaged (not a JSON object with a known status)."""
+    diverge again), None if it is to be trained (new, interrupted, failed, or a finished run
+    that `cfg` trains on to more epochs: :func:`trains_on`); RunConflict if the directory is
+    another's; UserError if its result.json is damaged (not a JSON object with a known
+    status)."""
     state, done, problem = status(run_dir)
     if state == "damaged" and (run_dir / RESULT).exists():  # (a damaged checkpoint: tried again)
         raise UserError(
             str(run_dir / RESULT),
             f"damaged result.json ({problem}); delete it to resume the run from its checkpoint",
         )
-    check_run_dir(cfg, run_dir, state == "finished")
+    longer = trains_on(cfg, run_dir)
+    if not longer:
+        check_run_dir(cfg, run_dir, state == "finished")
+    if longer and state == "finished":
+        if not (run_dir / CHECKPOINT).exists():
+            raise RunConflict(
+                "--out",
+                f"{run_dir} holds a finished {done['epochs']}-epoch run without its "
+                f"{CHECKPOINT}, so it cannot be trained on to {cfg.train.epochs} epochs; "
+                "choose another run directory",
+            )
+        return None  # open_run removes its result.json; the result is written anew at its end
     if done is not None:
         return {**done, "skipped": True}
     return None
+
+
+def trains_on(cfg: RunConfig, run_dir: Path) -> bool:
+    """Whether `cfg` is the run's config in `run_dir` with more ``train.epochs`` and nothing
+    else changed: then the run is trained on from its last checkpoint, to the metrics a run
+    trained that long at once has. That holds because nothing else depends on the number of
+    epochs: the learning rate is constant (``optim.lr``; the config has no schedule), and data
+    order and augmentation depend on (seed, epoch) only. Fewer epochs stay a conflict."""
+    _, there = saved_config(run_dir)
+    if there is None:
+        return False
+    here = flatten(cfg.to_dict())
+    diff = {k for k in {*here, *there} if there.get(k) != here.get(k)}
+    old, new = there.get(GROWS), here.get(GROWS)
+    return diff == {GROWS} and isinstance(old, int) and isinstance(new, int) and new > old

@@ -108,7 +108,7 @@ def test_analyze_a_trained_run_and_a_folder_through_the_cli(cli, tmp_path):
     assert training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"] == "finished"
     r = cli("analyze", run, "--images", 40, "--decisions", 500, "--threads", 1)
     assert r.exit_code == 0, r.output
-    text = (run / "analysis" / "analysis.md").read_text()
+    text = (tmp_path / "res" / "analysis" / "one" / "analysis.md").read_text()  # beside the run
     assert "#### cross_ratio" in text and "conv8" in text
     r = cli("analyze", tmp_path / "res", "--images", 40, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.output

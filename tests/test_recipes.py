@@ -170,9 +170,9 @@ def test_a_finished_run_with_another_config_is_a_conflict_not_a_skip(cli, tmp_pa
     res = tmp_path / "res"
     assert cli("reproduce", recipe, "--results", res).exit_code == 0
     before = {p: p.read_bytes() for p in res.rglob("*") if p.is_file()}
-    r = cli("reproduce", recipe, "--results", res, "--set", "train.epochs=2")
+    r = cli("reproduce", recipe, "--results", res, "--set", "optim.batch_size=40")
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "train.epochs: 1 there, 2 here" in r.stderr and "finished run" in r.stderr
+    assert "optim.batch_size: 50 there, 40 here" in r.stderr and "finished run" in r.stderr
     after = {p: p.read_bytes() for p in res.rglob("*") if p.is_file()}
     assert after == before  # nothing relabelled, nothing written
 
