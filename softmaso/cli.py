@@ -243,34 +243,29 @@ def train(
     loss diverges (NaN or infinite), 130 if interrupted, 143 if terminated (SIGTERM; the run
     stays resumable either way).
     """
-    from softmaso import recipes
+    from softmaso import recipes, runs
     from softmaso.config import dump_yaml, read_recipe
-
-    recipe = recipes.resolve(recipe)
-    overrides = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
-    parsed = read_recipe(recipe)
-    cfg = parsed.config(overrides)
-    if print_config:
-        typer.echo(dump_yaml(cfg), nl=False)
-        return
-    from softmaso import runs
-    from softmaso.devices import set_threads
-    from softmaso.training import fit
+    from softmaso.devices import resolve_device, set_threads
+    from softmaso.io import check_output_dir
+    from softmaso.training import device_defaults, fit
     from softmaso.ui import progress
 
+    parsed = read_recipe(recipe := recipes.resolve(recipe))
+    cfg = parsed.config(list(set_ or []) + ([f"seed={seed}"] if seed is not None else []))
+    if print_config:
+        return typer.echo(dump_yaml(device_defaults(cfg, resolve_device(device))), nl=False)
     set_threads(threads)
     if parsed.sweep:
-        swept = ", ".join(parsed.sweep)
+        sweep = ", ".join(parsed.sweep)
         typer.echo(
-            f"note: {recipe} sweeps {swept}; train runs one point (use --set or `reproduce`)",
-            err=True,
+            f"note: {recipe} sweeps {sweep}; train runs one point (--set, `reproduce`)", err=True
         )
-    from softmaso.io import check_output_dir
-
     run_dir = check_output_dir(out or runs.default_run_dir(cfg), where="--out")
+    on = resolve_device(device)
+    cfg = device_defaults(cfg, on, runs.saved_config(run_dir)[1])  # named by the recipe's
     try:
         with progress():
-            result = fit(cfg, run_dir, device=device, data_dir=data_dir, lock=True)
+            result = fit(cfg, run_dir, device=on, data_dir=data_dir, lock=True)
     except KeyboardInterrupt as e:
         unreported_stop()  # said here, with the run directory
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"

@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from softmaso.fast import compile_settings, mark_static
-from softmaso.orthogonality import at_least_fp32
+from softmaso.orthogonality import Penalty, at_least_fp32, penalty_value
 
 _TEMPLATES: dict[tuple, nn.Module] = {}
 
@@ -63,10 +63,12 @@ def template_for(model: nn.Module) -> nn.Module:
     return _TEMPLATES[key]
 
 
-def _forward(template, state, x, y, outputs, amp: bool):
+def _forward(template, state, x, y, outputs, amp: bool, penalty: Penalty | None):
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = functional_call(template, state, (x,))
-    return outputs(logits, y)
+    if penalty is None:
+        return outputs(logits, y)
+    return (*outputs(logits, y), penalty_value(penalty, state))
 
 
 @functools.cache
@@ -85,7 +87,8 @@ class CompiledForward:
 
     `model` must keep its parameter and buffer tensors (in-place updates only: optimiser steps,
     ``load_state_dict``); it must be in training mode when called (the template always is).
-    `amp`: bf16 autocast (as the eager step).
+    `amp`: bf16 autocast (as the eager step). With a `penalty`, its value on the run's weights
+    is computed in the same compiled region, forward and backward, and returned last.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class CompiledForward:
         device: torch.device,
         outputs: Callable[..., Any] = single_outputs,
         amp: bool = False,
+        penalty: Penalty | None = None,
     ):
         self.model = model
         self.template = template_for(model)
@@ -107,6 +111,7 @@ class CompiledForward:
         self.outputs = outputs
         self.cuda = device.type == "cuda"
         self.amp = amp
+        self.penalty = penalty
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
@@ -114,4 +119,4 @@ class CompiledForward:
             raise RuntimeError("CompiledForward serves training steps: call model.train() first")
         if self.cuda:  # outputs of the previous step's graphs may now be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        return self.fn(self.template, self.state, x, y, self.outputs, self.amp)
+        return self.fn(self.template, self.state, x, y, self.outputs, self.amp, self.penalty)

@@ -742,6 +742,7 @@ def reproduce(
                 "each run is trained once"
             )
             todo = unique
+        todo = _device_defaults(todo, how_fast(launch))
         files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
         ex.check_grid(todo)
         ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
@@ -760,6 +761,32 @@ def reproduce(
             log.info(f"wrote {path}")
         ok &= not any(o in FAILED for o in outcomes.values())
     return ok
+
+
+def how_fast(launch: Launch) -> str:
+    """The device type a grid's runs will train on, for their defaults: cuda where a listed
+    device is a GPU, SLURM gives GPUs, or (no list, this machine) one is here; else cpu."""
+    if launch.launcher == "slurm":
+        return "cuda" if launch.slurm.gpus > 0 else "cpu"
+    if launch.devices:
+        return "cuda" if any(d.startswith("cuda") for d in launch.devices) else "cpu"
+    from softmaso.devices import resolve_device
+
+    return resolve_device("auto").type
+
+
+def _device_defaults(todo: list[ex.Run], device_type: str) -> list[ex.Run]:
+    """Each run's config with the device's defaults (:func:`softmaso.training.device_defaults`),
+    a started run keeping what it started with."""
+    import torch
+
+    from softmaso.training import device_defaults
+
+    device = torch.device(device_type)
+    return [
+        replace(run, cfg=device_defaults(run.cfg, device, runs.saved_config(run.dir)[1]))
+        for run in todo
+    ]
 
 
 def _theory_half(name: str, base: Path) -> bool:

@@ -29,8 +29,8 @@ one value per weight: batched linear algebra, as torch.linalg's leading dimensio
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -456,6 +456,32 @@ def ortho_loss(convs: Sequence[nn.Module], cfg: OrthoConfig) -> torch.Tensor | N
     return cfg.weight * _summed(term, (m.weight for m in convs))
 
 
+class Penalty(NamedTuple):
+    """:func:`ortho_loss` on named weights, to be computed from the tensors a step's forward
+    uses (a compiled step's inputs) rather than from the modules: the weights' names in the
+    model, the loss term and its weight (plain values, so a compiled step reuses its code for
+    every run of a structure)."""
+
+    names: tuple[str, ...]
+    term: Callable[[torch.Tensor], torch.Tensor]
+    weight: float
+
+
+def penalty_of(model: nn.Module, convs: Sequence[nn.Module], cfg: OrthoConfig) -> Penalty | None:
+    """The :class:`Penalty` of `convs` (modules of `model`) for ``cfg``; None for the modes
+    without a loss term (none, exact, torch)."""
+    term = LOSS_TERMS.get(cfg.mode)
+    if term is None:
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    return Penalty(tuple(names[id(m.weight)] for m in convs), term, cfg.weight)
+
+
+def penalty_value(p: Penalty, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The penalty's value on `tensors` (name -> tensor, as ``named_parameters``)."""
+    return p.weight * _summed(p.term, (tensors[n] for n in p.names))
+
+
 def _gram_minus_identity(w: torch.Tensor) -> torch.Tensor:
     """G - I for the Gram matrix G of w's filters, or of their columns where there are more
     filters than values per filter (the identity is then the attainable target; Bansal et al.'s
@@ -486,6 +512,7 @@ def srip(w: torch.Tensor) -> torch.Tensor:
     return (m @ v).norm()
 
 
+@torch.compiler.disable  # drawn outside a compiled step: a constant, not a traced generator
 @functools.cache
 def _srip_start(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """SRIP's start vector (n, 1): drawn once per size from a fixed seed, then reused."""

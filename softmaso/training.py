@@ -39,9 +39,11 @@ from softmaso.errors import RunBusy, UserError
 from softmaso.fast import keep_freed_memory
 from softmaso.models import build_model, check_input_size
 from softmaso.orthogonality import (
+    Penalty,
     apply_orthogonality,
     layer_diagnostics,
-    ortho_loss,
+    penalty_of,
+    penalty_value,
 )
 from softmaso.ui import EPOCHS, Task
 
@@ -60,14 +62,15 @@ class Setup:
     optimizer: torch.optim.Optimizer
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     sampler: Any  # softmaso.data.BatchSampler
-    forward: Callable[..., Any]  # (x, y) -> (loss, correct): make_forward's
+    forward: Callable[..., Any]  # (x, y) -> (loss, correct[, penalty]): make_forward's
     convs: list[torch.nn.Module] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
 
-def _eager_forward(model, device: torch.device, amp: bool, outputs, x, y):
+def _eager_forward(model, device: torch.device, amp: bool, outputs, penalty, weights, x, y):
     with autocast(device, amp):
-        return outputs(model(x), y)
+        out = outputs(model(x), y)
+    return out if penalty is None else (*out, penalty_value(penalty, weights))
 
 
 def make_forward(
@@ -75,12 +78,42 @@ def make_forward(
     device: torch.device,
     train: TrainConfig,
     outputs: Callable[..., Any] = single_outputs,
+    penalty: Penalty | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
     """(x, y) -> outputs(model(x), y), the training forward and loss (`outputs`: the loss and
-    correct count of a single run by default): compiled with ``train.compile``, else eager."""
+    correct count of a single run by default), then the `penalty` on the model's weights
+    where one is given: compiled with ``train.compile`` (the penalty in the same compiled
+    region), else eager."""
     if train.compile:
-        return CompiledForward(model, device, outputs, amp=train.amp)
-    return functools.partial(_eager_forward, model, device, train.amp, outputs)
+        return CompiledForward(model, device, outputs, amp=train.amp, penalty=penalty)
+    weights = dict(model.named_parameters())
+    return functools.partial(_eager_forward, model, device, train.amp, outputs, penalty, weights)
+
+
+def device_defaults(
+    cfg: RunConfig, device: torch.device, saved: dict[str, Any] | None = None
+) -> RunConfig:
+    """`cfg` with what trains fastest on `device` where its recipe and --set leave it open: on
+    CUDA, compiled steps (``train.compile``: the forward, loss and penalty as CUDA graphs,
+    measured faster than eager on an H200, benchmarks/RESULTS.md); on a CPU, eager (compiling
+    gains nothing there). A run that already has a config (`saved`, its flattened
+    config.yaml) keeps the value it started with, so a restart on another device is never a
+    conflict. The choice is in the run's config.yaml."""
+    if "compile" in cfg.train.model_fields_set:
+        return cfg
+    if saved is not None and "train.compile" in saved:
+        compiled = bool(saved["train.compile"])
+    else:
+        compiled = device.type == "cuda"
+    return (
+        cfg if compiled == cfg.train.compile else cfg.with_overrides(**{"train.compile": compiled})
+    )
+
+
+def run_forward(model: torch.nn.Module, device: torch.device, cfg: RunConfig):
+    """A single run's training forward: (x, y) -> (loss, correct[, penalty])."""
+    penalty = penalty_of(model, model.ortho_convs(), cfg.ortho)
+    return make_forward(model, device, cfg.train, penalty=penalty)
 
 
 def adam_options(device: torch.device) -> dict[str, bool]:
@@ -139,7 +172,7 @@ def build(
         optimizer,
         Preprocessor(cfg.data.preprocess, data.x_train),
         sampler,
-        make_forward(model, device, cfg.train),
+        run_forward(model, device, cfg),
         model.ortho_convs(),
         model.ortho_names(),
     )
@@ -160,9 +193,8 @@ def train_step(
     x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
     if cfg.data.augment:
         x = augment(x, gen)
-    loss, correct = s.forward(x, y)
-    extra = ortho_loss(s.convs, cfg.ortho)
-    total = loss if extra is None else loss + extra
+    loss, correct, *extra = s.forward(x, y)  # extra: the penalty, where the mode has one
+    total = loss + extra[0] if extra else loss
     s.optimizer.zero_grad(set_to_none=True)
     total.backward()
     s.optimizer.step()

@@ -22,7 +22,7 @@ def _float64_setup(cfg):
     s.model.double()  # replaces the buffers: the forward must be made afterwards
     prep = s.preprocess
     s.preprocess = lambda x: prep(x).double()
-    s.forward = training.make_forward(s.model, s.device, s.cfg.train)
+    s.forward = training.run_forward(s.model, s.device, s.cfg)
     return s
 
 
@@ -93,14 +93,17 @@ def test_compiled_steps_equal_eager_steps_in_float64(ortho):
             assert torch.equal(got[key], want[key]), key
 
 
-def test_a_new_run_of_the_same_shape_is_not_compiled_again():
-    """parametrize gives each run's convs a class of their own; the template keeps the graph."""
-    cfg = tiny(**{"ortho.mode": "exact", "model.width": 0.0625, "train.compile": True})
+@pytest.mark.parametrize("ortho", ["exact", "penalty"])
+def test_a_new_run_of_the_same_shape_is_not_compiled_again(ortho):
+    """parametrize gives each run's convs a class of their own; the template keeps the graph;
+    the penalty's names, term and weight are plain values, the same for every run."""
+    cfg = tiny(**{"ortho.mode": ortho, "model.width": 0.0625, "train.compile": True})
     first = training.build(cfg, torch.device("cpu"))
     training.train_step(first, first.sampler.epoch(0)[0])
     graphs = counters["stats"]["unique_graphs"]
     second = training.build(cfg.with_overrides(seed=1), torch.device("cpu"))
-    assert type(second.model.features[0][0]) is not type(first.model.features[0][0])
+    if ortho == "exact":
+        assert type(second.model.features[0][0]) is not type(first.model.features[0][0])
     training.train_step(second, second.sampler.epoch(0)[0])
     assert counters["stats"]["unique_graphs"] == graphs
     wider = training.build(cfg.with_overrides(**{"model.width": 0.125}), torch.device("cpu"))
@@ -219,3 +222,21 @@ def test_learned_values_do_not_change_the_compile_key():
     with torch.no_grad():
         b.beta.p.add_(1.0)
     assert _signature(a) == _signature(b)
+
+
+def test_the_penalty_is_computed_inside_the_compiled_step():
+    """With train.compile, the compiled forward returns the penalty (its forward and backward
+    in the compiled graph), equal to the eager ortho_loss of the run's convs; the step then
+    computes nothing of it outside."""
+    from softmaso.orthogonality import ortho_loss
+
+    cfg = tiny(**{"ortho.mode": "penalty", "model.width": 0.0625, "train.compile": True})
+    s = _float64_setup(cfg)
+    x = s.preprocess(s.data.x_train[:50]).contiguous(memory_format=torch.channels_last)
+    breaks = sum(counters["graph_break"].values())
+    loss, correct, extra = s.forward(x, s.data.y_train[:50])
+    assert sum(counters["graph_break"].values()) == breaks
+    assert _close(extra, ortho_loss(s.convs, cfg.ortho))
+    (grad,) = torch.autograd.grad(extra, [s.convs[1].weight])
+    (want,) = torch.autograd.grad(ortho_loss(s.convs, cfg.ortho), [s.convs[1].weight])
+    assert _close(grad, want)

@@ -215,3 +215,17 @@ def test_slurm_options_refused_in_one_line_and_local_jobs_share_the_cores(cli, m
     assert (settled.slurm.parallelism, settled.threads) == (2, 4)
     on_slurm = launch._settle_parallelism(launch.Launch(launcher="slurm"))
     assert on_slurm.slurm.parallelism == launch.Slurm.PARALLELISM
+
+
+def test_a_grid_takes_the_defaults_of_the_device_it_trains_on(tmp_path):
+    """GPUs listed or given by SLURM: the runs' configs compile; CPU workers: eager. The
+    choice is in grid.json's and each run's config."""
+    assert launch.how_fast(launch.Launch(devices=("cuda:0", "cuda:1"))) == "cuda"
+    assert launch.how_fast(launch.Launch(devices=("cpu", "cpu"))) == "cpu"
+    assert launch.how_fast(launch.Launch(launcher="slurm")) == "cuda"  # --slurm-gpus 1
+    cpu_slurm = launch.Launch(launcher="slurm", slurm=launch.Slurm(gpus=0))
+    assert launch.how_fast(cpu_slurm) == "cpu"
+    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
+    on_gpu = launch._device_defaults(todo, "cuda")
+    assert all(run.cfg.train.compile for run in on_gpu)
+    assert not any(run.cfg.train.compile for run in launch._device_defaults(todo, "cpu"))

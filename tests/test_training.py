@@ -225,3 +225,21 @@ def test_bf16_autocast_trains_on_a_cpu(tmp_path):
     assert loss[0] != loss[1] and abs(loss[0] - loss[1]) < 0.1  # bf16 rounding, same training
     s = training.build(tiny(**{"train.amp": True}), torch.device("cpu"))
     assert all(p.dtype == torch.float32 for p in s.model.parameters())
+
+
+def test_cuda_compiles_unless_the_recipe_or_the_run_says_otherwise():
+    """On CUDA a run compiles its steps where the recipe and --set leave train.compile open;
+    on a CPU it stays eager; a started run keeps what it started with."""
+    from softmaso.config import read_recipe
+    from softmaso.recipes import resolve
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    open_cfg = read_recipe(resolve("smoke")).config([])
+    assert "compile" not in open_cfg.train.model_fields_set
+    assert training.device_defaults(open_cfg, cuda).train.compile is True
+    assert training.device_defaults(open_cfg, cpu).train.compile is False
+    told = read_recipe(resolve("smoke")).config(["train.compile=false"])
+    assert training.device_defaults(told, cuda).train.compile is False
+    started = {"train.compile": False}  # a run begun eager (on a CPU, say) resumes eager
+    assert training.device_defaults(open_cfg, cuda, started).train.compile is False
+    assert training.device_defaults(open_cfg, cpu, {"train.compile": True}).train.compile
