@@ -155,8 +155,9 @@ class TrainConfig(_Strict):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the training forward and loss, once per model shape in a "
-        "process; on CUDA replayed as CUDA graphs [ours]",
+        description="torch.compile the training forward, loss and penalty, once per model "
+        "shape in a process; on CUDA replayed as CUDA graphs, and on there by default where "
+        "the recipe and --set leave it open [ours]",
     )
     eval_batch_size: int = Field(
         500, gt=0, description="images per evaluation batch; 500 keeps a CPU run under 2 GiB [ours]"
