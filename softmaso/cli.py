@@ -8,7 +8,6 @@ code 2; failed claims or failed runs exit with code 1.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import sys
 from pathlib import Path
@@ -617,14 +616,11 @@ def analyze(
     from softmaso.reporting.analysis import analyze as run
 
     set_threads(threads)
-    log = functools.partial(typer.echo, err=True)
-    kw = {"images": images, "decisions": decisions, "data_dir": data_dir, "log": log}
+    kw = {"images": images, "decisions": decisions, "data_dir": data_dir}
     try:
         written = run(target, out=out or default_out(target), **kw)
-    except UserError as e:  # the argument is TARGET here, as --help says
-        if e.where != "RESULTS_DIR":
-            raise
-        raise UserError("TARGET", e.message) from None
+    except UserError as e:  # a results folder's errors name RESULTS_DIR; here it is TARGET
+        raise UserError("TARGET", e.message) if e.where == "RESULTS_DIR" else e from None
     for path in written:
         typer.echo(f"wrote {path}")
 

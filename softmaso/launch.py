@@ -32,9 +32,9 @@ from typing import Any, ClassVar
 from softmaso import experiments as ex
 from softmaso import runs
 from softmaso.errors import RunBusy, RunConflict, UserError
+from softmaso.ui import GRID
 
 log = logging.getLogger(__name__)
-GRID = {"tag": "grid"}  # the lines a grid says of itself: [grid] ...
 FAILED = ("diverged", "conflict", "damaged", "failed")  # outcomes that make `reproduce` exit 1
 
 
@@ -81,6 +81,8 @@ class Launch:
     def __post_init__(self):
         if self.launcher not in ("local", "slurm"):
             raise UserError("--launcher", f"{self.launcher!r}; use local or slurm")
+        if self.launcher == "local" and not self.slurm.wait:
+            raise UserError("--no-wait", "a local grid runs in this process; use --launcher slurm")
 
 
 # ------------------------------------------------------------------------------- one unit
@@ -765,10 +767,12 @@ def reproduce(
 
 def how_fast(launch: Launch) -> str:
     """The device type a grid's runs will train on, for their defaults: cuda where a listed
-    device is a GPU, SLURM gives GPUs, or (no list, this machine) one is here; else cpu."""
-    if launch.launcher == "slurm":
+    device is a GPU (a mixed list: each worker's runs could differ, so the GPU's defaults for
+    all; eager runs there only lose speed), SLURM gives GPUs, or (no list, this machine) one
+    is here; else cpu."""
+    if launch.launcher == "slurm" and launch.slurm.cluster == "slurm":
         return "cuda" if launch.slurm.gpus > 0 else "cpu"
-    if launch.devices:
+    if launch.devices:  # (submitit's local and debug clusters run here)
         return "cuda" if any(d.startswith("cuda") for d in launch.devices) else "cpu"
     from softmaso.devices import resolve_device
 

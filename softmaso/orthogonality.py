@@ -457,29 +457,32 @@ def ortho_loss(convs: Sequence[nn.Module], cfg: OrthoConfig) -> torch.Tensor | N
 
 
 class Penalty(NamedTuple):
-    """:func:`ortho_loss` on named weights, to be computed from the tensors a step's forward
-    uses (a compiled step's inputs) rather than from the modules: the weights' names in the
-    model, the loss term and its weight (plain values, so a compiled step reuses its code for
-    every run of a structure)."""
+    """The loss term of :func:`ortho_loss`, unweighted, on named weights: to be computed from
+    the tensors a step's forward uses (a compiled step's inputs) rather than from the modules.
+    Only plain values (the weights' names in the model, the term), so a compiled step reuses
+    its code for every run of a structure, whatever its ``ortho.weight``."""
 
     names: tuple[str, ...]
     term: Callable[[torch.Tensor], torch.Tensor]
-    weight: float
+
+
+COMPILED_TERMS = ("penalty", "so")  # srip draws its start vector outside a compiled graph
 
 
 def penalty_of(model: nn.Module, convs: Sequence[nn.Module], cfg: OrthoConfig) -> Penalty | None:
-    """The :class:`Penalty` of `convs` (modules of `model`) for ``cfg``; None for the modes
-    without a loss term (none, exact, torch)."""
-    term = LOSS_TERMS.get(cfg.mode)
-    if term is None:
+    """The :class:`Penalty` of `convs` (modules of `model`) for ``cfg`` where it can be computed
+    from the model's parameters inside a compiled step: ``penalty`` and ``so`` on plain
+    weights. None otherwise: no loss term (none, exact, torch), ``srip``, or apodised filters
+    (their weights are computed, not parameters); :func:`ortho_loss` then serves."""
+    if cfg.mode not in COMPILED_TERMS or any(parametrize.is_parametrized(m) for m in convs):
         return None
     names = {id(p): n for n, p in model.named_parameters()}
-    return Penalty(tuple(names[id(m.weight)] for m in convs), term, cfg.weight)
+    return Penalty(tuple(names[id(m.weight)] for m in convs), LOSS_TERMS[cfg.mode])
 
 
 def penalty_value(p: Penalty, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The penalty's value on `tensors` (name -> tensor, as ``named_parameters``)."""
-    return p.weight * _summed(p.term, (tensors[n] for n in p.names))
+    """The unweighted term on `tensors` (name -> tensor, as ``named_parameters``)."""
+    return _summed(p.term, (tensors[n] for n in p.names))
 
 
 def _gram_minus_identity(w: torch.Tensor) -> torch.Tensor:
@@ -512,7 +515,6 @@ def srip(w: torch.Tensor) -> torch.Tensor:
     return (m @ v).norm()
 
 
-@torch.compiler.disable  # drawn outside a compiled step: a constant, not a traced generator
 @functools.cache
 def _srip_start(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """SRIP's start vector (n, 1): drawn once per size from a fixed seed, then reused."""

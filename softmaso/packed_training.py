@@ -61,10 +61,9 @@ from softmaso.training import (
     place,
     show_epoch,
 )
-from softmaso.ui import Task
+from softmaso.ui import GRID, Task
 
 logger = logging.getLogger(__name__)
-GRID = {"tag": "grid"}  # a grid's own lines
 
 T = TypeVar("T")
 # A pack evaluates P runs on each chunk of test images: chunks shrink with P so that a chunk

@@ -227,8 +227,10 @@ def claim(run_dir: Path) -> Iterator[bool]:
         with _flocked(run_dir / LOCK) as mine:
             yield mine
     finally:
-        if made and not any(run_dir.iterdir()):  # nothing was written (bad data, say)
-            with contextlib.suppress(OSError):  # (not empty: another process claims it now)
+        # nothing was written (bad data, say): the folder goes; not empty, another process
+        # claims it now; gone, another claim that made it removed it first
+        with contextlib.suppress(OSError):
+            if made and not any(run_dir.iterdir()):
                 run_dir.rmdir()
 
 
@@ -311,10 +313,12 @@ def _held_file(path: Path) -> Iterator[bool]:
     else:
         yield False
         return
+    mine = os.fstat(fd)  # this process's lock file, whatever happens next
     try:
-        os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
-        mine = os.fstat(fd)
-        os.close(fd)
+        try:
+            os.write(fd, f"{os.getpid()}@{os.uname().nodename}\n".encode())
+        finally:
+            os.close(fd)  # a failed write (a full disk) removes the file below and raises
         yield True
     finally:
         with contextlib.suppress(OSError):

@@ -42,6 +42,7 @@ from softmaso.orthogonality import (
     Penalty,
     apply_orthogonality,
     layer_diagnostics,
+    ortho_loss,
     penalty_of,
     penalty_value,
 )
@@ -193,8 +194,9 @@ def train_step(
     x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
     if cfg.data.augment:
         x = augment(x, gen)
-    loss, correct, *extra = s.forward(x, y)  # extra: the penalty, where the mode has one
-    total = loss + extra[0] if extra else loss
+    loss, correct, *inside = s.forward(x, y)  # inside: the penalty's term, where computed there
+    extra = cfg.ortho.weight * inside[0] if inside else ortho_loss(s.convs, cfg.ortho)
+    total = loss if extra is None else loss + extra
     s.optimizer.zero_grad(set_to_none=True)
     total.backward()
     s.optimizer.step()

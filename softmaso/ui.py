@@ -16,6 +16,7 @@ import sys
 
 LOGGER = "softmaso"
 EPOCHS = "softmaso.epochs"  # a run's line per epoch
+GRID = {"tag": "grid"}  # log(..., extra=GRID): a line a grid says of itself, "[grid] ..."
 
 _bar = None  # the one rich Progress while it is shown
 

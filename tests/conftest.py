@@ -62,3 +62,34 @@ def metric_rows(run_dir):
         for key in ("seconds", "train_seconds", "eval_seconds", "images_per_s", "peak_rss_mib"):
             r.pop(key)
     return rows
+
+
+SMALLEST = {  # the smallest run there is: a second per epoch, as a recipe file's body too
+    "recipe": "t",
+    "data": {"name": "synthetic", "synthetic_train": 100},
+    "model": {"width": 0.0625},
+    "optim": {"batch_size": 50},
+}
+
+
+def smallest(epochs: int) -> RunConfig:
+    """:data:`SMALLEST`, trained for `epochs`."""
+    return RunConfig.model_validate({**SMALLEST, "train": {"epochs": epochs}})
+
+
+def file_bytes(run_dir) -> dict[str, bytes]:
+    """Every file of a folder by name: to assert that nothing in it changed."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+def pack_trio(**over) -> list[RunConfig]:
+    """Three runs that differ in everything a pack allows: seed, lr, weight decay, penalty.
+
+    Learning rates at most 1e-3 keep Adam from amplifying float32 rounding (it turns the sign
+    of near-zero gradients into steps of size lr) faster than the packing tests allow.
+    """
+    return [
+        tiny(seed=0, **{"optim.lr": 0.001}, **over),
+        tiny(seed=1, **{"optim.lr": 0.0005, "ortho.mode": "penalty", "ortho.weight": 0.01}, **over),
+        tiny(seed=2, **{"optim.lr": 0.001, "optim.weight_decay": 1e-4}, **over),
+    ]

@@ -101,7 +101,9 @@ def test_a_new_run_of_the_same_shape_is_not_compiled_again(ortho):
     first = training.build(cfg, torch.device("cpu"))
     training.train_step(first, first.sampler.epoch(0)[0])
     graphs = counters["stats"]["unique_graphs"]
-    second = training.build(cfg.with_overrides(seed=1), torch.device("cpu"))
+    second = training.build(
+        cfg.with_overrides(**{"seed": 1, "ortho.weight": 0.5}), torch.device("cpu")
+    )
     if ortho == "exact":
         assert type(second.model.features[0][0]) is not type(first.model.features[0][0])
     training.train_step(second, second.sampler.epoch(0)[0])
@@ -139,9 +141,9 @@ def test_compiled_run_resumes_exactly(tmp_path, monkeypatch):
 
 
 def test_compiled_pack_equals_eager_pack_in_float64():
-    from test_packed_training import _trio
+    from conftest import pack_trio
 
-    cfgs = _trio(**{"model.width": 0.0625, "data.subset": 200})
+    cfgs = pack_trio(**{"model.width": 0.0625, "data.subset": 200})
     data = load_data(cfgs[0].data).to("cpu")
     prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
 
@@ -224,19 +226,44 @@ def test_learned_values_do_not_change_the_compile_key():
     assert _signature(a) == _signature(b)
 
 
-def test_the_penalty_is_computed_inside_the_compiled_step():
-    """With train.compile, the compiled forward returns the penalty (its forward and backward
-    in the compiled graph), equal to the eager ortho_loss of the run's convs; the step then
-    computes nothing of it outside."""
+@pytest.mark.parametrize("mode", ["penalty", "so"])
+def test_the_penalty_is_computed_inside_the_compiled_step(mode):
+    """With train.compile, the compiled forward returns the penalty's term (its forward and
+    backward in the compiled graph, no graph break), equal to the eager ortho_loss of the
+    run's convs once weighted; the step then computes nothing of it outside."""
     from softmaso.orthogonality import ortho_loss
 
-    cfg = tiny(**{"ortho.mode": "penalty", "model.width": 0.0625, "train.compile": True})
-    s = _float64_setup(cfg)
+    cfg = tiny(**{"ortho.mode": mode, "ortho.weight": 0.3, "model.width": 0.0625})
+    s = _float64_setup(cfg.with_overrides(**{"train.compile": True}))
     x = s.preprocess(s.data.x_train[:50]).contiguous(memory_format=torch.channels_last)
     breaks = sum(counters["graph_break"].values())
-    loss, correct, extra = s.forward(x, s.data.y_train[:50])
+    loss, correct, term = s.forward(x, s.data.y_train[:50])
     assert sum(counters["graph_break"].values()) == breaks
-    assert _close(extra, ortho_loss(s.convs, cfg.ortho))
-    (grad,) = torch.autograd.grad(extra, [s.convs[1].weight])
+    assert _close(0.3 * term, ortho_loss(s.convs, cfg.ortho))
+    (grad,) = torch.autograd.grad(term, [s.convs[1].weight])
     (want,) = torch.autograd.grad(ortho_loss(s.convs, cfg.ortho), [s.convs[1].weight])
-    assert _close(grad, want)
+    assert _close(0.3 * grad, want)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize(
+    "ortho", [{"ortho.mode": "srip"}, {"ortho.mode": "penalty", "ortho.apodize": True}]
+)
+def test_penalties_not_computed_in_the_forward_are_added_by_the_step(ortho, compiled):
+    """srip (its start vector is drawn outside any graph) and apodised filters (computed
+    weights, not parameters) take ortho_loss in the step, eager or compiled: the step's
+    gradient is that of the loss plus the penalty (float64)."""
+    from softmaso.orthogonality import ortho_loss
+
+    cfg = tiny(**{**ortho, "model.width": 0.0625, "train.compile": compiled})
+    s = _float64_setup(cfg)
+    idx = s.sampler.epoch(0)[0]
+    x = training._prepare(s, s.data.x_train[idx])
+    y = s.data.y_train[idx]
+    assert len(s.forward(x, y)) == 2  # no penalty from the forward
+    params = list(s.model.parameters())
+    want_loss = training.single_outputs(s.model(x), y)[0] + ortho_loss(s.convs, cfg.ortho)
+    want = torch.autograd.grad(want_loss, params)
+    training.train_step(s, idx)
+    for p, g in zip(params, want, strict=True):
+        assert _close(p.grad, g, 1e-10)

@@ -202,6 +202,7 @@ def test_slurm_options_refused_in_one_line_and_local_jobs_share_the_cores(cli, m
         (["--slurm-time", "0"], "--slurm-time"),
         (["--slurm-parallelism", "0"], "--slurm-parallelism"),
         (["--slurm-cluster", "debug", "--no-wait"], "--no-wait"),
+        (["--launcher", "local", "--no-wait"], "--no-wait"),  # the last --launcher counts
     ):
         r = cli("reproduce", "table2", "--launcher", "slurm", *bad)
         assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -223,6 +224,8 @@ def test_a_grid_takes_the_defaults_of_the_device_it_trains_on(tmp_path):
     assert launch.how_fast(launch.Launch(devices=("cuda:0", "cuda:1"))) == "cuda"
     assert launch.how_fast(launch.Launch(devices=("cpu", "cpu"))) == "cpu"
     assert launch.how_fast(launch.Launch(launcher="slurm")) == "cuda"  # --slurm-gpus 1
+    for here in ("local", "debug"):  # submitit runs these jobs on this machine: no GPU here
+        assert launch.how_fast(launch.Launch(launcher="slurm", slurm=launch.Slurm(here))) == "cpu"
     cpu_slurm = launch.Launch(launcher="slurm", slurm=launch.Slurm(gpus=0))
     assert launch.how_fast(cpu_slurm) == "cpu"
     todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)

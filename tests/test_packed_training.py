@@ -10,7 +10,7 @@ import logging
 
 import pytest
 import torch
-from conftest import finished_files, metric_rows, tiny
+from conftest import finished_files, metric_rows, pack_trio, tiny
 
 from softmaso import experiments as ex
 from softmaso import launch, packed_training, runs, training
@@ -20,21 +20,8 @@ from softmaso.packed_training import fit_packed, pack_key, plan_units
 FILES = finished_files()
 
 
-def _trio(**over):
-    """Three runs that differ in everything a pack allows: seed, lr, weight decay, penalty.
-
-    Learning rates at most 1e-3 keep Adam from amplifying float32 rounding (it turns the sign
-    of near-zero gradients into steps of size lr) faster than the comparisons below allow.
-    """
-    return [
-        tiny(seed=0, **{"optim.lr": 0.001}, **over),
-        tiny(seed=1, **{"optim.lr": 0.0005, "ortho.mode": "penalty", "ortho.weight": 0.01}, **over),
-        tiny(seed=2, **{"optim.lr": 0.001, "optim.weight_decay": 1e-4}, **over),
-    ]
-
-
 def test_packed_runs_match_separate_runs(tmp_path):
-    cfgs = _trio(**{"train.epochs": 2, "data.augment": True})
+    cfgs = pack_trio(**{"train.epochs": 2, "data.augment": True})
     assert len({pack_key(c) for c in cfgs}) == 1
     packed = fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu")
     for i, cfg in enumerate(cfgs):
@@ -61,7 +48,7 @@ def test_packed_runs_match_separate_runs(tmp_path):
 def test_first_steps_agree_to_rounding(tmp_path):
     """Two steps per epoch: too few for Adam to amplify rounding, so any difference in
     initialisation, data order, augmentation draws, preprocessing or per-run lr would show."""
-    cfgs = _trio(**{"train.epochs": 1, "data.subset": 100, "data.augment": True})
+    cfgs = pack_trio(**{"train.epochs": 1, "data.subset": 100, "data.augment": True})
     fit_packed(cfgs, [tmp_path / f"p{i}" for i in range(3)], device="cpu")
     for i, cfg in enumerate(cfgs):
         training.fit(cfg, tmp_path / f"s{i}", device="cpu")
@@ -73,7 +60,7 @@ def test_first_steps_agree_to_rounding(tmp_path):
 
 def test_a_pack_in_nchw_trains_as_in_channels_last(tmp_path, monkeypatch):
     """PACK_LAYOUT is a memory layout only (the GPU check times both): the same first epoch."""
-    cfgs = _trio(**{"train.epochs": 1, "data.subset": 100})
+    cfgs = pack_trio(**{"train.epochs": 1, "data.subset": 100})
     fit_packed(cfgs, [tmp_path / f"cl{i}" for i in range(3)], device="cpu")
     monkeypatch.setattr(packed_training, "PACK_LAYOUT", torch.contiguous_format)
     fit_packed(cfgs, [tmp_path / f"nchw{i}" for i in range(3)], device="cpu")
@@ -84,7 +71,7 @@ def test_a_pack_in_nchw_trains_as_in_channels_last(tmp_path, monkeypatch):
 
 
 def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
-    cfgs = _trio()
+    cfgs = pack_trio()
     dirs = [tmp_path / f"r{i}" for i in range(3)]
     fit_packed(cfgs, [tmp_path / f"straight{i}" for i in range(3)], device="cpu")
     real, calls = packed_training._evaluate, {"n": 0}
@@ -120,7 +107,7 @@ def test_a_diverged_run_leaves_the_pack(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(PackedLargeCNN, "forward", nan_in_run_1_of_3)
-    res = fit_packed(_trio(), [tmp_path / f"r{i}" for i in range(3)], device="cpu")
+    res = fit_packed(pack_trio(), [tmp_path / f"r{i}" for i in range(3)], device="cpu")
     assert [r["status"] for r in res] == ["finished", "diverged", "finished"]
     assert [r["epochs"] for r in res] == [3, 0, 3]
     assert json.loads((tmp_path / "r1" / runs.RESULT).read_text())["status"] == "diverged"
@@ -129,7 +116,7 @@ def test_a_diverged_run_leaves_the_pack(tmp_path, monkeypatch):
 
 
 def test_runs_at_different_epochs_train_in_separate_packs(tmp_path, monkeypatch):
-    cfgs = _trio(**{"train.epochs": 2})
+    cfgs = pack_trio(**{"train.epochs": 2})
     real, calls = training.evaluate, {"n": 0}
 
     def interrupting(s, split="test"):

@@ -12,26 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import metric_rows
+from conftest import SMALLEST, file_bytes, metric_rows, smallest
 
 from softmaso import runs, training
-from softmaso.config import RunConfig, valid_keys
+from softmaso.config import valid_keys
 from softmaso.errors import RunConflict
-
-TINY = {
-    "recipe": "t",
-    "data": {"name": "synthetic", "synthetic_train": 100},
-    "model": {"width": 0.0625},
-    "optim": {"batch_size": 50},
-}
-
-
-def _cfg(epochs: int) -> RunConfig:
-    return RunConfig.model_validate({**TINY, "train": {"epochs": epochs}})
-
-
-def _files(run_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -43,11 +28,11 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------- trained on
 def test_a_finished_run_trains_on_to_the_metrics_of_one_trained_that_long_at_once(tmp_path):
     on, straight = tmp_path / "on", tmp_path / "straight"
-    training.fit(_cfg(2), on, device="cpu", lock=True)
+    training.fit(smallest(2), on, device="cpu", lock=True)
     first_weights = _weights(on)
-    result = training.fit(_cfg(3), on, device="cpu", lock=True)
+    result = training.fit(smallest(3), on, device="cpu", lock=True)
     assert result["status"] == "finished" and result["epochs"] == 3 and "skipped" not in result
-    training.fit(_cfg(3), straight, device="cpu", lock=True)
+    training.fit(smallest(3), straight, device="cpu", lock=True)
     assert metric_rows(on) == metric_rows(straight)  # bit for bit: same threads, same CPU
     assert runs.read_json(on / runs.RESULT)["final_test_acc"] == result["final_test_acc"]
     assert result["final_test_acc"] == runs.read_json(straight / runs.RESULT)["final_test_acc"]
@@ -58,21 +43,21 @@ def test_a_finished_run_trains_on_to_the_metrics_of_one_trained_that_long_at_onc
     assert runs.load_checkpoint(on / runs.CHECKPOINT)["epoch"] == 3
     assert len(runs.launches(on)) == 2  # the second launch recorded
     assert {p.name for p in on.iterdir()} == {p.name for p in straight.iterdir()}
-    again = training.fit(_cfg(3), on, device="cpu", lock=True)  # finished: not redone
+    again = training.fit(smallest(3), on, device="cpu", lock=True)  # finished: not redone
     assert again["skipped"] and len(runs.launches(on)) == 2
 
 
 def test_fewer_epochs_stay_a_conflict_that_changes_nothing(cli, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(json.dumps({k: v for k, v in TINY.items() if k != "recipe"}))
+    recipe.write_text(json.dumps({k: v for k, v in SMALLEST.items() if k != "recipe"}))
     run = tmp_path / "run"
     args = ("train", recipe, "--out", run, "--device", "cpu")
     assert cli(*args, "--set", "train.epochs=2").exit_code == 0
-    before = _files(run)
+    before = file_bytes(run)
     r = cli(*args, "--set", "train.epochs=1")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1
     assert "train.epochs: 2 there, 1 here" in r.stderr and "never back to fewer" in r.stderr
-    assert _files(run) == before
+    assert file_bytes(run) == before
     r = cli(*args, "--set", "train.epochs=3")  # more: trained on
     assert r.exit_code == 0 and r.stdout.startswith("finished:"), r.output
     assert runs.read_json(run / runs.RESULT)["epochs"] == 3
@@ -80,12 +65,12 @@ def test_fewer_epochs_stay_a_conflict_that_changes_nothing(cli, tmp_path):
 
 def test_a_finished_run_without_its_checkpoint_is_not_trained_on(tmp_path):
     run = tmp_path / "run"
-    training.fit(_cfg(1), run, device="cpu")
+    training.fit(smallest(1), run, device="cpu")
     (run / runs.CHECKPOINT).unlink()
-    before = _files(run)
+    before = file_bytes(run)
     with pytest.raises(RunConflict, match="without its checkpoint.pt, so it cannot be trained"):
-        training.fit(_cfg(2), run, device="cpu", lock=True)
-    assert _files(run) == before
+        training.fit(smallest(2), run, device="cpu", lock=True)
+    assert file_bytes(run) == before
 
 
 def test_no_setting_but_the_epochs_counts_them():
@@ -98,7 +83,7 @@ def test_no_setting_but_the_epochs_counts_them():
 
 def test_a_grid_whose_epochs_grew_trains_its_runs_on(cli, tmp_path):
     recipe = tmp_path / "g.yaml"
-    body = {k: v for k, v in TINY.items() if k != "recipe"}
+    body = {k: v for k, v in SMALLEST.items() if k != "recipe"}
     recipe.write_text(json.dumps({**body, "train": {"epochs": 1}, "sweep": {"seed": [0, 1]}}))
     res = tmp_path / "res"
     args = ("reproduce", recipe, "--results", res)
@@ -128,8 +113,27 @@ def test_no_lock_file_is_left_once_the_lock_is_released(tmp_path, monkeypatch, f
     with runs.claim(run) as mine:
         assert mine and {p.name for p in run.iterdir()} == {runs.LOCK if flock else runs.HELD}
     assert list(run.iterdir()) == []
-    training.fit(_cfg(1), run, device="cpu", lock=True)
+    training.fit(smallest(1), run, device="cpu", lock=True)
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_a_lock_file_that_cannot_be_written_is_removed_and_says_why(tmp_path, monkeypatch):
+    """Without flock, a full disk while the O_EXCL lock file is written: the error reaches
+    the caller, and no empty lock file is left for every later claim to find "being written"."""
+    monkeypatch.setattr(runs.fcntl, "flock", _no_flock)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "write", full)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"), runs.claim(run):
+        pass
+    monkeypatch.undo()
+    assert not run.exists() or not any(run.iterdir())
+    monkeypatch.setattr(runs.fcntl, "flock", _no_flock)
+    with runs.claim(run) as mine:  # the next claim takes the lock
+        assert mine
 
 
 def test_a_lock_file_opened_before_it_was_removed_locks_nothing(tmp_path, monkeypatch):
@@ -238,7 +242,7 @@ def test_two_processes_taking_over_one_stale_lock_file_do_not_both_win(tmp_path)
 
 # ------------------------------------------------------------------ whole lines and files
 def test_launches_are_appended_in_one_write_and_a_torn_line_is_skipped(tmp_path, monkeypatch):
-    cfg = _cfg(1)
+    cfg = smallest(1)
     runs.open_run(cfg, tmp_path, torch.device("cpu"))
     with open(tmp_path / runs.LAUNCHES, "a") as f:
         f.write('{"softmaso": "0.1", "argv": ["sof')  # a crash mid-write

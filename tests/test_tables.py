@@ -704,3 +704,15 @@ def test_a_listed_run_with_a_garbage_config_is_counted_damaged_in_its_cell(tmp_p
     assert cell.n == 2 and cell.counts["damaged"] == 1  # counted, not vanished
     assert "(n=2; 1 damaged)" in tables.render(s, "markdown")
     assert any("config.yaml cannot be read" in w for w in s.warnings)
+
+
+def test_runs_that_differ_only_in_compiling_share_a_cell(tmp_path):
+    """train.compile changes rounding only: a grid begun eager on a CPU and finished compiled
+    on a GPU (its default there) is one cell, not a row per setting."""
+    for seed, compiled in enumerate((False, False, True, True)):
+        write_run(
+            tmp_path, f"r{seed}", recipe="r", acc=0.8, seed=seed, **{"train.compile": compiled}
+        )
+    s = tables.summarize(collect(tmp_path))
+    [cell] = s.cells.values()
+    assert cell.n == 4

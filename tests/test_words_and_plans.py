@@ -5,7 +5,7 @@ import json
 
 import pytest
 import typer
-from test_run_lifecycle import TINY, _cfg, _files
+from conftest import SMALLEST, file_bytes, smallest
 
 from softmaso import runs, training
 from softmaso.cli import app
@@ -28,7 +28,7 @@ def _commands() -> list[list[str]]:
 def test_every_help_is_whole_at_80_columns(path):
     from typer.testing import CliRunner
 
-    r = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    r = CliRunner().invoke(app, [*path, "--help"], terminal_width=80, env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     assert "…" not in r.output, r.output  # no word cut short
     assert max(map(len, r.output.splitlines())) <= 80
@@ -46,11 +46,11 @@ def test_recipes_line_up_their_names(cli):
 # ------------------------------------------------------------------------------ analyze
 def test_analyze_writes_beside_a_run_and_leaves_it_as_it_was(cli, tmp_path):
     run = tmp_path / "res" / "one"
-    training.fit(_cfg(1), run, device="cpu")
-    before = _files(run)
+    training.fit(smallest(1), run, device="cpu")
+    before = file_bytes(run)
     r = cli("analyze", run, "--images", 20, "--decisions", 200)
     assert r.exit_code == 0, r.output
-    assert _files(run) == before  # nothing written into the run directory
+    assert file_bytes(run) == before  # nothing written into the run directory
     assert (tmp_path / "res" / "analysis" / "one" / "analysis.md").is_file()
     assert f"wrote {tmp_path / 'res' / 'analysis' / 'one'}" in r.stdout
 
@@ -73,14 +73,14 @@ def _plan(stderr: str) -> str:
 
 def test_a_grid_says_how_many_runs_and_how_long_before_it_trains(cli, tmp_path):
     recipe, res = tmp_path / "g.yaml", tmp_path / "res"
-    body = {k: v for k, v in TINY.items() if k != "recipe"}
+    body = {k: v for k, v in SMALLEST.items() if k != "recipe"}
     recipe.write_text(json.dumps({**body, "train": {"epochs": 1}, "sweep": {"seed": [0, 1]}}))
     r = cli("reproduce", recipe, "--results", res)
     assert r.exit_code == 0, r.output
     line = _plan(r.stderr)
     assert "g: 2 runs to train (0 finished already), time unknown until the first run ends" in line
     assert r.stderr.index(line) < r.stderr.index("[grid] 1/2")  # said before training
-    done = {d: _files(res / "g" / d) for d in ("seed-0", "seed-1")}
+    done = {d: file_bytes(res / "g" / d) for d in ("seed-0", "seed-1")}
     recipe.write_text(json.dumps({**body, "train": {"epochs": 1}, "sweep": {"seed": [0, 1, 2]}}))
     r = cli("reproduce", recipe, "--results", res)
     assert r.exit_code == 0, r.output
@@ -88,4 +88,4 @@ def test_a_grid_says_how_many_runs_and_how_long_before_it_trains(cli, tmp_path):
     assert f"g: 1 run to train (2 finished already), about {sum(walls) / 2:.0f} s (" in _plan(
         r.stderr
     )
-    assert {d: _files(res / "g" / d) for d in done} == done  # the finished runs untouched
+    assert {d: file_bytes(res / "g" / d) for d in done} == done  # the finished runs untouched

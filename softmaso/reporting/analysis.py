@@ -4,6 +4,7 @@ run below a results folder, grouped as ``softmaso table`` groups them, compared 
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from softmaso.io import atomic_group, check_output_dir
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
 from softmaso.reporting.stats import welch_p
+
+log = logging.getLogger(__name__)
+TAG = {"tag": "analyze"}  # its lines: [analyze] ...
 
 LABELS = {
     "active_fraction": "decisions in the last (active) region",
@@ -36,7 +40,6 @@ def analyze(
     images: int = 500,
     decisions: int = 20_000,
     data_dir: Path | None = None,
-    log=print,
 ) -> list[Path]:
     """Analyse a run directory, or every finished run below a results folder; write
     ``analysis.csv`` (a row per run and layer), ``analysis.md`` and one figure per statistic
@@ -54,14 +57,14 @@ def analyze(
             if len(members) == 1:
                 raise
             skipped.append(f"{run_dir}: {e}")  # a damaged run: named, the others go on
-            log(f"[analyze] {i}/{len(members)} {run_dir}: skipped ({e})")
+            log.warning(f"{i}/{len(members)} {run_dir}: skipped ({e})", extra=TAG)
             continue
         rows += [{"run": str(run_dir), **settings, **layer} for layer in layers]
-        log(f"[analyze] {i}/{len(members)} {run_dir}")
+        log.info(f"{i}/{len(members)} {run_dir}", extra=TAG)
     if not rows:
-        raise UserError("RESULTS_DIR", f"no run in {str(target)!r} could be analysed: {skipped[0]}")
+        raise UserError("TARGET", f"no run in {str(target)!r} could be analysed: {skipped[0]}")
     for line in skipped:
-        log(f"[analyze] not analysed: {line}")
+        log.warning(f"not analysed: {line}", extra=TAG)
     frame = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "analysis.csv"
@@ -93,7 +96,7 @@ def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str], list[str
     done = done[weighed]
     if done.empty:
         raise UserError(
-            "RESULTS_DIR", f"no finished run with {runs.WEIGHTS} in {str(target)!r} to analyse"
+            "TARGET", f"no finished run with {runs.WEIGHTS} in {str(target)!r} to analyse"
         )
     row_keys, col_key, _ = tables.table_keys(done)
     keys = [k for k in (*row_keys, col_key) if k and k != "seed"]

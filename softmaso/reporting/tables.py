@@ -34,7 +34,9 @@ from softmaso.reporting.stats import Comparison, compare, holm
 
 # Keys that never split a table: seeds are what a cell averages over; the other two only set
 # how often checkpoints are written and how evaluation is chunked [ours].
-NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size")
+# train.compile changes only rounding (like threads and devices): a grid begun on a CPU (eager)
+# and finished on a GPU (compiled by default) is one experiment
+NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size", "train.compile")
 # Keys always shown when they vary, even when another key determines them.
 PROTECTED = ("data.name", "ortho.mode", "model.activation")
 ROW_PRIORITY = ("data.name", "recipe", "ortho.mode", "model.activation")

@@ -21,19 +21,19 @@ def _verdict(r: CheckResult) -> str:
 
 
 def checks_table(results: list[CheckResult]) -> Table:
+    """One row per claim: what it says (with the paper's place), what was compared, the largest
+    error against its bound, the verdict; four columns, so that 80 columns break no word."""
     t = Table(title="Claims of the paper, checked numerically", show_lines=False)
-    for col in ("claim", "paper", "compared", "max error", "tol", "verdict"):
-        t.add_column(
-            col, overflow="fold", justify="right" if col in ("max error", "tol") else "left"
-        )
+    t.add_column("claim (paper)", ratio=1)
+    t.add_column("compared", ratio=1, overflow="fold")  # code may be one long token
+    t.add_column("max error", justify="right", no_wrap=True)
+    t.add_column("verdict")
     for r in results:
         op = ">" if r.contrast or r.refutes else "<="
         t.add_row(
-            f"[bold]{r.id}[/]\n{escape(r.claim)}",
-            escape(r.ref),
+            f"[bold]{r.id}[/]\n{escape(r.claim)} [dim]({escape(r.ref)})[/]",
             escape(r.compared),
-            f"{r.max_error:.2e}",
-            f"{op} {r.tol:.0e}",
+            f"{r.max_error:.1e}\n{op} {r.tol:.0e}",
             _verdict(r),
         )
     return t
