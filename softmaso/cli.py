@@ -123,7 +123,7 @@ def theory(
     compared against a tolerance. Exit code 1 if any claim fails.
     """
     from softmaso.io import check_output_file
-    from softmaso.reporting.theory import check_claims
+    from softmaso.reporting.claims import check_claims
 
     if json_path is not None:
         check_output_file(json_path, where="--json")
@@ -613,7 +613,7 @@ def analyze(
     Written beside a run directory (never into it), or into a results folder's analysis/."""
     from softmaso.analysis import default_out
     from softmaso.devices import set_threads
-    from softmaso.reporting.analysis import analyze as run
+    from softmaso.reporting.inside import analyze as run
 
     set_threads(threads)
     kw = {"images": images, "decisions": decisions, "data_dir": data_dir}

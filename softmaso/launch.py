@@ -795,7 +795,7 @@ def _device_defaults(todo: list[ex.Run], device_type: str) -> list[ex.Run]:
 
 def _theory_half(name: str, base: Path) -> bool:
     if name == "theory":
-        from softmaso.reporting.theory import check_claims
+        from softmaso.reporting.claims import check_claims
 
         return check_claims(json_path=base / "theory.json")
     from softmaso.reporting.figure1 import figure1_spec, write_figure1

@@ -1,4 +1,5 @@
-"""Render `softmaso theory`: the check table, the notes, and the paper's Table 1."""
+"""The paper's claims as `softmaso theory` shows them (the checks themselves are in
+:mod:`softmaso.theory.checks`): the check table, the notes, the paper's Table 1, theory.json."""
 
 from __future__ import annotations
 

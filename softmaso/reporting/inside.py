@@ -1,6 +1,7 @@
-"""``softmaso analyze``: the statistics of :mod:`softmaso.analysis` for one run or every finished
-run below a results folder, grouped as ``softmaso table`` groups them, compared across groups
-(mean +- std over seeds, Welch's p against the baseline group), as CSV, markdown and figures."""
+"""What trained networks do inside, reported (``softmaso analyze``): the statistics of
+:mod:`softmaso.analysis` for one run or every finished run below a results folder, grouped as
+``softmaso table`` groups them, compared across groups (mean +- std over seeds, Welch's p
+against the baseline group), as CSV, markdown and figures."""
 
 from __future__ import annotations
 
