@@ -63,7 +63,9 @@ def template_for(model: nn.Module) -> nn.Module:
     return _TEMPLATES[key]
 
 
-def _forward(template, state, x, y, outputs, amp: bool, penalty: Penalty | None):
+def _forward(template, state, x, y, outputs, amp: bool, penalty: Penalty | None, preprocess):
+    if preprocess is not None:  # pixels -> input, as training.to_input
+        x = preprocess(x).contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = functional_call(template, state, (x,))
     if penalty is None:
@@ -88,7 +90,8 @@ class CompiledForward:
     `model` must keep its parameter and buffer tensors (in-place updates only: optimiser steps,
     ``load_state_dict``); it must be in training mode when called (the template always is).
     `amp`: bf16 autocast (as the eager step). With a `penalty`, its value on the run's weights
-    is computed in the same compiled region, forward and backward, and returned last.
+    is computed in the same compiled region, forward and backward, and returned last; with a
+    `preprocess`, x is the batch's pixels, preprocessed there too.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class CompiledForward:
         outputs: Callable[..., Any] = single_outputs,
         amp: bool = False,
         penalty: Penalty | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.model = model
         self.template = template_for(model)
@@ -112,6 +116,7 @@ class CompiledForward:
         self.cuda = device.type == "cuda"
         self.amp = amp
         self.penalty = penalty
+        self.preprocess = preprocess
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
@@ -119,4 +124,5 @@ class CompiledForward:
             raise RuntimeError("CompiledForward serves training steps: call model.train() first")
         if self.cuda:  # outputs of the previous step's graphs may now be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        return self.fn(self.template, self.state, x, y, self.outputs, self.amp, self.penalty)
+        args = (self.outputs, self.amp, self.penalty, self.preprocess)
+        return self.fn(self.template, self.state, x, y, *args)

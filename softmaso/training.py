@@ -63,12 +63,19 @@ class Setup:
     optimizer: torch.optim.Optimizer
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     sampler: Any  # softmaso.data.BatchSampler
-    forward: Callable[..., Any]  # (x, y) -> (loss, correct[, penalty]): make_forward's
+    forward: Callable[..., Any]  # (pixels, y) -> (loss, correct[, penalty]): run_forward's
     convs: list[torch.nn.Module] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
 
-def _eager_forward(model, device: torch.device, amp: bool, outputs, penalty, weights, x, y):
+def to_input(preprocess: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A batch of pixels -> the network's input: preprocessed, channels_last."""
+    return preprocess(x).contiguous(memory_format=torch.channels_last)
+
+
+def _eager_forward(model, device, amp: bool, outputs, penalty, weights, preprocess, x, y):
+    if preprocess is not None:
+        x = to_input(preprocess, x)
     with autocast(device, amp):
         out = outputs(model(x), y)
     return out if penalty is None else (*out, penalty_value(penalty, weights))
@@ -80,15 +87,21 @@ def make_forward(
     train: TrainConfig,
     outputs: Callable[..., Any] = single_outputs,
     penalty: Penalty | None = None,
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
     """(x, y) -> outputs(model(x), y), the training forward and loss (`outputs`: the loss and
     correct count of a single run by default), then the `penalty` on the model's weights
-    where one is given: compiled with ``train.compile`` (the penalty in the same compiled
-    region), else eager."""
+    where one is given; with `preprocess`, x is the batch's pixels, made the network's input
+    first (:func:`to_input`). Compiled with ``train.compile`` (preprocessing and penalty in
+    the same compiled region), else eager."""
     if train.compile:
-        return CompiledForward(model, device, outputs, amp=train.amp, penalty=penalty)
+        return CompiledForward(
+            model, device, outputs, amp=train.amp, penalty=penalty, preprocess=preprocess
+        )
     weights = dict(model.named_parameters())
-    return functools.partial(_eager_forward, model, device, train.amp, outputs, penalty, weights)
+    return functools.partial(
+        _eager_forward, model, device, train.amp, outputs, penalty, weights, preprocess
+    )
 
 
 def device_defaults(
@@ -111,10 +124,13 @@ def device_defaults(
     )
 
 
-def run_forward(model: torch.nn.Module, device: torch.device, cfg: RunConfig):
-    """A single run's training forward: (x, y) -> (loss, correct[, penalty])."""
+def run_forward(model: torch.nn.Module, device: torch.device, cfg: RunConfig, preprocess):
+    """A single run's training forward: (pixels, y) -> (loss, correct[, penalty's term]); with
+    ``data.augment``, (input, y): the augmentation draws from a generator, outside any
+    compiled region, after preprocessing (:func:`train_step`)."""
     penalty = penalty_of(model, model.ortho_convs(), cfg.ortho)
-    return make_forward(model, device, cfg.train, penalty=penalty)
+    prep = None if cfg.data.augment else preprocess
+    return make_forward(model, device, cfg.train, penalty=penalty, preprocess=prep)
 
 
 def adam_options(device: torch.device) -> dict[str, bool]:
@@ -165,35 +181,31 @@ def build(
             "optim.batch_size",
             f"{cfg.optim.batch_size} is larger than the {len(data.y_train)} training images",
         )
+    preprocess = Preprocessor(cfg.data.preprocess, data.x_train)
     return Setup(
         cfg,
         device,
         data,
         model,
         optimizer,
-        Preprocessor(cfg.data.preprocess, data.x_train),
+        preprocess,
         sampler,
-        run_forward(model, device, cfg),
+        run_forward(model, device, cfg, preprocess),
         model.ortho_convs(),
         model.ortho_names(),
     )
 
 
 # -------------------------------------------------------------------------------------- step
-def _prepare(s: Setup, x: torch.Tensor) -> torch.Tensor:
-    x = s.preprocess(x)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 def train_step(
     s: Setup, idx: torch.Tensor, gen: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on the training images `idx` (B,); returns (loss, correct), on device."""
 
     cfg = s.cfg
-    x, y = _prepare(s, s.data.x_train[idx]), s.data.y_train[idx]
-    if cfg.data.augment:
-        x = augment(x, gen)
+    x, y = s.data.x_train[idx], s.data.y_train[idx]
+    if cfg.data.augment:  # else preprocessed inside the forward (compiled, with train.compile)
+        x = augment(to_input(s.preprocess, x), gen)
     loss, correct, *inside = s.forward(x, y)  # inside: the penalty's term, where computed there
     extra = cfg.ortho.weight * inside[0] if inside else ortho_loss(s.convs, cfg.ortho)
     total = loss if extra is None else loss + extra
@@ -215,7 +227,7 @@ def evaluate(s: Setup, split: str = "test") -> dict[str, float]:
     bs = s.cfg.train.eval_batch_size
     with parametrize.cached():  # exact orthogonality: orthonormalise once, not per batch
         for i in range(0, len(y_all), bs):
-            x, y = _prepare(s, x_all[i : i + bs]), y_all[i : i + bs]
+            x, y = to_input(s.preprocess, x_all[i : i + bs]), y_all[i : i + bs]
             with autocast(s.device, s.cfg.train.amp):
                 logits = s.model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()

@@ -22,7 +22,7 @@ def _float64_setup(cfg):
     s.model.double()  # replaces the buffers: the forward must be made afterwards
     prep = s.preprocess
     s.preprocess = lambda x: prep(x).double()
-    s.forward = training.run_forward(s.model, s.device, s.cfg)
+    s.forward = training.run_forward(s.model, s.device, s.cfg, s.preprocess)
     return s
 
 
@@ -235,9 +235,8 @@ def test_the_penalty_is_computed_inside_the_compiled_step(mode):
 
     cfg = tiny(**{"ortho.mode": mode, "ortho.weight": 0.3, "model.width": 0.0625})
     s = _float64_setup(cfg.with_overrides(**{"train.compile": True}))
-    x = s.preprocess(s.data.x_train[:50]).contiguous(memory_format=torch.channels_last)
     breaks = sum(counters["graph_break"].values())
-    loss, correct, term = s.forward(x, s.data.y_train[:50])
+    loss, correct, term = s.forward(s.data.x_train[:50], s.data.y_train[:50])  # pixels in
     assert sum(counters["graph_break"].values()) == breaks
     assert _close(0.3 * term, ortho_loss(s.convs, cfg.ortho))
     (grad,) = torch.autograd.grad(term, [s.convs[1].weight])
@@ -258,10 +257,10 @@ def test_penalties_not_computed_in_the_forward_are_added_by_the_step(ortho, comp
     cfg = tiny(**{**ortho, "model.width": 0.0625, "train.compile": compiled})
     s = _float64_setup(cfg)
     idx = s.sampler.epoch(0)[0]
-    x = training._prepare(s, s.data.x_train[idx])
-    y = s.data.y_train[idx]
-    assert len(s.forward(x, y)) == 2  # no penalty from the forward
+    pixels, y = s.data.x_train[idx], s.data.y_train[idx]
+    assert len(s.forward(pixels, y)) == 2  # no penalty from the forward
     params = list(s.model.parameters())
+    x = training.to_input(s.preprocess, pixels)
     want_loss = training.single_outputs(s.model(x), y)[0] + ortho_loss(s.convs, cfg.ortho)
     want = torch.autograd.grad(want_loss, params)
     training.train_step(s, idx)
