@@ -427,8 +427,8 @@ def reproduce(
             show_default="16; with --slurm-cluster local, the cores / --threads",
         ),
     ] = None,
-    slurm_gpus: Annotated[int, typer.Option(help="GPUs per job.")] = 1,
-    slurm_cpus: Annotated[int, typer.Option(help="CPUs per job.")] = 8,
+    slurm_gpus: Annotated[int, typer.Option(min=0, help="GPUs per job.")] = 1,
+    slurm_cpus: Annotated[int, typer.Option(min=1, help="CPUs per job.")] = 8,
     slurm_cluster: Annotated[
         str, typer.Option(help="submitit cluster: slurm, or local/debug to test without SLURM.")
     ] = "slurm",

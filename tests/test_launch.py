@@ -203,6 +203,8 @@ def test_slurm_options_refused_in_one_line_and_local_jobs_share_the_cores(cli, m
         (["--slurm-parallelism", "0"], "--slurm-parallelism"),
         (["--slurm-cluster", "debug", "--no-wait"], "--no-wait"),
         (["--launcher", "local", "--no-wait"], "--no-wait"),  # the last --launcher counts
+        (["--slurm-gpus", "-1"], "--slurm-gpus"),
+        (["--slurm-cpus", "0"], "--slurm-cpus"),
     ):
         r = cli("reproduce", "table2", "--launcher", "slurm", *bad)
         assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
