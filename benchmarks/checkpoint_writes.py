@@ -5,7 +5,7 @@
 Builds a pack of --runs fresh runs at --width (one Adam step, so the optimiser state is full
 size), then three times: the blocking part (splitting the pack into single-run states and
 copying them to the host, `PackStepper.checkpoints`) and the part a background thread does
-while training goes on (`runs.CheckpointWriter`: torch.save of each file, atomic rename).
+while training goes on (`rundir.CheckpointWriter`: torch.save of each file, atomic rename).
 Prints one JSON object; the first of the three rounds includes the allocator's warm-up.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from softmaso import runs, training
+from softmaso import rundir, training
 from softmaso.config import RunConfig
 from softmaso.data import Preprocessor
 from softmaso.packed_training import PackStepper, new_pack
@@ -46,7 +46,7 @@ def measure(n: int, width: float, device: torch.device, rounds: int = 3) -> dict
         "runs": n,
         "width": width,
         "device": str(device),
-        "cpu": runs.cpu_name(),
+        "cpu": rundir.cpu_name(),
         "blocking_s": [],
         "background_s": [],
     }
@@ -54,7 +54,7 @@ def measure(n: int, width: float, device: torch.device, rounds: int = 3) -> dict
         stepper.dirs = [Path(tmp) / f"run{i}" for i in range(n)]
         for d in stepper.dirs:
             d.mkdir()
-        writer = runs.CheckpointWriter()
+        writer = rundir.CheckpointWriter()
         for _ in range(rounds):
             sync(device)
             t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def measure(n: int, width: float, device: torch.device, rounds: int = 3) -> dict
             writer.close()
             out["blocking_s"].append(t1 - t0)
             out["background_s"].append(time.perf_counter() - t1)
-        out["bytes_per_run"] = os.path.getsize(stepper.dirs[0] / runs.CHECKPOINT)
+        out["bytes_per_run"] = os.path.getsize(stepper.dirs[0] / rundir.CHECKPOINT)
     return out
 
 

@@ -731,7 +731,7 @@ def first_line(e: BaseException) -> str:
 
 
 def write(path: Path, report: dict) -> None:
-    from softmaso.runs import write_json  # atomic: a reader never sees half a file
+    from softmaso.rundir import write_json  # atomic: a reader never sees half a file
 
     write_json(path, report)
 
@@ -741,9 +741,9 @@ def environment(device: str) -> dict:
     starts no CUDA context: the checks' processes have the GPU to themselves)."""
     import torch
 
-    from softmaso import runs
+    from softmaso import rundir
 
-    env = runs.environment(torch.device("cpu"))
+    env = rundir.environment(torch.device("cpu"))
     env.pop("argv", None)
     env["cpu"] = env.pop("device")
     if device != "cpu":
@@ -785,7 +785,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> int:
     """The in-process half of a check, in its own process: its figures to --out."""
     from softmaso.devices import resolve_device
-    from softmaso.runs import write_json
+    from softmaso.rundir import write_json
 
     device = resolve_device(args.device)
     write_json(args.out, CHILD_CHECKS[args.child](device, DRY if args.dry_run else CUDA))

@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.config import RunConfig
 from softmaso.data import Preprocessor, load_data
 from softmaso.errors import UserError, first_line
@@ -181,11 +181,12 @@ def load_trained(run_dir: Path) -> tuple[RunConfig, nn.Module]:
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
-    tree = runs.read_config(run_dir)
-    weights = run_dir / runs.WEIGHTS
+    tree = rundir.read_config(run_dir)
+    weights = run_dir / rundir.WEIGHTS
     if tree is None or not weights.is_file():
         raise UserError(
-            str(run_dir), f"not a finished run directory (needs {runs.CONFIG} and {runs.WEIGHTS})"
+            str(run_dir),
+            f"not a finished run directory (needs {rundir.CONFIG} and {rundir.WEIGHTS})",
         )
     cfg = RunConfig.model_validate(tree)
     try:
@@ -208,7 +209,7 @@ def _shape_of(state: dict[str, torch.Tensor], path: Path) -> tuple[int, int]:
         return state["classifier.weight"].shape[0], state["features.0.0.weight"].shape[1]
     except KeyError:
         raise UserError(
-            runs.WEIGHTS, "not largeCNN weights (no classifier or first conv)"
+            rundir.WEIGHTS, "not largeCNN weights (no classifier or first conv)"
         ) from None
 
 
@@ -277,6 +278,6 @@ def default_out(target: Path) -> Path:
     (``PARENT/analysis/RUN``: a run directory holds only what its training wrote), or a results
     folder's ``analysis/``, as ``softmaso table`` writes beside the runs."""
     target = Path(target)
-    if (target / runs.CONFIG).is_file():
+    if (target / rundir.CONFIG).is_file():
         return target.parent / "analysis" / target.name
     return target / "analysis"

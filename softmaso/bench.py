@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.config import RunConfig
 from softmaso.packed_training import pack_speedup
 from softmaso.timing import interleaved, rounds, sync
@@ -293,10 +293,10 @@ def measure(
     """All figures; `width` < 1 and `cifar_sized=False` only for tests (targets are for width 1)."""
     steps, repeats = (2, 3) if quick else (5, 5)
     out: dict[str, Any] = {
-        "device": runs.environment(device),
+        "device": rundir.environment(device),
         "quick": quick,
         "width": width,
-        "date": runs.now(),
+        "date": rundir.now(),
     }
     out["device"].pop("argv", None)
     out["busy_before"] = _busy()

@@ -242,7 +242,7 @@ def train(
     loss diverges (NaN or infinite), 130 if interrupted, 143 if terminated (SIGTERM; the run
     stays resumable either way).
     """
-    from softmaso import recipes, runs
+    from softmaso import recipes, rundir
     from softmaso.config import dump_yaml, read_recipe
     from softmaso.devices import resolve_device, set_threads
     from softmaso.io import check_output_dir
@@ -259,9 +259,9 @@ def train(
         typer.echo(
             f"note: {recipe} sweeps {sweep}; train runs one point (--set, `reproduce`)", err=True
         )
-    run_dir = check_output_dir(out or runs.default_run_dir(cfg), where="--out")
+    run_dir = check_output_dir(out or rundir.default_run_dir(cfg), where="--out")
     on = resolve_device(device)
-    cfg = device_defaults(cfg, on, runs.saved_config(run_dir)[1])  # named by the recipe's
+    cfg = device_defaults(cfg, on, rundir.saved_config(run_dir)[1])  # named by the recipe's
     try:
         with progress():
             result = fit(cfg, run_dir, device=on, data_dir=data_dir, lock=True)
@@ -663,7 +663,7 @@ def bench(
 
     from rich.console import Console
 
-    from softmaso import runs
+    from softmaso import rundir
     from softmaso.bench import measure, render
     from softmaso.devices import resolve_device
     from softmaso.io import check_output_file
@@ -673,7 +673,7 @@ def bench(
     res = measure(resolve_device(device), quick=quick)
     Console().print(render(res))
     if json_path is not None:
-        runs.write_json(json_path, res)
+        rundir.write_json(json_path, res)
         typer.echo(f"wrote {json_path}")
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from softmaso import recipes, runs
+from softmaso import recipes, rundir
 from softmaso.config import RunConfig, read_recipe
 from softmaso.errors import RunConflict, UserError
 
@@ -152,7 +152,7 @@ def write_grid(
     doc = {
         "experiment": experiment,
         "smoke": smoke,
-        "created": runs.now(),
+        "created": rundir.now(),
         "runs": [
             {
                 "dir": str(r.dir.relative_to(root)),
@@ -165,10 +165,10 @@ def write_grid(
     }
     if recipe_files:
         doc["recipe_files"] = {k: str(Path(v).absolute()) for k, v in recipe_files.items()}
-    old = runs.read_grid(root)
+    old = rundir.read_grid(root)
     if old is not None and "smoke" not in old:
         raise UserError(
-            str(root / runs.GRID),
+            str(root / rundir.GRID),
             "has no 'smoke' key, so whether it holds smoke or real runs is unknown; remove it, "
             "or choose another results folder",
         )
@@ -190,7 +190,7 @@ def write_grid(
         doc = {**old, **doc, "created": old.get("created", doc["created"])}
         if recipe_files or old.get("recipe_files"):
             doc["recipe_files"] = {**old.get("recipe_files", {}), **doc.get("recipe_files", {})}
-    runs.write_json(root / runs.GRID, doc)
+    rundir.write_json(root / rundir.GRID, doc)
 
 
 def settle_pack(root: Path, pack: bool | None) -> bool:
@@ -198,11 +198,11 @@ def settle_pack(root: Path, pack: bool | None) -> bool:
     at an earlier launch, else no. The answer is recorded, so a restart (on a loaded machine
     or another device) trains the rest the same way; which runs were packed is in their
     result.json (``packed_with``) and the table counts them."""
-    doc = runs.read_grid(root) or {}
+    doc = rundir.read_grid(root) or {}
     recorded = doc.get("pack")
     settled = bool(pack) if pack is not None else recorded is True
     if recorded != settled:
-        runs.write_json(root / runs.GRID, {**doc, "pack": settled})
+        rundir.write_json(root / rundir.GRID, {**doc, "pack": settled})
     return settled
 
 
@@ -210,7 +210,7 @@ def check_grid(todo: list[Run]) -> None:
     """RunConflict, before anything trains or is written, if any run directory holds a run
     with another config, finished or not: a grid never skips, nor relabels, a run it would
     not have made. Names the first conflicts and how many there are."""
-    from softmaso.runs import check_unfinished
+    from softmaso.rundir import check_unfinished
 
     conflicts = []
     for run in todo:
@@ -234,11 +234,11 @@ def plan_line(todo: list[Run], *, at_once: int = 1) -> str:
     left = ended = diverged = 0
     epochs_left, seconds, epochs_done = 0, 0.0, 0
     for run in todo:
-        state, result, _ = runs.status(run.dir)
+        state, result, _ = rundir.status(run.dir)
         if state == "finished":
             seconds += result.get("wall_seconds") or 0.0
             epochs_done += result.get("epochs") or 0
-        done = result.get("epochs", 0) if result else len(runs.read_metrics(run.dir))
+        done = result.get("epochs", 0) if result else len(rundir.read_metrics(run.dir))
         if state == "diverged" or (state == "finished" and done >= run.cfg.train.epochs):
             ended += 1
             diverged += state == "diverged"

@@ -1,6 +1,6 @@
 """Launching an experiment's runs: where, how many at once, packed or not; then its report.
 
-A run is claimed with an exclusive lock (``runs.claim``) before it trains, so two ``reproduce``
+A run is claimed with an exclusive lock (``rundir.claim``) before it trains, so two ``reproduce``
 processes on one results directory never train the same run; the kernel drops the lock when
 its process dies, so a killed grid leaves no stale lock (where there is no flock, the lock
 file a dead process left is taken over by the next one on its host). A finished run is
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from softmaso import experiments as ex
-from softmaso import runs
+from softmaso import rundir
 from softmaso.errors import RunBusy, RunConflict, UserError
 from softmaso.ui import GRID
 
@@ -128,7 +128,7 @@ def train_unit(
             out[run.dir] = "conflict"
         except UserError as e:  # damaged run files: this run fails, the grid goes on
             log.warning(f"damaged: {run.dir.name}: {e}", extra=GRID)
-            runs.record_error(run.dir, str(e), damaged=True)  # the table then says damaged too
+            rundir.record_error(run.dir, str(e), damaged=True)  # the table then says damaged too
             out[run.dir] = "damaged"
         except Exception as e:  # out of memory, a CUDA error, a full disk: the others go on
             out.update(fail_unit([run], e))
@@ -149,8 +149,8 @@ def fail_unit(unit: list[ex.Run], why: str | BaseException) -> dict[Path, str]:
         why = "".join(traceback.format_exception(why))
     last = why.strip().splitlines()[-1] if why.strip() else "no message"
     for run in unit:
-        runs.record_error(run.dir, why)
-        where = run.dir / runs.ERROR
+        rundir.record_error(run.dir, why)
+        where = run.dir / rundir.ERROR
         log.error(f"failed: {run.dir.name}: {last} (details: {where}; rerun to resume)", extra=GRID)
     return {run.dir: "failed" for run in unit}
 
@@ -462,7 +462,7 @@ def _ended(todo: list[ex.Run]) -> dict[Path, str]:
     out = {}
     for run in todo:
         try:
-            done = runs.check_unfinished(run.cfg, run.dir)
+            done = rundir.check_unfinished(run.cfg, run.dir)
         except UserError:  # another's directory, a damaged result: its job reports it
             continue
         if done:
@@ -648,7 +648,7 @@ class GridProgress:
             self.bar.note(f"{self.failed} failed")
             return
         line = f"{self.ended}/{self.total} {run.recipe}/{run.dir.name}: {outcome}"
-        result = runs.read_json(run.dir / runs.RESULT)
+        result = rundir.read_json(run.dir / rundir.RESULT)
         acc = result.get("final_test_acc") if isinstance(result, dict) else None
         if outcome == "finished" and isinstance(acc, (int, float)):
             line += f", test accuracy {acc:.4f}"
@@ -788,7 +788,7 @@ def _device_defaults(todo: list[ex.Run], device_type: str) -> list[ex.Run]:
 
     device = torch.device(device_type)
     return [
-        replace(run, cfg=device_defaults(run.cfg, device, runs.saved_config(run.dir)[1]))
+        replace(run, cfg=device_defaults(run.cfg, device, rundir.saved_config(run.dir)[1]))
         for run in todo
     ]
 

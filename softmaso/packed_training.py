@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 from torch.nn.utils import parametrize
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.config import RunConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.devices import autocast, resolve_device
@@ -260,7 +260,7 @@ class Ended:
     wall_seconds: float
 
     def fields(self, device, extra: dict[str, Any] | None) -> dict[str, Any]:
-        """The keywords of :func:`softmaso.runs.finish_run` for this end."""
+        """The keywords of :func:`softmaso.rundir.finish_run` for this end."""
         return {
             "history": self.history,
             "status": self.status,
@@ -284,7 +284,7 @@ def run_epochs(stepper: PackStepper, *, start: int, title: str) -> list[Ended]:
         logger.info(
             f"resuming after epoch {start} from {_checkpoints(stepper)}", extra={"tag": title}
         )
-    writer = runs.CheckpointWriter()
+    writer = rundir.CheckpointWriter()
     try:
         peak_memory(stepper.device)  # the first epoch's peak starts here
         for epoch in range(start, cfg.train.epochs):
@@ -348,7 +348,7 @@ def _epoch(stepper, at, epoch, bar, t0, ended, writer):
 
 def _checkpoints(stepper) -> str:
     if len(stepper.dirs) == 1:
-        return str(stepper.dirs[0] / runs.CHECKPOINT)
+        return str(stepper.dirs[0] / rundir.CHECKPOINT)
     return f"the {len(stepper.dirs)} runs' checkpoints"
 
 
@@ -386,8 +386,8 @@ class PackStepper:
         """Each run's single-run checkpoint (the pack split by unpack_state)."""
         return [
             (
-                run_dir / runs.CHECKPOINT,
-                runs.checkpoint_state(
+                run_dir / rundir.CHECKPOINT,
+                rundir.checkpoint_state(
                     cfg=cfg,
                     data=self.data,
                     epoch=epoch,
@@ -423,7 +423,7 @@ class PackStepper:
         ):
             model = make_model(cfg, self.data)
             model.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
-            runs.export_weights(model, run_dir / runs.WEIGHTS)
+            rundir.export_weights(model, run_dir / rundir.WEIGHTS)
 
 
 # ------------------------------------------------------------------------------------- fit
@@ -453,7 +453,7 @@ def fit_packed(
         raise UserError("pack", "these runs differ in more than seed, lr, weight decay, penalty")
     results: dict[int, dict[str, Any]] = {}  # finished runs are skipped
     for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        if not checked and (skipped := runs.check_unfinished(cfg, run_dir)):
+        if not checked and (skipped := rundir.check_unfinished(cfg, run_dir)):
             results[i] = skipped
     todo = [i for i in range(len(cfgs)) if i not in results]
     if not todo:
@@ -463,8 +463,8 @@ def fit_packed(
     prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
     by_epoch: dict[int, list[tuple[int, dict]]] = {}  # runs by the epoch they start from
     for i in todo:
-        runs.open_run(cfgs[i], run_dirs[i], device)
-        state = runs.resume_state(run_dirs[i], device) or _seeded_state(cfgs[i], data)
+        rundir.open_run(cfgs[i], run_dirs[i], device)
+        state = rundir.resume_state(run_dirs[i], device) or _seeded_state(cfgs[i], data)
         by_epoch.setdefault(state.get("epoch", 0), []).append((i, state))
     for start, members in sorted(by_epoch.items()):
         idx = [i for i, _ in members]
@@ -478,7 +478,7 @@ def fit_packed(
         ends = run_epochs(stepper, start=start, title=title)
         for i, end in zip(idx, ends, strict=True):
             extra_i = {**(extra or {}), "packed_with": len(idx)}
-            results[i] = runs.finish_run(cfgs[i], run_dirs[i], **end.fields(device, extra_i))
+            results[i] = rundir.finish_run(cfgs[i], run_dirs[i], **end.fields(device, extra_i))
     return [results[i] for i in range(len(cfgs))]
 
 
@@ -517,11 +517,11 @@ def train_pack(
     with contextlib.ExitStack() as stack:
         mine = []
         for run in unit:
-            if not stack.enter_context(runs.claim(run.dir)):
+            if not stack.enter_context(rundir.claim(run.dir)):
                 out[run.dir] = "busy"
                 continue
             try:  # once per run, under its lock
-                skipped = runs.check_unfinished(run.cfg, run.dir)
+                skipped = rundir.check_unfinished(run.cfg, run.dir)
             except RunConflict as e:
                 said.append(f"conflict: {e.message}")
                 out[run.dir] = "conflict"

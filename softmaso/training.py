@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.compiled import CompiledForward, single_outputs
 from softmaso.config import RunConfig, TrainConfig
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
@@ -264,36 +264,36 @@ def fit(
     The whole of a run: its lock, the check of its directory, the build, the epoch loop
     (train, detect divergence, evaluate, log, checkpoint in the background), the final weights
     and result.json. `extra` is merged into result.json (e.g. {"smoke": true}). `lock` takes
-    the run's lock (:func:`softmaso.runs.claim`) and raises RunBusy if another process holds
+    the run's lock (:func:`softmaso.rundir.claim`) and raises RunBusy if another process holds
     it. Progress: a line of the bar where one is shown (:mod:`softmaso.ui`), else a log line
     per epoch (logger ``softmaso.epochs``).
     """
     run_dir = Path(run_dir)
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    with runs.claim(run_dir) if lock else contextlib.nullcontext(True) as mine:
+    with rundir.claim(run_dir) if lock else contextlib.nullcontext(True) as mine:
         if not mine:
             raise RunBusy(
                 "--out",
-                f"{run_dir} is being trained by another process (it holds {runs.LOCK}); wait "
+                f"{run_dir} is being trained by another process (it holds {rundir.LOCK}); wait "
                 "for it to finish, or choose another run directory",
             )
-        if skipped := runs.check_unfinished(cfg, run_dir):  # once, under the lock
+        if skipped := rundir.check_unfinished(cfg, run_dir):  # once, under the lock
             return skipped
         s = build(cfg, device, data_dir)  # data errors surface before anything is written
-        runs.open_run(cfg, run_dir, device)
-        state = runs.resume_state(run_dir, device)
+        rundir.open_run(cfg, run_dir, device)
+        state = rundir.resume_state(run_dir, device)
         if state is not None:
             s.model.load_state_dict(state["model"])
             s.optimizer.load_state_dict(state["optimizer"])
         history: list[dict] = state["history"] if state else []
         epochs, steps = cfg.train.epochs, s.sampler.steps_per_epoch
-        name = runs.run_name(cfg)
+        name = rundir.run_name(cfg)
         bar = Task(name, total=epochs * steps, completed=len(history) * steps)
         if history:
-            where = run_dir / runs.CHECKPOINT
+            where = run_dir / rundir.CHECKPOINT
             log.info(f"resuming after epoch {len(history)} from {where}", extra={"tag": name})
         t0 = time.perf_counter() - sum(row["seconds"] for row in history)  # past epochs count
-        writer, status = runs.CheckpointWriter(), "finished"
+        writer, status = rundir.CheckpointWriter(), "finished"
         try:
             peak_memory(device)  # the first epoch's peak starts here
             for epoch in range(len(history), epochs):
@@ -333,7 +333,7 @@ def fit(
                 history.append(row)
                 show_epoch(bar, name, row)
                 if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == epochs:
-                    checkpoint = runs.checkpoint_state(
+                    checkpoint = rundir.checkpoint_state(
                         cfg=cfg,
                         data=s.data,
                         epoch=epoch + 1,
@@ -342,13 +342,13 @@ def fit(
                         optimizer=s.optimizer.state_dict(),
                     )
                     # written while the next epoch trains
-                    writer.submit([(run_dir / runs.CHECKPOINT, checkpoint)], [(run_dir, history)])
+                    writer.submit([(run_dir / rundir.CHECKPOINT, checkpoint)], [(run_dir, history)])
         finally:
             bar.close()
             writer.close()  # the last checkpoint is on disk before the result is written
         if status == "finished":
-            runs.export_weights(s.model, run_dir / runs.WEIGHTS)
-        return runs.finish_run(
+            rundir.export_weights(s.model, run_dir / rundir.WEIGHTS)
+        return rundir.finish_run(
             cfg,
             run_dir,
             history=history,
@@ -422,16 +422,16 @@ def evaluate_saved(
 ) -> dict[str, float]:
     """Accuracy and loss of a saved model: a run directory or a checkpoint file."""
     target = Path(target)
-    path = target / runs.CHECKPOINT if target.is_dir() else target
+    path = target / rundir.CHECKPOINT if target.is_dir() else target
     if target.is_dir() and not path.exists():
-        result = runs.read_json(target / runs.RESULT) or {}
+        result = rundir.read_json(target / rundir.RESULT) or {}
         if result.get("status") == "diverged":
             why = f"the run diverged in epoch {result.get('epochs', 0) + 1}, before any checkpoint"
         else:
             why = "not a run directory (or not started)"
-        raise UserError(str(target), f"no {runs.CHECKPOINT} here: {why}")
+        raise UserError(str(target), f"no {rundir.CHECKPOINT} here: {why}")
     dev = resolve_device(device)
-    state = runs.load_checkpoint(path, map_location=dev)
+    state = rundir.load_checkpoint(path, map_location=dev)
     cfg = RunConfig.model_validate(state["config"])
     s = build(cfg, dev, data_dir)
     s.model.load_state_dict(state["model"])

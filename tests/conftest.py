@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.config import RunConfig
 
 torch.set_num_threads(2)
@@ -28,16 +28,16 @@ def cli():
 
 def finished_files() -> set[str]:
     """The files a finished run directory holds (the run directory's contract)."""
-    from softmaso import runs
+    from softmaso import rundir
 
     return {
-        runs.CONFIG,
-        runs.ENV,
-        runs.LAUNCHES,
-        runs.METRICS,
-        runs.CHECKPOINT,
-        runs.RESULT,
-        runs.WEIGHTS,
+        rundir.CONFIG,
+        rundir.ENV,
+        rundir.LAUNCHES,
+        rundir.METRICS,
+        rundir.CHECKPOINT,
+        rundir.RESULT,
+        rundir.WEIGHTS,
     }
 
 
@@ -57,7 +57,7 @@ def tiny(**over) -> RunConfig:
 
 def metric_rows(run_dir):
     """A run's metrics.jsonl rows without what differs between identical runs (timings, memory)."""
-    rows = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / rundir.METRICS).read_text().splitlines()]
     for r in rows:  # timings and memory differ between runs; everything else must not
         for key in ("seconds", "train_seconds", "eval_seconds", "images_per_s", "peak_rss_mib"):
             r.pop(key)

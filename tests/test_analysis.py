@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny
 
-from softmaso import analysis, runs, training
+from softmaso import analysis, rundir, training
 from softmaso.theory import absolute, relu
 from softmaso.theory.gmm import factorial_joint_posterior, joint_map, region_prior
 
@@ -138,7 +138,7 @@ def test_analyze_bad_input_is_one_line(cli, tmp_path):
     assert training.fit(tiny(**{"train.epochs": 1}), run, device="cpu")["status"] == "finished"
     from safetensors.torch import save_file
 
-    save_file({"classifier.weight": torch.zeros(3, 3, 1, 1)}, str(run / runs.WEIGHTS))
+    save_file({"classifier.weight": torch.zeros(3, 3, 1, 1)}, str(run / rundir.WEIGHTS))
     r = cli("analyze", run)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
     assert "largeCNN" in r.stderr
@@ -148,8 +148,8 @@ def test_analyze_of_a_folder_names_the_runs_it_cannot_read_and_does_the_rest(cli
     for name in ("a", "b", "c"):
         cfg = tiny(seed=ord(name), **{"train.epochs": 1})
         assert training.fit(cfg, tmp_path / name, device="cpu")["status"] == "finished"
-    (tmp_path / "b" / runs.WEIGHTS).write_bytes(b"garbage, not safetensors")
-    (tmp_path / "c" / runs.WEIGHTS).unlink()  # a clone of committed results has no weights
+    (tmp_path / "b" / rundir.WEIGHTS).write_bytes(b"garbage, not safetensors")
+    (tmp_path / "c" / rundir.WEIGHTS).unlink()  # a clone of committed results has no weights
     r = cli("analyze", tmp_path, "--images", 20, "--decisions", 200, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert "not a readable safetensors file" in r.stderr and f"{tmp_path / 'c'}: no" in r.stderr

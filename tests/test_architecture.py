@@ -36,7 +36,7 @@ LAYERS = {
     "softmaso.orthogonality": 2,
     "softmaso.data": 2,
     # run directories, experiments, training
-    "softmaso.runs": 2,
+    "softmaso.rundir": 2,
     "softmaso.experiments": 3,
     "softmaso.compiled": 3,
     "softmaso.packing": 5,
@@ -86,7 +86,7 @@ def _imports(tree: ast.Module) -> list[tuple[str, list[str], int]]:
 
 
 def _targets(module: str, names: list[str]) -> list[str]:
-    """The modules an import statement reaches (``from softmaso import runs`` -> softmaso.runs)."""
+    """The modules an import reaches (``from softmaso import rundir`` -> softmaso.rundir)."""
     subs = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
     return subs or [module]
 
@@ -224,7 +224,7 @@ def test_the_path_from_reproduce_to_a_training_step_is_short(tmp_path, monkeypat
 
 
 CORE = ("softmaso.training", "softmaso.orthogonality", "softmaso.compiled", "softmaso.models",
-        "softmaso.data", "softmaso.runs", "softmaso.nn")  # fmt: skip
+        "softmaso.data", "softmaso.rundir", "softmaso.nn")  # fmt: skip
 PACK_WORDS = re.compile(r"^(runs|packs?|pack_size|packed\w*)$")
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from softmaso import experiments as ex
-from softmaso import runs
+from softmaso import rundir
 from softmaso.config import read_recipe
 from softmaso.errors import UserError
 
@@ -68,7 +68,7 @@ def test_grid_json_records_each_runs_config_and_tables_read_it(tmp_path):
     root = tmp_path / "res"
     todo = ex.expand(str(recipe), root)
     ex.write_grid(root, "g", todo, smoke=False, recipe_files={"g": recipe})
-    grid = json.loads((root / runs.GRID).read_text())
+    grid = json.loads((root / rundir.GRID).read_text())
     assert [r["config"]["optim"]["lr"] for r in grid["runs"]] == [0.002, 0.002]
     recipe.unlink()
     frame = collect(root)
@@ -82,10 +82,10 @@ def test_a_grid_that_grows_keeps_what_its_first_launch_recorded(tmp_path):
     root = tmp_path / "res"
     ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
     assert ex.settle_pack(root, True)
-    first = json.loads((root / runs.GRID).read_text())
+    first = json.loads((root / rundir.GRID).read_text())
     recipe.write_text(recipe.read_text().replace("[0]", "[0, 1]"))
     ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
-    grown = json.loads((root / runs.GRID).read_text())
+    grown = json.loads((root / rundir.GRID).read_text())
     assert len(grown["runs"]) == 2
     assert grown["created"] == first["created"] and grown["pack"] is True
     assert ex.settle_pack(root, None)  # a restart without --pack packs as recorded

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from softmaso import experiments as ex
-from softmaso import launch, runs, training
+from softmaso import launch, rundir, training
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
 
@@ -57,7 +57,7 @@ def _gone(pid: int) -> bool:
 def _worker_pids(results: Path) -> set[int]:
     """The pids the grid's workers wrote into the runs' lock files."""
     pids = set()
-    for lock in results.glob(f"svhn/*/{runs.LOCK}"):
+    for lock in results.glob(f"svhn/*/{rundir.LOCK}"):
         text = lock.read_text().strip()
         if text:
             pids.add(int(text.split("@")[0]))
@@ -79,8 +79,8 @@ def test_a_run_that_raises_fails_alone_and_resumes(tmp_path, monkeypatch, caplog
     for run in todo:
         out.update(launch.train_unit([run], launch.Launch(smoke=True), "cpu"))
     assert out == {todo[0].dir: "finished", bad.dir: "failed", todo[2].dir: "finished"}
-    assert "RuntimeError: CUDA out of memory (simulated)" in (bad.dir / runs.ERROR).read_text()
-    assert runs.status(bad.dir)[0] == "failed"
+    assert "RuntimeError: CUDA out of memory (simulated)" in (bad.dir / rundir.ERROR).read_text()
+    assert rundir.status(bad.dir)[0] == "failed"
     [line] = [r.getMessage() for r in caplog.records if r.name == "softmaso.launch"]
     assert line.startswith(f"failed: {bad.dir.name}: RuntimeError: CUDA out of memory")
     cells = tables.summarize(collect(tmp_path)).cells.values()
@@ -88,7 +88,7 @@ def test_a_run_that_raises_fails_alone_and_resumes(tmp_path, monkeypatch, caplog
     assert "1 failed" in tables.render(tables.summarize(collect(tmp_path)), "markdown")
     monkeypatch.setattr(training, "train_step", real)  # the cause is gone: it trains again
     assert launch.train_unit([bad], launch.Launch(smoke=True), "cpu") == {bad.dir: "finished"}
-    assert not (bad.dir / runs.ERROR).exists()
+    assert not (bad.dir / rundir.ERROR).exists()
 
 
 def test_a_worker_killed_every_time_fails_its_run_and_the_grid_goes_on(tmp_path):
@@ -105,9 +105,9 @@ def test_a_worker_killed_every_time_fails_its_run_and_the_grid_goes_on(tmp_path)
     # a run its worker finished just as the pool broke is found finished on its retry
     assert int(counts.get("finished", 0)) + int(counts.get("skipped-finished", 0)) == 5, out
     assert "a worker process died; retrying" in err
-    [bad] = [d for d in (tmp_path / "r").glob("svhn/*") if (d / runs.ERROR).exists()]
-    assert "lr-0.0005_mode-penalty" in bad.name and not (bad / runs.RESULT).exists()
-    assert "worker process training it died" in (bad / runs.ERROR).read_text()
+    [bad] = [d for d in (tmp_path / "r").glob("svhn/*") if (d / rundir.ERROR).exists()]
+    assert "lr-0.0005_mode-penalty" in bad.name and not (bad / rundir.RESULT).exists()
+    assert "worker process training it died" in (bad / rundir.ERROR).read_text()
     assert f"failed: {bad.name}" in err
     assert "1 failed" in (tmp_path / "r" / "table.md").read_text()  # the table names it
     done = [
@@ -149,8 +149,8 @@ def _training(results: Path) -> list[Path]:
     """Runs with epochs done and no result yet: started, stopped or still training."""
     return [
         m.parent
-        for m in results.glob(f"svhn/*/{runs.METRICS}")
-        if not (m.parent / runs.RESULT).exists()
+        for m in results.glob(f"svhn/*/{rundir.METRICS}")
+        if not (m.parent / rundir.RESULT).exists()
     ]
 
 
@@ -164,10 +164,10 @@ def test_sigterm_of_train_says_the_run_is_resumable(tmp_path):
         text=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not (run / runs.METRICS).exists():
+    while time.time() < deadline and not (run / rundir.METRICS).exists():
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
     assert f"terminated (SIGTERM): rerun the same command to resume {run}" in err
-    assert (run / runs.CHECKPOINT).exists() and not (run / runs.RESULT).exists()
+    assert (run / rundir.CHECKPOINT).exists() and not (run / rundir.RESULT).exists()

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from softmaso import runs, training
+from softmaso import rundir, training
 from softmaso.config import RunConfig
 
 
@@ -71,24 +71,31 @@ def test_train_on_a_damaged_result_json_is_one_line(cli, tmp_path, content):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"data:\n  name: npz\n  path: {path}\nmodel:\n  width: 0.0625\n")
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / runs.RESULT).write_text(content)
+    (tmp_path / "run" / rundir.RESULT).write_text(content)
     r = cli("train", recipe, "--out", tmp_path / "run", "--device", "cpu")
     assert r.exit_code == 2 and "damaged result.json" in r.stderr
 
 
 def test_train_refuses_a_run_another_process_is_training(cli, tmp_path):
     cfg = _cfg(_npz(tmp_path, size=9))
-    with runs.claim(tmp_path / "run") as mine:
+    with rundir.claim(tmp_path / "run") as mine:
         assert mine
         with pytest.raises(Exception, match="being trained by another process"):
             training.fit(cfg, tmp_path / "run", device="cpu", lock=True)
-    assert not (tmp_path / "run" / runs.CONFIG).exists()
+    assert not (tmp_path / "run" / rundir.CONFIG).exists()
     assert training.fit(cfg, tmp_path / "run", device="cpu", lock=True)["status"]
 
 
 def test_every_run_file_has_the_usual_permissions(tmp_path):
     training.fit(_cfg(_npz(tmp_path, size=9)), tmp_path / "run", device="cpu")
-    for name in (runs.CONFIG, runs.ENV, runs.METRICS, runs.RESULT, runs.WEIGHTS, runs.CHECKPOINT):
+    for name in (
+        rundir.CONFIG,
+        rundir.ENV,
+        rundir.METRICS,
+        rundir.RESULT,
+        rundir.WEIGHTS,
+        rundir.CHECKPOINT,
+    ):
         mode = stat.S_IMODE((tmp_path / "run" / name).stat().st_mode)
         assert mode & 0o044 == 0o044, (name, oct(mode))  # readable by group and others
 
@@ -105,25 +112,25 @@ def test_a_grid_logs_a_line_per_run(cli, tmp_path):
     grid_lines = [x for x in r.stderr.splitlines() if x.startswith("[grid]")]
     assert len(grid_lines) == 3 and "epoch" not in r.stderr
     assert "1/3 g/seed-0: finished, test accuracy" in grid_lines[0]
-    assert json.loads((tmp_path / "res" / runs.GRID).read_text())["pack"] is False
+    assert json.loads((tmp_path / "res" / rundir.GRID).read_text())["pack"] is False
 
 
 def test_one_status_vocabulary_for_a_run_directory(tmp_path):
     run = tmp_path / "r"
-    assert runs.status(run)[0] == "new"
+    assert rundir.status(run)[0] == "new"
     run.mkdir()
-    (run / runs.CONFIG).write_text("seed: 0\n")
-    assert runs.status(run)[0] == "pending"
-    (run / runs.METRICS).write_text("")
-    assert runs.status(run)[0] == "started"
-    (run / runs.RESULT).write_text('{"status": "finished", "final_test_acc": 0.5}')
-    status, result, problem = runs.status(run)
+    (run / rundir.CONFIG).write_text("seed: 0\n")
+    assert rundir.status(run)[0] == "pending"
+    (run / rundir.METRICS).write_text("")
+    assert rundir.status(run)[0] == "started"
+    (run / rundir.RESULT).write_text('{"status": "finished", "final_test_acc": 0.5}')
+    status, result, problem = rundir.status(run)
     assert (status, result["final_test_acc"], problem) == ("finished", 0.5, None)
-    (run / runs.RESULT).write_text('{"status": "finished", "final_test_acc": 85.0}')
-    status, _, problem = runs.status(run)
+    (run / rundir.RESULT).write_text('{"status": "finished", "final_test_acc": 85.0}')
+    status, _, problem = rundir.status(run)
     assert status == "damaged" and "85.0" in problem
-    (run / runs.RESULT).write_text('{"status": "diverged", "final_test_acc": null}')
-    assert runs.status(run)[0] == "diverged"
+    (run / rundir.RESULT).write_text('{"status": "diverged", "final_test_acc": null}')
+    assert rundir.status(run)[0] == "diverged"
 
 
 @pytest.mark.parametrize(
@@ -140,10 +147,10 @@ def test_a_foreign_grid_json_is_one_line_and_left_alone(cli, tmp_path, content, 
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("data: {name: synthetic, synthetic_train: 100}\nsweep: {seed: [0]}\n")
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / runs.GRID).write_text(content)
+    (tmp_path / "r" / rundir.GRID).write_text(content)
     r = cli("reproduce", recipe, "--results", tmp_path / "r")
     assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert (tmp_path / "r" / runs.GRID).read_text() == content  # not overwritten
+    assert (tmp_path / "r" / rundir.GRID).read_text() == content  # not overwritten
     assert not (tmp_path / "r" / "tiny").exists()  # nothing trained
 
 
@@ -166,7 +173,7 @@ def test_a_huge_sweep_asks_for_yes_before_anything_is_written(cli, tmp_path):
     recipe.write_text(f"data: {{name: synthetic}}\nsweep: {{seed: [{seeds}]}}\n")
     r = cli("reproduce", recipe, "--results", tmp_path / "r")
     assert r.exit_code == 2 and "sweeps 1,001 runs (more than 1,000)" in r.stderr
-    assert "--yes" in r.stderr and not (tmp_path / "r" / runs.GRID).exists()
+    assert "--yes" in r.stderr and not (tmp_path / "r" / rundir.GRID).exists()
 
 
 def test_a_full_disk_during_train_is_one_line_naming_the_file(cli, tmp_path, monkeypatch):
@@ -188,7 +195,7 @@ def test_a_full_disk_during_train_is_one_line_naming_the_file(cli, tmp_path, mon
     assert r.exit_code == 2 and "Traceback" not in r.stderr, r.output  # above: the epoch line
     last = r.stderr.strip().splitlines()[-1]
     assert (
-        last == f"softmaso: error: {run / runs.CHECKPOINT}: No space left on device (0.0 MB free)"
+        last == f"softmaso: error: {run / rundir.CHECKPOINT}: No space left on device (0.0 MB free)"
     )
     assert not list(run.glob(".*.tmp"))  # the partial file is gone
     monkeypatch.setattr(torch, "save", real_save)  # space again: the same command finishes

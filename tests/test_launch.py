@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from softmaso import experiments as ex
-from softmaso import launch, runs
+from softmaso import launch, rundir
 from softmaso.errors import UserError
 
 FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
@@ -23,9 +23,9 @@ def test_train_unit_skips_finished_and_reports_conflicts(tmp_path, caplog):
     smoke = launch.Launch(smoke=True)
     assert launch.train_unit([run], smoke, "cpu") == {run.dir: "finished"}
     assert launch.train_unit([run], smoke, "cpu") == {run.dir: "skipped-finished"}
-    assert json.loads((run.dir / runs.RESULT).read_text())["smoke"] is True
+    assert json.loads((run.dir / rundir.RESULT).read_text())["smoke"] is True
     other = ex.Run(run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir)
-    (run.dir / runs.RESULT).unlink()
+    (run.dir / rundir.RESULT).unlink()
     got = launch.train_unit([other], launch.Launch(pack=False), "cpu")
     assert got == {run.dir: "conflict"}
     assert [r.getMessage() for r in caplog.records if r.name == "softmaso.launch"] == [
@@ -40,7 +40,7 @@ def test_submitit_debug_executor_runs_the_array(tmp_path):
     debug = launch.Launch(launcher="slurm", smoke=True, slurm=launch.Slurm(cluster="debug"))
     out = launch.launch_slurm(todo, debug, folder=tmp_path / ".submitit")
     assert set(out.values()) == {"finished"}
-    assert all((r.dir / runs.RESULT).exists() for r in todo)
+    assert all((r.dir / rundir.RESULT).exists() for r in todo)
 
 
 def _reproduce(results: Path, *extra: str) -> subprocess.Popen:
@@ -59,7 +59,7 @@ def _reproduce(results: Path, *extra: str) -> subprocess.Popen:
 def _finished_counts(results: Path) -> list[int]:
     """Epoch lines per run: a run trained twice (or half) would not show exactly 1."""
     return [
-        len((d / runs.METRICS).read_text().splitlines()) for d in sorted(results.glob("svhn/*"))
+        len((d / rundir.METRICS).read_text().splitlines()) for d in sorted(results.glob("svhn/*"))
     ]
 
 
@@ -101,7 +101,7 @@ def test_reproduce_cli_smoke_grid_and_bad_input(cli, tmp_path):
     assert r.exit_code == 0, r.output
     table = (tmp_path / "table.md").read_text()
     assert "SMOKE" in table and table.count("(n=2)") == 12
-    grid = json.loads((tmp_path / runs.GRID).read_text())
+    grid = json.loads((tmp_path / rundir.GRID).read_text())
     assert grid["smoke"] and len(grid["runs"]) == 24
     assert (tmp_path / "figures" / "curves.png").stat().st_size > 0
     for bad, says in (
@@ -148,7 +148,7 @@ def test_a_failed_slurm_task_fails_its_runs_and_the_array_goes_on(tmp_path, monk
     )
     out = launch.launch_slurm(todo, debug, folder=tmp_path / ".submitit")
     assert out == {todo[0].dir: "failed", todo[1].dir: "finished"}
-    assert "the node ran out of memory (simulated)" in (todo[0].dir / runs.ERROR).read_text()
+    assert "the node ran out of memory (simulated)" in (todo[0].dir / rundir.ERROR).read_text()
 
 
 def test_sbatch_without_a_controller_is_one_line(cli, tmp_path, monkeypatch):

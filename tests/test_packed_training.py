@@ -13,7 +13,7 @@ import torch
 from conftest import finished_files, metric_rows, pack_trio, tiny
 
 from softmaso import experiments as ex
-from softmaso import launch, packed_training, runs, training
+from softmaso import launch, packed_training, rundir, training
 from softmaso.errors import UserError
 from softmaso.packed_training import fit_packed, pack_key, plan_units
 
@@ -28,8 +28,8 @@ def test_packed_runs_match_separate_runs(tmp_path):
         alone = training.fit(cfg, tmp_path / f"s{i}", device="cpu")
         assert packed[i]["status"] == "finished" and packed[i]["packed_with"] == 3
         assert {p.name for p in (tmp_path / f"p{i}").iterdir()} == FILES
-        assert (tmp_path / f"p{i}" / runs.CONFIG).read_text() == (
-            tmp_path / f"s{i}" / runs.CONFIG
+        assert (tmp_path / f"p{i}" / rundir.CONFIG).read_text() == (
+            tmp_path / f"s{i}" / rundir.CONFIG
         ).read_text()
         got, want = metric_rows(tmp_path / f"p{i}"), metric_rows(tmp_path / f"s{i}")
         # float32 rounding differs between packed and separate kernels, and Adam amplifies
@@ -86,7 +86,7 @@ def test_interrupted_pack_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fit_packed(cfgs, dirs, device="cpu")
     assert [len(metric_rows(d)) for d in dirs] == [1, 1, 1]
-    assert not any((d / runs.RESULT).exists() for d in dirs)
+    assert not any((d / rundir.RESULT).exists() for d in dirs)
     monkeypatch.setattr(packed_training, "_evaluate", real)
     fit_packed(cfgs, dirs, device="cpu")
     for i, d in enumerate(dirs):
@@ -110,8 +110,8 @@ def test_a_diverged_run_leaves_the_pack(tmp_path, monkeypatch):
     res = fit_packed(pack_trio(), [tmp_path / f"r{i}" for i in range(3)], device="cpu")
     assert [r["status"] for r in res] == ["finished", "diverged", "finished"]
     assert [r["epochs"] for r in res] == [3, 0, 3]
-    assert json.loads((tmp_path / "r1" / runs.RESULT).read_text())["status"] == "diverged"
-    assert not (tmp_path / "r1" / runs.WEIGHTS).exists()
+    assert json.loads((tmp_path / "r1" / rundir.RESULT).read_text())["status"] == "diverged"
+    assert not (tmp_path / "r1" / rundir.WEIGHTS).exists()
     assert res[0]["final_test_acc"] > 0.3  # the others trained on
 
 
@@ -190,7 +190,7 @@ def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, caplog, spe
     said = _pack_decisions(caplog)
     assert said and said[0].startswith("packing" if packs else "not packing")
     assert len(loads) == (1 if packs else 3)  # the probe's data trains the pack
-    packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
+    packed_with = {json.loads((r.dir / rundir.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == ({2} if packs else {None})
     assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"skipped-finished"}
 
@@ -205,14 +205,14 @@ def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch, caplo
         assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"finished"}
     assert _pack_decisions(caplog) == []
     assert plan_units(unit, pack=None) == [[unit[0], unit[1]]]  # library default: grouped
-    packed_with = {json.loads((r.dir / runs.RESULT).read_text()).get("packed_with") for r in unit}
+    packed_with = {json.loads((r.dir / rundir.RESULT).read_text()).get("packed_with") for r in unit}
     assert packed_with == {None}
 
 
 def test_the_packing_decision_is_recorded_and_kept(tmp_path):
-    (tmp_path / runs.GRID).write_text(json.dumps({"experiment": "x", "runs": []}))
+    (tmp_path / rundir.GRID).write_text(json.dumps({"experiment": "x", "runs": []}))
     assert ex.settle_pack(tmp_path, None) is False  # default: no packing
     assert ex.settle_pack(tmp_path, True) is True
-    assert json.loads((tmp_path / runs.GRID).read_text())["pack"] is True
+    assert json.loads((tmp_path / rundir.GRID).read_text())["pack"] is True
     assert ex.settle_pack(tmp_path, None) is True  # a restart keeps the first decision
     assert ex.settle_pack(tmp_path, False) is False  # unless told otherwise

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from softmaso import data as data_mod
-from softmaso import runs, training
+from softmaso import rundir, training
 from softmaso.config import RunConfig, load_recipe
 from softmaso.errors import UserError
 
@@ -119,7 +119,7 @@ def test_training_on_the_real_slice_beats_chance_widely(cli, tmp_path, slice_md5
     result = training.fit(cfg, tmp_path / "run", device="cpu", data_dir=tmp_path / "d")
     assert result["status"] == "finished"
     assert result["final_test_acc"] > 0.5  # chance: 0.1
-    row = json.loads((tmp_path / "run" / runs.METRICS).read_text().splitlines()[-1])
+    row = json.loads((tmp_path / "run" / rundir.METRICS).read_text().splitlines()[-1])
     assert set(row["row_energy"]) == {f"conv{i}" for i in range(1, 9)}
     assert row["images_per_s"] * row["train_seconds"] == pytest.approx(500)  # 10 steps of 50
     assert row["seconds"] == pytest.approx(row["train_seconds"] + row["eval_seconds"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from softmaso import recipes, runs
+from softmaso import recipes, rundir
 from softmaso.config import dump_yaml, read_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,19 +69,19 @@ def test_a_recipe_file_with_a_sweep_runs_as_a_grid(cli, tmp_path):
     assert r.exit_code == 0, r.output
     torch.set_num_threads(2)
     assert "mine: 4 finished" in r.output
-    grid = json.loads((res / runs.GRID).read_text())
+    grid = json.loads((res / rundir.GRID).read_text())
     assert grid["experiment"] == "mine" and len(grid["runs"]) == 4
     assert grid["recipe_files"] == {"mine": str(recipe.absolute())}
     run = res / "mine" / "mode-exact_seed-1"
-    assert json.loads((run / runs.ENV).read_text())["device"]["threads"] == 1
+    assert json.loads((run / rundir.ENV).read_text())["device"]["threads"] == 1
     table = (res / "table.md").read_text()
     assert "ortho (exact)" in table and "(n=2)" in table and "p (Holm)" in table
     # rerun: everything skipped; an interrupted run resumes (its result removed)
-    (run / runs.RESULT).unlink()
+    (run / rundir.RESULT).unlink()
     r = cli("reproduce", recipe, "--results", res)
     assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.output
     # a missing run shows in the table, its values from the recipe file
-    (res / "mine" / "mode-none_seed-0" / runs.CONFIG).unlink()
+    (res / "mine" / "mode-none_seed-0" / rundir.CONFIG).unlink()
     r = cli("table", res)
     assert r.exit_code == 0 and "1 missing" in r.stdout
 
@@ -110,7 +110,7 @@ def test_train_threads_are_recorded(cli, tmp_path):
     r = cli("train", recipe, "--out", tmp_path / "run", "--device", "cpu", "--threads", "1")
     torch.set_num_threads(2)
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "run" / runs.ENV).read_text())["device"]["threads"] == 1
+    assert json.loads((tmp_path / "run" / rundir.ENV).read_text())["device"]["threads"] == 1
     assert cli("train", recipe, "--threads", "0").exit_code == 2
 
 
@@ -159,7 +159,7 @@ def test_an_installed_wheel_runs_a_named_smoke_experiment_outside_the_checkout(t
     table = work / "results" / "smoke" / "fashion" / "table.md"
     assert "SMOKE" in table.read_text() and "ortho (exact)" in table.read_text()
     cfg = yaml.safe_load(
-        (work / "results/smoke/fashion/fashion/mode-exact_seed-0" / runs.CONFIG).read_text()
+        (work / "results/smoke/fashion/fashion/mode-exact_seed-0" / rundir.CONFIG).read_text()
     )
     assert cfg["data"]["name"] == "synthetic"
 
@@ -184,16 +184,16 @@ def test_a_truncated_checkpoint_fails_its_run_and_the_grid_goes_on(cli, tmp_path
     bad = res / "g" / "mode-none_seed-1"
     bad.mkdir(parents=True)
     cfg = read_recipe(recipe).config(settings={"ortho.mode": "none", "seed": 1})
-    (bad / runs.CONFIG).write_text(dump_yaml(cfg))
-    (bad / runs.CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
+    (bad / rundir.CONFIG).write_text(dump_yaml(cfg))
+    (bad / rundir.CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
     r = cli("reproduce", recipe, "--results", res)
     assert r.exit_code == 1
     assert "1 damaged, 3 finished" in r.output
     assert "damaged: mode-none_seed-1" in r.output and "corrupt or truncated" in r.output
-    # the same state everywhere: damaged in the log, the summary, the table and runs.status
+    # the same state everywhere: damaged in the log, the summary, the table and rundir.status
     assert (res / "table.md").exists() and "1 damaged" in (res / "table.md").read_text()
-    assert runs.status(bad)[0] == "damaged"
-    (bad / runs.CHECKPOINT).unlink()  # the damaged file removed: the run trains from scratch
+    assert rundir.status(bad)[0] == "damaged"
+    (bad / rundir.CHECKPOINT).unlink()  # the damaged file removed: the run trains from scratch
     r = cli("reproduce", recipe, "--results", res)
     assert r.exit_code == 0 and "1 finished, 3 skipped-finished" in r.output
-    assert runs.status(bad)[0] == "finished" and not (bad / runs.ERROR).exists()
+    assert rundir.status(bad)[0] == "finished" and not (bad / rundir.ERROR).exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import SMALLEST, file_bytes, metric_rows, smallest
 
-from softmaso import runs, training
+from softmaso import rundir, training
 from softmaso.config import valid_keys
 from softmaso.errors import RunConflict
 
@@ -22,7 +22,7 @@ from softmaso.errors import RunConflict
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(run_dir / runs.WEIGHTS)
+    return load_file(run_dir / rundir.WEIGHTS)
 
 
 # ------------------------------------------------------------------------- trained on
@@ -34,17 +34,17 @@ def test_a_finished_run_trains_on_to_the_metrics_of_one_trained_that_long_at_onc
     assert result["status"] == "finished" and result["epochs"] == 3 and "skipped" not in result
     training.fit(smallest(3), straight, device="cpu", lock=True)
     assert metric_rows(on) == metric_rows(straight)  # bit for bit: same threads, same CPU
-    assert runs.read_json(on / runs.RESULT)["final_test_acc"] == result["final_test_acc"]
-    assert result["final_test_acc"] == runs.read_json(straight / runs.RESULT)["final_test_acc"]
+    assert rundir.read_json(on / rundir.RESULT)["final_test_acc"] == result["final_test_acc"]
+    assert result["final_test_acc"] == rundir.read_json(straight / rundir.RESULT)["final_test_acc"]
     weights, expected = _weights(on), _weights(straight)
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
     assert not all(torch.equal(weights[k], first_weights[k]) for k in expected)  # rewritten
-    assert runs.read_config(on)["train"]["epochs"] == 3
-    assert runs.load_checkpoint(on / runs.CHECKPOINT)["epoch"] == 3
-    assert len(runs.launches(on)) == 2  # the second launch recorded
+    assert rundir.read_config(on)["train"]["epochs"] == 3
+    assert rundir.load_checkpoint(on / rundir.CHECKPOINT)["epoch"] == 3
+    assert len(rundir.launches(on)) == 2  # the second launch recorded
     assert {p.name for p in on.iterdir()} == {p.name for p in straight.iterdir()}
     again = training.fit(smallest(3), on, device="cpu", lock=True)  # finished: not redone
-    assert again["skipped"] and len(runs.launches(on)) == 2
+    assert again["skipped"] and len(rundir.launches(on)) == 2
 
 
 def test_fewer_epochs_stay_a_conflict_that_changes_nothing(cli, tmp_path):
@@ -60,13 +60,13 @@ def test_fewer_epochs_stay_a_conflict_that_changes_nothing(cli, tmp_path):
     assert file_bytes(run) == before
     r = cli(*args, "--set", "train.epochs=3")  # more: trained on
     assert r.exit_code == 0 and r.stdout.startswith("finished:"), r.output
-    assert runs.read_json(run / runs.RESULT)["epochs"] == 3
+    assert rundir.read_json(run / rundir.RESULT)["epochs"] == 3
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_trained_on(tmp_path):
     run = tmp_path / "run"
     training.fit(smallest(1), run, device="cpu")
-    (run / runs.CHECKPOINT).unlink()
+    (run / rundir.CHECKPOINT).unlink()
     before = file_bytes(run)
     with pytest.raises(RunConflict, match="without its checkpoint.pt, so it cannot be trained"):
         training.fit(smallest(2), run, device="cpu", lock=True)
@@ -76,9 +76,9 @@ def test_a_finished_run_without_its_checkpoint_is_not_trained_on(tmp_path):
 def test_no_setting_but_the_epochs_counts_them():
     """Training on is exact because nothing but train.epochs depends on the number of epochs:
     a learning rate schedule (or warmup) added to the config would break that, and
-    runs.trains_on must then refuse it."""
+    rundir.trains_on must then refuse it."""
     assert not [k for k in valid_keys() if any(w in k for w in ("schedul", "warmup", "decay_"))]
-    assert runs.GROWS in valid_keys()
+    assert rundir.GROWS in valid_keys()
 
 
 def test_a_grid_whose_epochs_grew_trains_its_runs_on(cli, tmp_path):
@@ -93,9 +93,9 @@ def test_a_grid_whose_epochs_grew_trains_its_runs_on(cli, tmp_path):
     assert r.exit_code == 0, r.output
     for seed in (0, 1):
         run = res / "g" / f"seed-{seed}"
-        assert runs.read_json(run / runs.RESULT)["epochs"] == 2
-        assert len(runs.launches(run)) == 2
-    grid = runs.read_grid(res)
+        assert rundir.read_json(run / rundir.RESULT)["epochs"] == 2
+        assert len(rundir.launches(run)) == 2
+    grid = rundir.read_grid(res)
     assert {e["config"]["train"]["epochs"] for e in grid["runs"]} == {2}
 
 
@@ -107,11 +107,11 @@ def _no_flock(fd, op):
 @pytest.mark.parametrize("flock", [True, False])
 def test_no_lock_file_is_left_once_the_lock_is_released(tmp_path, monkeypatch, flock):
     if not flock:
-        monkeypatch.setattr(runs.fcntl, "flock", _no_flock)
+        monkeypatch.setattr(rundir.fcntl, "flock", _no_flock)
     run = tmp_path / "run"
     run.mkdir()
-    with runs.claim(run) as mine:
-        assert mine and {p.name for p in run.iterdir()} == {runs.LOCK if flock else runs.HELD}
+    with rundir.claim(run) as mine:
+        assert mine and {p.name for p in run.iterdir()} == {rundir.LOCK if flock else rundir.HELD}
     assert list(run.iterdir()) == []
     training.fit(smallest(1), run, device="cpu", lock=True)
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
@@ -120,19 +120,19 @@ def test_no_lock_file_is_left_once_the_lock_is_released(tmp_path, monkeypatch, f
 def test_a_lock_file_that_cannot_be_written_is_removed_and_says_why(tmp_path, monkeypatch):
     """Without flock, a full disk while the O_EXCL lock file is written: the error reaches
     the caller, and no empty lock file is left for every later claim to find "being written"."""
-    monkeypatch.setattr(runs.fcntl, "flock", _no_flock)
+    monkeypatch.setattr(rundir.fcntl, "flock", _no_flock)
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "write", full)
+    monkeypatch.setattr(rundir.os, "write", full)
     run = tmp_path / "run"
-    with pytest.raises(OSError, match="No space left"), runs.claim(run):
+    with pytest.raises(OSError, match="No space left"), rundir.claim(run):
         pass
     monkeypatch.undo()
     assert not run.exists() or not any(run.iterdir())
-    monkeypatch.setattr(runs.fcntl, "flock", _no_flock)
-    with runs.claim(run) as mine:  # the next claim takes the lock
+    monkeypatch.setattr(rundir.fcntl, "flock", _no_flock)
+    with rundir.claim(run) as mine:  # the next claim takes the lock
         assert mine
 
 
@@ -141,20 +141,20 @@ def test_a_lock_file_opened_before_it_was_removed_locks_nothing(tmp_path, monkey
     holds a file no longer there: it must try again on the one there now."""
     run = tmp_path / "run"
     run.mkdir()
-    old = os.open(run / runs.LOCK, os.O_RDWR | os.O_CREAT)  # opened, then removed on release
-    os.unlink(run / runs.LOCK)
+    old = os.open(run / rundir.LOCK, os.O_RDWR | os.O_CREAT)  # opened, then removed on release
+    os.unlink(run / rundir.LOCK)
     real_open, calls = os.open, []
 
     def late_open(path, *args):
         calls.append(path)
         return os.dup(old) if len(calls) == 1 else real_open(path, *args)
 
-    monkeypatch.setattr(runs.os, "open", late_open)
-    with runs.claim(run) as mine:
+    monkeypatch.setattr(rundir.os, "open", late_open)
+    with rundir.claim(run) as mine:
         assert mine and len(calls) == 2  # the removed file locked, found out, the new one taken
-        monkeypatch.setattr(runs.os, "open", real_open)
+        monkeypatch.setattr(rundir.os, "open", real_open)
         code = (
-            "from pathlib import Path; from softmaso.runs import claim\n"
+            "from pathlib import Path; from softmaso.rundir import claim\n"
             f"with claim(Path({str(run)!r})) as ok: print(ok)"
         )
         other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -165,20 +165,20 @@ def test_a_lock_file_opened_before_it_was_removed_locks_nothing(tmp_path, monkey
 CONTENDER = """
 import errno, os, sys, time
 from pathlib import Path
-from softmaso import runs
+from softmaso import rundir
 if sys.argv[3] == "noflock":
     def no_flock(fd, op):
         raise OSError(errno.ENOSYS, "Function not implemented")
-    runs.fcntl.flock = no_flock
+    rundir.fcntl.flock = no_flock
 if sys.argv[4] == "slow":  # every contender judges the stale file before any removes it
-    judge = runs._stale
-    runs._stale = lambda *a: (judge(*a), time.sleep(0.5))[0]
+    judge = rundir._stale
+    rundir._stale = lambda *a: (judge(*a), time.sleep(0.5))[0]
 run, go = Path(sys.argv[1]), Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.005)
 won = 0
 for _ in range(int(sys.argv[5])):
-    with runs.claim(run) as mine:
+    with rundir.claim(run) as mine:
         if mine:
             won += 1
             fd = os.open(run.parent / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -234,7 +234,7 @@ def test_two_processes_taking_over_one_stale_lock_file_do_not_both_win(tmp_path)
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     ).stdout.strip()
-    (run / runs.HELD).write_text(f"{dead}@{os.uname().nodename}\n")  # left by a killed run
+    (run / rundir.HELD).write_text(f"{dead}@{os.uname().nodename}\n")  # left by a killed run
     won, lines = _contend(tmp_path, 3, flock=False, slow=True, rounds=1, hold=1.5)
     assert sorted(won) == [0, 0, 1] and _one_at_a_time(lines)
     assert list(run.iterdir()) == []  # the stale file, the fresh one and the markers gone
@@ -243,20 +243,20 @@ def test_two_processes_taking_over_one_stale_lock_file_do_not_both_win(tmp_path)
 # ------------------------------------------------------------------ whole lines and files
 def test_launches_are_appended_in_one_write_and_a_torn_line_is_skipped(tmp_path, monkeypatch):
     cfg = smallest(1)
-    runs.open_run(cfg, tmp_path, torch.device("cpu"))
-    with open(tmp_path / runs.LAUNCHES, "a") as f:
+    rundir.open_run(cfg, tmp_path, torch.device("cpu"))
+    with open(tmp_path / rundir.LAUNCHES, "a") as f:
         f.write('{"softmaso": "0.1", "argv": ["sof')  # a crash mid-write
     writes, real_write = [], os.write
-    monkeypatch.setattr(runs.os, "write", lambda fd, b: writes.append(b) or real_write(fd, b))
-    runs.open_run(cfg, tmp_path, torch.device("cpu"))
+    monkeypatch.setattr(rundir.os, "write", lambda fd, b: writes.append(b) or real_write(fd, b))
+    rundir.open_run(cfg, tmp_path, torch.device("cpu"))
     assert len(writes) == 1 and writes[0].startswith(b"\n{") and writes[0].endswith(b"}\n")
-    assert len(runs.launches(tmp_path)) == 2
-    lines = (tmp_path / runs.LAUNCHES).read_text().splitlines()
+    assert len(rundir.launches(tmp_path)) == 2
+    lines = (tmp_path / rundir.LAUNCHES).read_text().splitlines()
     assert len(lines) == 3 and lines[1].endswith("sof")  # the torn line stays alone
 
 
 def test_error_txt_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    runs.record_error(tmp_path, "first failure")
+    rundir.record_error(tmp_path, "first failure")
     real = Path.write_text
 
     def torn(self, text, *a, **k):
@@ -264,7 +264,7 @@ def test_error_txt_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", torn)
-    runs.record_error(tmp_path, "second failure, much longer")
+    rundir.record_error(tmp_path, "second failure, much longer")
     monkeypatch.undo()
-    assert (tmp_path / runs.ERROR).read_text() == "first failure\n"
-    assert [p.name for p in tmp_path.iterdir()] == [runs.ERROR]  # no temp file left
+    assert (tmp_path / rundir.ERROR).read_text() == "first failure\n"
+    assert [p.name for p in tmp_path.iterdir()] == [rundir.ERROR]  # no temp file left

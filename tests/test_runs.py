@@ -10,31 +10,31 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.config import RunConfig
 
 
 def test_claim_is_exclusive_and_released(tmp_path):
-    with runs.claim(tmp_path) as first:
+    with rundir.claim(tmp_path) as first:
         assert first
-        with runs.claim(tmp_path) as second:
+        with rundir.claim(tmp_path) as second:
             assert not second
-    with runs.claim(tmp_path) as again:
+    with rundir.claim(tmp_path) as again:
         assert again
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     code = (
-        "import sys, time; from pathlib import Path; from softmaso.runs import claim\n"
+        "import sys, time; from pathlib import Path; from softmaso.rundir import claim\n"
         f"with claim(Path({str(tmp_path)!r})) as ok:\n    print(ok, flush=True); time.sleep(60)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "True"
-    with runs.claim(tmp_path) as mine:
+    with rundir.claim(tmp_path) as mine:
         assert not mine
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with runs.claim(tmp_path) as mine:
+    with rundir.claim(tmp_path) as mine:
         assert mine
 
 
@@ -43,7 +43,7 @@ def _state(model: torch.nn.Module, epoch: int) -> dict:
     data = SimpleNamespace(num_classes=3, x_train=torch.zeros(1, 1, 9, 9))
     cfg = RunConfig.model_validate({"recipe": "t"})
     rows = [{"epoch": epoch}]
-    return runs.checkpoint_state(
+    return rundir.checkpoint_state(
         cfg=cfg,
         data=data,
         epoch=epoch,
@@ -56,30 +56,30 @@ def _state(model: torch.nn.Module, epoch: int) -> dict:
 def test_checkpoint_writer_writes_a_snapshot_while_training_goes_on(tmp_path):
     model = torch.nn.Linear(4, 2)
     before = model.weight.detach().clone()
-    writer = runs.CheckpointWriter()
-    writer.submit([(tmp_path / runs.CHECKPOINT, _state(model, 1))], [(tmp_path, [{"epoch": 1}])])
+    writer = rundir.CheckpointWriter()
+    writer.submit([(tmp_path / rundir.CHECKPOINT, _state(model, 1))], [(tmp_path, [{"epoch": 1}])])
     with torch.no_grad():
         model.weight.add_(1.0)  # the next epoch trains on at once
     writer.close()
-    saved = runs.load_checkpoint(tmp_path / runs.CHECKPOINT)
+    saved = rundir.load_checkpoint(tmp_path / rundir.CHECKPOINT)
     assert saved["epoch"] == 1 and torch.equal(saved["model"]["weight"], before)
-    assert [json.loads(x) for x in (tmp_path / runs.METRICS).read_text().splitlines()] == [
+    assert [json.loads(x) for x in (tmp_path / rundir.METRICS).read_text().splitlines()] == [
         {"epoch": 1}
     ]
-    writer.submit([(tmp_path / runs.CHECKPOINT, _state(model, 2))], [])  # in order, replaced
+    writer.submit([(tmp_path / rundir.CHECKPOINT, _state(model, 2))], [])  # in order, replaced
     writer.close()
     assert torch.equal(
-        runs.load_checkpoint(tmp_path / runs.CHECKPOINT)["model"]["weight"], before + 1
+        rundir.load_checkpoint(tmp_path / rundir.CHECKPOINT)["model"]["weight"], before + 1
     )
 
 
 def test_checkpoint_writer_raises_a_failed_write_in_the_training_thread(tmp_path):
-    writer = runs.CheckpointWriter()
-    gone = tmp_path / "missing" / runs.CHECKPOINT  # its folder does not exist
+    writer = rundir.CheckpointWriter()
+    gone = tmp_path / "missing" / rundir.CHECKPOINT  # its folder does not exist
     writer.submit([(gone, _state(torch.nn.Linear(2, 2), 1))], [(tmp_path, [{"epoch": 1}])])
     with pytest.raises(OSError):
         writer.close()
-    assert not (tmp_path / runs.METRICS).exists()  # rows never get ahead of their checkpoint
+    assert not (tmp_path / rundir.METRICS).exists()  # rows never get ahead of their checkpoint
     writer.close()  # raised once; the writer is usable again
     assert list(tmp_path.iterdir()) == []
 
@@ -92,27 +92,27 @@ def test_without_flock_an_exclusive_lock_file_does(tmp_path, monkeypatch):
     def no_flock(fd, op):
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(runs.fcntl, "flock", no_flock)
+    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
     run = tmp_path / "run"
     run.mkdir()
-    with runs.claim(run) as first:
+    with rundir.claim(run) as first:
         assert first
-        held = (run / runs.HELD).read_text().strip()
+        held = (run / rundir.HELD).read_text().strip()
         assert held == f"{os.getpid()}@{os.uname().nodename}"
-        with runs.claim(run) as second:
+        with rundir.claim(run) as second:
             assert not second
-    assert not (run / runs.HELD).exists()
+    assert not (run / rundir.HELD).exists()
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    (run / runs.HELD).write_text(f"{dead}@{os.uname().nodename}\n")  # its process is gone
-    with runs.claim(run) as mine:
+    (run / rundir.HELD).write_text(f"{dead}@{os.uname().nodename}\n")  # its process is gone
+    with rundir.claim(run) as mine:
         assert mine  # a stale lock of this host is taken over
-    (run / runs.HELD).write_text("1@another-host\n")  # cannot be checked from here: respected
-    with runs.claim(run) as mine:
+    (run / rundir.HELD).write_text("1@another-host\n")  # cannot be checked from here: respected
+    with rundir.claim(run) as mine:
         assert not mine
 
 
@@ -143,11 +143,11 @@ def test_every_launch_is_recorded_and_the_first_kept(tmp_path):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        runs.open_run(cfg, tmp_path, torch.device("cpu"))
-        first = json.loads((tmp_path / runs.ENV).read_text())
+        rundir.open_run(cfg, tmp_path, torch.device("cpu"))
+        first = json.loads((tmp_path / rundir.ENV).read_text())
         torch.set_num_threads(2)
-        runs.open_run(cfg, tmp_path, torch.device("cpu"))  # a resume with other threads
+        rundir.open_run(cfg, tmp_path, torch.device("cpu"))  # a resume with other threads
     finally:
         torch.set_num_threads(before)
-    assert json.loads((tmp_path / runs.ENV).read_text()) == first  # not overwritten
-    assert [e["device"]["threads"] for e in runs.launches(tmp_path)] == [1, 2]
+    assert json.loads((tmp_path / rundir.ENV).read_text()) == first  # not overwritten
+    assert [e["device"]["threads"] for e in rundir.launches(tmp_path)] == [1, 2]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import metric_rows
 
-from softmaso import runs
+from softmaso import rundir
 
 SLURM_DIR = Path(os.environ.get("SOFTMASO_SLURM_DIR", "/tmp/softmaso-slurm"))
 
@@ -103,12 +103,12 @@ def _starts(results: Path, task: str) -> int:
 
 
 def _epochs(run_dir: Path) -> list[int]:
-    lines = (run_dir / runs.METRICS).read_text().splitlines()
+    lines = (run_dir / rundir.METRICS).read_text().splitlines()
     return [json.loads(line)["epoch"] for line in lines]
 
 
 def _status(run_dir: Path) -> str | None:
-    result = runs.read_json(run_dir / runs.RESULT)
+    result = rundir.read_json(run_dir / rundir.RESULT)
     return result.get("status") if isinstance(result, dict) else None
 
 
@@ -151,7 +151,7 @@ def test_requeued_or_signalled_task_resumes_and_matches_an_uninterrupted_run(tmp
     stops = {"requeue": ["scontrol", "requeue"], "usr2": ["scancel", "--signal=USR2"]}
     t0 = time.monotonic()
     while stops:  # each stopped once its first epoch is written, in its second
-        for how in [h for h in stops if (grids[h] / "slow" / "seed-0" / runs.METRICS).exists()]:
+        for how in [h for h in stops if (grids[h] / "slow" / "seed-0" / rundir.METRICS).exists()]:
             subprocess.run([*stops.pop(how), _tasks(grids[how])[0]], check=True, timeout=30)
         assert time.monotonic() - t0 < 120, f"waited 120 s for the first epoch of {list(stops)}"
         time.sleep(0.1)
@@ -166,7 +166,7 @@ def test_requeued_or_signalled_task_resumes_and_matches_an_uninterrupted_run(tmp
         log = (grids[how] / ".submitit" / f"{task}_0_log.err").read_text()
         assert _starts(grids[how], task) == 2 and "resuming after epoch" in log, how
         assert _status(run_dir) == "finished" and _epochs(run_dir) == [1, 2, 3], how
-        assert len((run_dir / runs.LAUNCHES).read_text().splitlines()) == 2, how
+        assert len((run_dir / rundir.LAUNCHES).read_text().splitlines()) == 2, how
         assert metric_rows(run_dir) == plain, how
     requeued = grids["requeue"] / ".submitit" / f"{_tasks(grids['requeue'])[0]}_0_log.err"
     assert "stopped by SIGTERM" in requeued.read_text()
@@ -179,19 +179,19 @@ def test_cancelled_array_is_reported_and_reproduce_finishes_what_is_missing(tmp_
     results = tmp_path / "grid"
     p = _reproduce(recipe, results, wait=False)
     first = results / "slow" / "seed-0"
-    _until(lambda: (first / runs.METRICS).exists(), "the first epoch", timeout=90)
+    _until(lambda: (first / rundir.METRICS).exists(), "the first epoch", timeout=90)
     array = _tasks(results)[0].split("_")[0]
     subprocess.run(["scancel", array], check=True, timeout=30)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 1, err
     assert "without a result" in err and "failed" in out + err
-    assert _status(first) is None and (first / runs.CHECKPOINT).exists()  # resumable
+    assert _status(first) is None and (first / rundir.CHECKPOINT).exists()  # resumable
     again = _reproduce(recipe, results)
     assert again.returncode == 0, again.stderr
     for seed in range(3):
         d = results / "slow" / f"seed-{seed}"
         assert _status(d) == "finished" and _epochs(d) == [1, 2, 3]
-        assert not (d / runs.ERROR).exists()
+        assert not (d / rundir.ERROR).exists()
 
 
 def test_failed_tasks_are_reported_while_the_others_finish(tmp_path):
@@ -202,17 +202,17 @@ def test_failed_tasks_are_reported_while_the_others_finish(tmp_path):
     recipe = _recipe(tmp_path, SLOW.replace("SEEDS", "[0, 1, 2]"), "slow")
     results = tmp_path / "grid"
     damaged = ex.expand(str(recipe), results)[0]
-    runs.open_run(damaged.cfg, damaged.dir, torch.device("cpu"))
-    (damaged.dir / runs.CHECKPOINT).write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    rundir.open_run(damaged.cfg, damaged.dir, torch.device("cpu"))
+    (damaged.dir / rundir.CHECKPOINT).write_bytes(b"PK\x03\x04 not a whole checkpoint")
     p = _reproduce(recipe, results, wait=False)
     killed = results / "slow" / "seed-1"
-    _until(lambda: (killed / runs.METRICS).exists(), "the first epoch", timeout=90)
+    _until(lambda: (killed / rundir.METRICS).exists(), "the first epoch", timeout=90)
     task = _tasks(results)[1]
     subprocess.run(["scancel", "--signal=KILL", task], check=True, timeout=30)
     out, err = p.communicate(timeout=180)
     assert p.returncode == 1, err
-    assert "damaged" in (damaged.dir / runs.ERROR).read_text() or "checkpoint" in err
-    assert "without a result" in (killed / runs.ERROR).read_text()
+    assert "damaged" in (damaged.dir / rundir.ERROR).read_text() or "checkpoint" in err
+    assert "without a result" in (killed / rundir.ERROR).read_text()
     assert _status(results / "slow" / "seed-2") == "finished"
     summary = out + err
     assert "1 damaged" in summary and "1 failed" in summary and "1 finished" in summary

@@ -7,7 +7,7 @@ import torch
 import yaml
 from conftest import finished_files, metric_rows, tiny
 
-from softmaso import devices, runs, training
+from softmaso import devices, rundir, training
 from softmaso.errors import UserError
 
 
@@ -20,7 +20,7 @@ def test_synthetic_training_learns_above_chance(tmp_path):
     row = metric_rows(tmp_path / "run")[-1]
     assert set(row) >= {"epoch", "train_loss", "train_acc", "test_acc", "ortho_error", "lr"}
     assert len(row["ortho_error"]) == 8
-    env = json.loads((tmp_path / "run" / runs.ENV).read_text())
+    env = json.loads((tmp_path / "run" / rundir.ENV).read_text())
     assert env["device"]["type"] == "cpu" and env["torch"] == torch.__version__
 
 
@@ -46,7 +46,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tmp_path, monkeypat
     monkeypatch.setattr(training, "evaluate", interrupting)
     with pytest.raises(KeyboardInterrupt):
         training.fit(cfg, tmp_path / "resumed", device="cpu")
-    assert not (tmp_path / "resumed" / runs.RESULT).exists()
+    assert not (tmp_path / "resumed" / rundir.RESULT).exists()
     assert len(metric_rows(tmp_path / "resumed")) == 1  # epoch 1 was saved, epoch 2 was not
     monkeypatch.setattr(training, "evaluate", real_evaluate)
     res = training.fit(cfg, tmp_path / "resumed", device="cpu")
@@ -61,7 +61,7 @@ def test_divergence_stops_with_status_diverged(tmp_path, monkeypatch):
     monkeypatch.setattr(LargeCNN, "forward", lambda self, x: forward(self, x) * float("nan"))
     res = training.fit(tiny(), tmp_path, device="cpu")
     assert res["status"] == "diverged" and res["epochs"] == 0
-    assert json.loads((tmp_path / runs.RESULT).read_text())["status"] == "diverged"
+    assert json.loads((tmp_path / rundir.RESULT).read_text())["status"] == "diverged"
     with pytest.raises(UserError, match="diverged in epoch 1, before any checkpoint"):
         training.evaluate_saved(tmp_path, device="cpu")
 
@@ -71,7 +71,7 @@ def test_eval_reproduces_the_logged_accuracy_and_rejects_bad_checkpoints(tmp_pat
     ev = training.evaluate_saved(tmp_path / "run", device="cpu")
     assert ev["test_acc"] == pytest.approx(res["final_test_acc"], abs=1e-9)
 
-    good = (tmp_path / "run" / runs.CHECKPOINT).read_bytes()
+    good = (tmp_path / "run" / rundir.CHECKPOINT).read_bytes()
     (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     (tmp_path / "text.pt").write_text("hello")
@@ -95,10 +95,10 @@ def test_a_run_dir_holds_one_config(tmp_path):
         UserError, match=r"config \(optim.lr: 0.003 there, 0.01 here\); it is a fin"
     ):
         training.fit(other, tmp_path, device="cpu")
-    (tmp_path / runs.RESULT).unlink()  # unfinished: resumable with the run's values
+    (tmp_path / rundir.RESULT).unlink()  # unfinished: resumable with the run's values
     with pytest.raises(UserError, match=r"0.01 here\); choose another run directory, or --set"):
         training.fit(other, tmp_path, device="cpu")
-    config = tmp_path / runs.CONFIG
+    config = tmp_path / rundir.CONFIG
     text = config.read_text()
     config.write_text(text.replace("  method: cholesky\n", ""))  # a version without the key
     with pytest.raises(
@@ -106,7 +106,7 @@ def test_a_run_dir_holds_one_config(tmp_path):
     ):
         training.fit(one, tmp_path, device="cpu")
     config.write_text(yaml.safe_dump(yaml.safe_load(text), sort_keys=True))  # another layout
-    runs.check_unfinished(one, tmp_path)
+    rundir.check_unfinished(one, tmp_path)
     for garbled in (b"[not: a config", b"\xff\xfe\x00binary", b"just a string"):
         config.write_bytes(garbled)
         with pytest.raises(UserError, match="cannot be read as a softmaso config"):
@@ -125,7 +125,7 @@ def test_exact_orthogonality_trains_and_exports_orthonormal_weights(tmp_path):
     cfg = tiny(**{"ortho.mode": "exact", "model.activation": "swish", "train.epochs": 1})
     res = training.fit(cfg, tmp_path, device="cpu")
     assert res["status"] == "finished"
-    w = load_file(str(tmp_path / runs.WEIGHTS))["features.3.0.weight"].flatten(1).double()
+    w = load_file(str(tmp_path / rundir.WEIGHTS))["features.3.0.weight"].flatten(1).double()
     assert torch.allclose(w @ w.T, torch.eye(w.shape[0], dtype=torch.float64), atol=1e-5)
     assert max(metric_rows(tmp_path)[-1]["ortho_error"].values()) < 1e-6
 
@@ -180,7 +180,7 @@ def test_train_and_eval_cli(cli, tmp_path):
     )
     r = cli("train", recipe, "--device", "cpu", "--out", tmp_path / "run", "--seed", "1")
     assert r.exit_code == 0, r.output
-    result = json.loads((tmp_path / "run" / runs.RESULT).read_text())
+    result = json.loads((tmp_path / "run" / rundir.RESULT).read_text())
     r = cli("eval", tmp_path / "run", "--json", "--device", "cpu")
     assert r.exit_code == 0 and json.loads(r.stdout)["test_acc"] == pytest.approx(
         result["final_test_acc"]
@@ -195,7 +195,7 @@ def test_train_and_eval_cli(cli, tmp_path):
 
 def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch):
     cfg = tiny(**{"train.epochs": 2})
-    real = runs.write_metrics
+    real = rundir.write_metrics
 
     def killed(run_dir, history):
         if len(history) == 2:  # the last epoch's checkpoint is on disk, its metrics are not
@@ -203,11 +203,11 @@ def test_kill_between_checkpoint_and_metrics_loses_nothing(tmp_path, monkeypatch
             raise KeyboardInterrupt
         real(run_dir, history)
 
-    monkeypatch.setattr(runs, "write_metrics", killed)
+    monkeypatch.setattr(rundir, "write_metrics", killed)
     with pytest.raises(KeyboardInterrupt):
         training.fit(cfg, tmp_path, device="cpu")
-    assert len(metric_rows(tmp_path)) == 1 and not (tmp_path / runs.RESULT).exists()
-    monkeypatch.setattr(runs, "write_metrics", real)
+    assert len(metric_rows(tmp_path)) == 1 and not (tmp_path / rundir.RESULT).exists()
+    monkeypatch.setattr(rundir, "write_metrics", real)
     res = training.fit(cfg, tmp_path, device="cpu")
     assert res["status"] == "finished" and res["epochs"] == 2
     assert [r["epoch"] for r in metric_rows(tmp_path)] == [1, 2]

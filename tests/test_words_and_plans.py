@@ -7,7 +7,7 @@ import pytest
 import typer
 from conftest import SMALLEST, file_bytes, smallest
 
-from softmaso import runs, training
+from softmaso import rundir, training
 from softmaso.cli import app
 
 
@@ -84,7 +84,7 @@ def test_a_grid_says_how_many_runs_and_how_long_before_it_trains(cli, tmp_path):
     recipe.write_text(json.dumps({**body, "train": {"epochs": 1}, "sweep": {"seed": [0, 1, 2]}}))
     r = cli("reproduce", recipe, "--results", res)
     assert r.exit_code == 0, r.output
-    walls = [runs.read_json(res / "g" / d / runs.RESULT)["wall_seconds"] for d in done]
+    walls = [rundir.read_json(res / "g" / d / rundir.RESULT)["wall_seconds"] for d in done]
     assert f"g: 1 run to train (2 finished already), about {sum(walls) / 2:.0f} s (" in _plan(
         r.stderr
     )

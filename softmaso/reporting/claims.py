@@ -76,12 +76,12 @@ def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int
 
     import torch
 
-    from softmaso import __version__, runs
+    from softmaso import __version__, rundir
 
     doc = {
         "softmaso": __version__,
         "command": "softmaso " + " ".join(sys.argv[1:]),
-        "git_commit": runs.git_commit(),
+        "git_commit": rundir.git_commit(),
         "torch": torch.__version__,
         "device": "cpu (float64)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -99,7 +99,7 @@ def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int
         ],
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    runs.write_json(Path(path), doc)
+    rundir.write_json(Path(path), doc)
 
 
 def check_claims(*, seed: int = 0, trials: int = 200, json_path: Path | None = None) -> bool:

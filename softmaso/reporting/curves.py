@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from softmaso import runs as rundir
+from softmaso import rundir
 from softmaso.errors import UserError
 from softmaso.reporting import tables
 from softmaso.reporting.figure1 import save_figure

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from softmaso import runs as rundir
+from softmaso import rundir
 from softmaso.errors import UserError
 
 GRID = rundir.GRID

@@ -9,7 +9,7 @@ import logging
 import math
 from pathlib import Path
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.analysis import STATISTICS, analyze_run
 from softmaso.errors import UserError
 from softmaso.io import atomic_group, check_output_dir
@@ -82,22 +82,22 @@ def analyze(
 def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str], list[str]]:
     """(run directory, its group's settings) of every run to analyse, the group keys, and the
     finished runs that cannot be (no weights: a clone of committed results has none)."""
-    if (target / runs.CONFIG).is_file():
-        status, result, _ = runs.status(target)
+    if (target / rundir.CONFIG).is_file():
+        status, result, _ = rundir.status(target)
         acc = result["final_test_acc"] if status == "finished" else math.nan
         return [(target, {"acc": acc})], [], []
     frame = collect(target)  # UserError where there are no runs at all
     done = frame[frame["status"] == "finished"]
-    weighed = [(target / d / runs.WEIGHTS).is_file() for d in done["dir"]]
+    weighed = [(target / d / rundir.WEIGHTS).is_file() for d in done["dir"]]
     skipped = [
-        f"{target / d}: no {runs.WEIGHTS}"
+        f"{target / d}: no {rundir.WEIGHTS}"
         for d, w in zip(done["dir"], weighed, strict=True)
         if not w
     ]
     done = done[weighed]
     if done.empty:
         raise UserError(
-            "TARGET", f"no finished run with {runs.WEIGHTS} in {str(target)!r} to analyse"
+            "TARGET", f"no finished run with {rundir.WEIGHTS} in {str(target)!r} to analyse"
         )
     row_keys, col_key, _ = tables.table_keys(done)
     keys = [k for k in (*row_keys, col_key) if k and k != "seed"]
@@ -119,7 +119,7 @@ def _stamp() -> str:
 
     import torch
 
-    env = runs.environment(torch.device("cpu"))
+    env = rundir.environment(torch.device("cpu"))
     command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return (
         f"\nMade by `{command}` at commit {env['git_commit'] or 'unknown'} on "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from softmaso import runs
+from softmaso import rundir
 from softmaso.errors import UserError
 from softmaso.reporting import curves, tables
 from softmaso.reporting.frame import collect, declared_report
@@ -17,7 +17,7 @@ def write_report(root: Path, *, paper: bool, command: str) -> list[Path]:
     report = declared_report(root)
     found = collect(root)  # once: the table and the curves read the same runs
     summary = tables.summarize(found, endpoint=report.endpoint, baseline=report.baseline)
-    stamp = f"Made by `{command}` at commit {runs.git_commit() or 'unknown'} on {runs.now()}."
+    stamp = f"Made by `{command}` at commit {rundir.git_commit() or 'unknown'} on {rundir.now()}."
     paths = []
     for fmt, ext in (("markdown", "md"), ("latex", "tex"), ("csv", "csv")):
         text = tables.render(summary, fmt, paper=paper)
