@@ -654,7 +654,7 @@ class GridProgress:
             line += f", test accuracy {acc:.4f}"
         if self.trained and self.ended < self.total:
             eta = (time.perf_counter() - self.t0) / self.trained * (self.total - self.ended)
-            line += f"; about {eta / 60:.0f} min left"
+            line += f"; about {eta:.0f} s left" if eta < 90 else f"; about {eta / 60:.0f} min left"
         log.info(line, extra=GRID)
 
     def close(self) -> None:
