@@ -620,7 +620,8 @@ class Preprocessor:
         self.mode = mode
         self.mean = self.std = None
         if mode == "per_channel":
-            self.mean, self.std = _channel_stats(x_train)  # (1, C, 1, 1) float32 each, CPU
+            # (1, C, 1, 1) float32 each, on the data's device: a compiled step takes them there
+            self.mean, self.std = (t.to(x_train.device) for t in _channel_stats(x_train))
         self._fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self, "_" + mode)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

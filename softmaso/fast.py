@@ -61,7 +61,7 @@ def compile_settings(*, templates: int, cuda_graphs: bool) -> None:
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     if hasattr(config, name):
-        setattr(config, name, max(getattr(config, name), 2 * templates + 8))
+        setattr(config, name, max(getattr(config, name), 8 * templates + 8))
     if hasattr(config, "automatic_dynamic_shapes"):
         config.automatic_dynamic_shapes = False
     if cuda_graphs:

@@ -766,13 +766,13 @@ def reproduce(
 
 
 def how_fast(launch: Launch) -> str:
-    """The device type a grid's runs will train on, for their defaults: cuda where a listed
-    device is a GPU (a mixed list: each worker's runs could differ, so the GPU's defaults for
-    all; eager runs there only lose speed), SLURM gives GPUs, or (no list, this machine) one
-    is here; else cpu."""
+    """The device type a grid's runs will train on, for their defaults: what SLURM's jobs get
+    (--slurm-gpus); cuda where a listed local worker device is a GPU (a mixed list: the GPU's
+    defaults for all, and the CPU workers compile too, slower to start); else this machine's
+    (submitit's local and debug clusters run here, on its default device)."""
     if launch.launcher == "slurm" and launch.slurm.cluster == "slurm":
         return "cuda" if launch.slurm.gpus > 0 else "cpu"
-    if launch.devices:  # (submitit's local and debug clusters run here)
+    if launch.devices and launch.launcher == "local":
         return "cuda" if any(d.startswith("cuda") for d in launch.devices) else "cpu"
     from softmaso.devices import resolve_device
 

@@ -63,7 +63,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     sampler: Any  # softmaso.data.BatchSampler
-    forward: Callable[..., Any]  # (pixels, y) -> (loss, correct[, penalty]): run_forward's
+    forward: Callable[..., Any]  # run_forward's: (pixels, or input if augmented, y) -> ...
     convs: list[torch.nn.Module] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 

@@ -93,23 +93,32 @@ def test_compiled_steps_equal_eager_steps_in_float64(ortho):
             assert torch.equal(got[key], want[key]), key
 
 
-@pytest.mark.parametrize("ortho", ["exact", "penalty"])
-def test_a_new_run_of_the_same_shape_is_not_compiled_again(ortho):
+@pytest.mark.parametrize(
+    "ortho, data",
+    [
+        ("exact", {}),
+        ("penalty", {}),
+        ("none", {"data.preprocess": "per_channel"}),
+        ("none", {"data.preprocess": "scale", "data.augment": True}),
+    ],
+)
+def test_a_new_run_of_the_same_shape_is_not_compiled_again(ortho, data):
     """parametrize gives each run's convs a class of their own; the template keeps the graph;
-    the penalty's names, term and weight are plain values, the same for every run."""
-    cfg = tiny(**{"ortho.mode": ortho, "model.width": 0.0625, "train.compile": True})
+    the penalty's names, term and weight are plain values, the same for every run; so is
+    each preprocessing mode, in the compiled region or (augmented) before it."""
+    cfg = tiny(**{"ortho.mode": ortho, "model.width": 0.0625, "train.compile": True, **data})
     first = training.build(cfg, torch.device("cpu"))
-    training.train_step(first, first.sampler.epoch(0)[0])
+    training.train_step(first, first.sampler.epoch(0)[0], torch.Generator().manual_seed(0))
     graphs = counters["stats"]["unique_graphs"]
     second = training.build(
         cfg.with_overrides(**{"seed": 1, "ortho.weight": 0.5}), torch.device("cpu")
     )
     if ortho == "exact":
         assert type(second.model.features[0][0]) is not type(first.model.features[0][0])
-    training.train_step(second, second.sampler.epoch(0)[0])
+    training.train_step(second, second.sampler.epoch(0)[0], torch.Generator().manual_seed(0))
     assert counters["stats"]["unique_graphs"] == graphs
     wider = training.build(cfg.with_overrides(**{"model.width": 0.125}), torch.device("cpu"))
-    training.train_step(wider, wider.sampler.epoch(0)[0])
+    training.train_step(wider, wider.sampler.epoch(0)[0], torch.Generator().manual_seed(0))
     assert counters["stats"]["unique_graphs"] > graphs  # another shape: compiled anew
 
 

@@ -220,14 +220,17 @@ def test_slurm_options_refused_in_one_line_and_local_jobs_share_the_cores(cli, m
     assert on_slurm.slurm.parallelism == launch.Slurm.PARALLELISM
 
 
-def test_a_grid_takes_the_defaults_of_the_device_it_trains_on(tmp_path):
+def test_a_grid_takes_the_defaults_of_the_device_it_trains_on(tmp_path, monkeypatch):
     """GPUs listed or given by SLURM: the runs' configs compile; CPU workers: eager. The
     choice is in grid.json's and each run's config."""
     assert launch.how_fast(launch.Launch(devices=("cuda:0", "cuda:1"))) == "cuda"
     assert launch.how_fast(launch.Launch(devices=("cpu", "cpu"))) == "cpu"
     assert launch.how_fast(launch.Launch(launcher="slurm")) == "cuda"  # --slurm-gpus 1
-    for here in ("local", "debug"):  # submitit runs these jobs on this machine: no GPU here
-        assert launch.how_fast(launch.Launch(launcher="slurm", slurm=launch.Slurm(here))) == "cpu"
+    for gpu in (False, True):  # submitit's local and debug clusters run here, --devices or not
+        monkeypatch.setattr("torch.cuda.is_available", lambda gpu=gpu: gpu)
+        for here in ("local", "debug"):
+            on = launch.Launch(launcher="slurm", devices=("cpu",), slurm=launch.Slurm(here))
+            assert launch.how_fast(on) == ("cuda" if gpu else "cpu")
     cpu_slurm = launch.Launch(launcher="slurm", slurm=launch.Slurm(gpus=0))
     assert launch.how_fast(cpu_slurm) == "cpu"
     todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
