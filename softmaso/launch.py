@@ -372,15 +372,12 @@ def _job_process(launch: Launch) -> None:
     """A job's process: its logging, its CPU threads, and SIGTERM raising Terminated."""
     from softmaso import ui
     from softmaso.devices import cpu_cores, set_threads
-    from softmaso.errors import Terminated
-
-    def terminated(signum, frame):
-        raise Terminated()
+    from softmaso.errors import catch_stops
 
     ui.setup_logging()
     threads = launch.threads or int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
     set_threads(min(threads, cpu_cores()) if threads else None)
-    signal.signal(signal.SIGTERM, terminated)  # over submitit's, which only logs it
+    catch_stops()  # SIGTERM raises Terminated, as in the CLI: over submitit's, which only logs it
 
 
 SLURM_CLUSTERS = ("slurm", "local", "debug")  # submitit's: the real one, or here to test
