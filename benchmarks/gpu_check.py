@@ -396,7 +396,9 @@ def workers(ctx: Context) -> dict:
 
 
 def reproduce_smoke(ctx: Context) -> dict:
-    """`softmaso reproduce table2 --smoke --runs 1`, default flags: what it chose, the table."""
+    """`softmaso reproduce table2 --smoke --runs 1`, default flags: what it chose (grid.json's
+    `fill`: one run at a time, a pack or several workers, measured by softmaso/fill.py), the
+    table."""
     results = ctx.work / "smoke"
     cmd = softmaso("reproduce", "table2", "--smoke", "--runs", "1", "--results", str(results))
     if ctx.dry:  # one dataset's 6 runs, one narrow epoch each
@@ -409,7 +411,7 @@ def reproduce_smoke(ctx: Context) -> dict:
     except (OSError, ValueError, AttributeError):
         chosen = None
     lines = log_tail(ctx, 100_000).splitlines()
-    said = [s.strip() for s in lines if "packing" in s or "compil" in s]
+    said = [s.strip() for s in lines if any(w in s for w in ("packing", "compil", "filling"))]
     table = (results / "table.md").is_file()
     return {
         "exit_code": rc,
@@ -604,7 +606,7 @@ CHECKS = [  # most wanted first: a call that runs short skips the last
     Check("pack_bf16", pack_bf16, 45, 120, 6),
     Check("workers", workers, 60, 150, 8),
     Check("pack_compiled", pack_compiled, 90, 180, 6),
-    Check("reproduce_smoke", reproduce_smoke, 50, 120, 6),
+    Check("reproduce_smoke", reproduce_smoke, 120, 240, 6),  # measures its fill: 7 processes
     Check("packed_vs_separate", packed_vs_separate, 45, 120, 10),
     Check("pack_layout", pack_layout, 40, 120, 3),
 ]

@@ -193,19 +193,6 @@ def write_grid(
     rundir.write_json(root / rundir.GRID, doc)
 
 
-def settle_pack(root: Path, pack: bool | None) -> bool:
-    """Whether the grid in `root` packs: `pack` when given, else what its grid.json recorded
-    at an earlier launch, else no. The answer is recorded, so a restart (on a loaded machine
-    or another device) trains the rest the same way; which runs were packed is in their
-    result.json (``packed_with``) and the table counts them."""
-    doc = rundir.read_grid(root) or {}
-    recorded = doc.get("pack")
-    settled = bool(pack) if pack is not None else recorded is True
-    if recorded != settled:
-        rundir.write_json(root / rundir.GRID, {**doc, "pack": settled})
-    return settled
-
-
 def check_grid(todo: list[Run]) -> None:
     """RunConflict, before anything trains or is written, if any run directory holds a run
     with another config, finished or not: a grid never skips, nor relabels, a run it would

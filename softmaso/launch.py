@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from softmaso import experiments as ex
-from softmaso import rundir
+from softmaso import fill, rundir
 from softmaso.errors import RunBusy, RunConflict, UserError
 from softmaso.ui import GRID
 
@@ -72,7 +72,7 @@ class Launch:
     launcher: str = "local"  # local or slurm
     devices: tuple[str, ...] = ()  # local worker processes, one per entry; () = this process
     threads: int | None = None  # CPU threads per process (None: the cores shared out)
-    pack: bool | None = None  # None: measured where packing can pay (CUDA), else no
+    pack: bool | None = None  # None: as grid.json recorded, else measured on CUDA (fill.py)
     pack_size: int = 30
     data_dir: Path | None = None
     smoke: bool = False
@@ -99,9 +99,8 @@ def train_unit(
     if len(unit) > 1:  # only packing plans units of several runs
         from softmaso.packed_training import train_pack
 
-        kw = {"pack": launch.pack, "data_dir": launch.data_dir, "smoke": launch.smoke}
         try:
-            packed = train_pack(unit, device, **kw)
+            packed = train_pack(unit, device, data_dir=launch.data_dir, smoke=launch.smoke)
         except Exception as e:  # out of memory in the pack: its runs fail, the grid goes on
             return fail_unit(unit, e)
         if packed is not None:
@@ -206,17 +205,13 @@ def launch_local(todo: list[ex.Run], launch: Launch) -> dict[Path, str]:
     listed cpu), each with ``launch.threads`` CPU threads (None: the cores shared out). A
     line per run as it ends (:class:`GridProgress`).
 
-    Units are single runs, or packs where packing is asked for or measured (on CUDA:
-    ``packed_training.plan_units``)."""
+    Units are single runs, or packs where ``launch.pack`` (``packed_training.plan_units``)."""
     devices = launch.devices
     units = [[run] for run in todo]
-    if launch.pack is not False:
-        from softmaso.packed_training import measures_packing, plan_units
+    if launch.pack:
+        from softmaso.packed_training import plan_units
 
-        if launch.pack or measures_packing(list(devices) or ["auto"]):
-            units = plan_units(
-                todo, pack=launch.pack, size=launch.pack_size, devices=len(devices) or 1
-            )
+        units = plan_units(todo, pack=True, size=launch.pack_size, devices=len(devices) or 1)
     outcomes: dict[Path, str] = {}
     grid = GridProgress(len(todo))
 
@@ -745,7 +740,7 @@ def reproduce(
         files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
         ex.check_grid(todo)
         ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
-        how = replace(launch, pack=ex.settle_pack(root, launch.pack))
+        how = fill.settle(root, todo, launch)
         smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
         slurm_at_once = how.slurm.parallelism or Slurm.PARALLELISM
         at_once = max(len(how.devices), 1) if how.launcher == "local" else slurm_at_once

@@ -38,7 +38,6 @@ from softmaso.devices import autocast, resolve_device
 from softmaso.errors import RunConflict, UserError
 from softmaso.orthogonality import layer_diagnostics
 from softmaso.packing import (
-    PACK_MIN_SPEEDUP,
     PACKABLE_MODES,
     PackedAdam,
     PackedLargeCNN,
@@ -47,6 +46,7 @@ from softmaso.packing import (
     pack_state,
     packed_loss,
     packed_ortho_loss,
+    packed_penalty,
     penalty_weights,
     run_stack,
     unpack_state,
@@ -154,7 +154,8 @@ def _make_pack(
         for c in cfgs
     ]
     penalty = penalty_weights([c.ortho for c in cfgs], device=device)
-    forward = make_forward(model, device, ref.train, packed_outputs)
+    inside = packed_penalty(model, penalty) if penalty is not None else None
+    forward = make_forward(model, device, ref.train, packed_outputs, penalty=inside)
     return Pack(cfgs, dirs, histories, model, opt, samplers, penalty, forward)
 
 
@@ -183,8 +184,10 @@ def train_step_packed(
     x = pack_inputs(x)  # (B, P*C, H, W)
     x = x.contiguous(memory_format=PACK_LAYOUT)
     y = data.y_train[idx]  # (P, B)
-    total, per_run, correct = pack.forward(x, y)  # logits (B, P, K) inside
-    if pack.penalty is not None:
+    total, per_run, correct, *inside = pack.forward(x, y)  # logits (B, P, K) inside
+    if inside:  # the weighted penalty, computed in the forward (compiled, with train.compile)
+        total = total + inside[0]
+    elif pack.penalty is not None:
         total = total + packed_ortho_loss(pack.model, pack.penalty)
     pack.optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -497,21 +500,12 @@ def _dataset(cfg: RunConfig, data, data_dir: Path | None, device: torch.device):
 
 # --------------------------------------------------------------- a grid's packed unit
 def train_pack(
-    unit: Sequence[Any],
-    device: str,
-    *,
-    pack: bool | None,
-    data_dir: Path | None,
-    smoke: bool,
+    unit: Sequence[Any], device: str, *, data_dir: Path | None, smoke: bool
 ) -> dict[Path, str] | None:
     """A grid's unit of runs (anything with ``.cfg`` and ``.dir``) trained as one pack: each
     run's outcome (finished, diverged, busy, skipped-..., conflict, damaged). None, for the
-    caller to train them one by one, when `pack` is False, when fewer than two runs are left to
-    train, or when `pack` is None and packing is not measured on this device
-    (:func:`measures_packing`: CPUs) or measures no faster (:func:`decide_pack`). Its lines
-    are the grid's (``[grid] ...``)."""
-    if pack is False or (pack is None and not measures_packing([device])):
-        return None
+    caller to train them one by one, when fewer than two runs are left to train. Its lines are
+    the grid's (``[grid] ...``)."""
     out: dict[Path, str] = {}
     said: list[str] = []  # logged once the pack goes ahead (else the caller says it all again)
     with contextlib.ExitStack() as stack:
@@ -536,12 +530,6 @@ def train_pack(
                 mine.append(run)
         if len(mine) < 2:
             return None  # nothing left to pack: the caller trains what is left, alone
-        data = None
-        if pack is None:
-            chosen, why, data = decide_pack([r.cfg for r in mine], device, data_dir)
-            logger.info(why, extra=GRID)
-            if not chosen:
-                return None
         for line in said:
             logger.info(line, extra=GRID)
         try:
@@ -550,7 +538,6 @@ def train_pack(
                 [r.dir for r in mine],
                 device=device,
                 data_dir=data_dir,
-                data=data,
                 extra={"smoke": smoke},
                 checked=True,
             )
@@ -561,18 +548,7 @@ def train_pack(
     return {run.dir: out[run.dir] for run in unit}
 
 
-# ------------------------------------------------------------------ whether to pack
-AUTO_PACK_DEVICES = ("cuda",)  # where `pack=None` measures; elsewhere (CPUs) it never packs
-
-
-def measures_packing(devices: list[str]) -> bool:
-    """Whether `pack=None` measures packing on these devices (else it means no packing)."""
-    return any(resolve_device(d).type in AUTO_PACK_DEVICES for d in devices)
-
-
-_decisions: dict[tuple[str, str, int], tuple[bool, str]] = {}
-
-
+# ---------------------------------------------------------- packs in a grid, measured
 def plan_units(
     todo: list[T], *, pack: bool | None, size: int = 30, devices: int = 1, cfg=lambda r: r.cfg
 ) -> list[list[T]]:
@@ -595,33 +571,6 @@ def plan_units(
         per = -(-len(group) // n)
         units += [group[i : i + per] for i in range(0, len(group), per)]
     return units
-
-
-def decide_pack(
-    cfgs: list[RunConfig], device: str, data_dir: Path | None = None
-) -> tuple[bool, str, Any]:
-    """Measure whether packing these runs is faster on `device` (once per shape, size, device).
-
-    The probe is the pack itself: its runs packed against the same runs stepped apart, two
-    steps each after a warm-up, so the size that decides is the size that trains. Returns
-    (pack?, why, the dataset the probe loaded, on the device; None for a decision made before),
-    so that the pack need not load it again.
-    """
-    dev = resolve_device(device)
-    key = (pack_key(cfgs[0]), str(dev), len(cfgs))
-    data = None
-    if key not in _decisions:
-        data = load_data(cfgs[0].data, data_dir=data_dir).to(dev)
-        got = pack_speedup(cfgs, dev, data=data)
-        yes = got["speedup"] >= PACK_MIN_SPEEDUP
-        _decisions[key] = (
-            yes,
-            f"{'packing' if yes else 'not packing'}: {len(cfgs)} runs packed step "
-            f"{got['speedup']:.2f}x as fast as apart on {dev} "
-            f"({got['packed_images_per_s']:.0f} vs {got['separate_images_per_s']:.0f} images/s; "
-            f"threshold {PACK_MIN_SPEEDUP}x)",
-        )
-    return (*_decisions[key], data)
 
 
 def pack_speedup(

@@ -55,9 +55,10 @@ LAYERS = {
     "softmaso.analysis": 5,
     "softmaso.reporting.inside": 6,
     "softmaso.bench": 7,
-    "softmaso.launch": 7,
-    "softmaso.cli": 8,
-    "softmaso.__main__": 9,
+    "softmaso.fill": 7,
+    "softmaso.launch": 8,
+    "softmaso.cli": 9,
+    "softmaso.__main__": 10,
 }
 CLI_BODY_MAX = 40  # a command parses, builds its options, calls one function, prints
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from softmaso import experiments as ex
-from softmaso import rundir
+from softmaso import fill, launch, rundir
 from softmaso.config import read_recipe
 from softmaso.errors import UserError
 
@@ -81,11 +81,11 @@ def test_a_grid_that_grows_keeps_what_its_first_launch_recorded(tmp_path):
     recipe.write_text("data:\n  name: synthetic\nmodel:\n  width: 0.0625\nsweep:\n  seed: [0]\n")
     root = tmp_path / "res"
     ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
-    assert ex.settle_pack(root, True)
+    assert fill.settle(root, [], launch.Launch(pack=True)).pack
     first = json.loads((root / rundir.GRID).read_text())
     recipe.write_text(recipe.read_text().replace("[0]", "[0, 1]"))
     ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
     grown = json.loads((root / rundir.GRID).read_text())
     assert len(grown["runs"]) == 2
     assert grown["created"] == first["created"] and grown["pack"] is True
-    assert ex.settle_pack(root, None)  # a restart without --pack packs as recorded
+    assert fill.settle(root, [], launch.Launch()).pack  # a restart without --pack: as recorded

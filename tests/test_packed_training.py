@@ -6,7 +6,6 @@ exact resume, divergence of one run, and runs at different epochs.
 """
 
 import json
-import logging
 
 import pytest
 import torch
@@ -159,60 +158,15 @@ def test_plan_units_groups_table2_by_dataset(tmp_path):
     assert len(plan_units(todo, pack=False)) == 90
 
 
-def _pack_decisions(caplog) -> list[str]:
-    """The logged decisions whether to pack ("packing: ...", "not packing: ...")."""
-    return [m for m in caplog.messages if m.startswith(("packing", "not packing"))]
-
-
-@pytest.mark.parametrize(("speedup", "packs"), [(3.0, True), (0.6, False)])
-def test_auto_packing_follows_the_measurement(tmp_path, monkeypatch, caplog, speedup, packs):
-    import softmaso.data
-    import softmaso.packed_training
-    import softmaso.training
-
-    fake = {"speedup": speedup, "packed_images_per_s": 1.0, "separate_images_per_s": 1.0}
-    monkeypatch.setattr(packed_training, "pack_speedup", lambda *a, **k: fake)
-    monkeypatch.setattr(packed_training, "_decisions", {})
-    monkeypatch.setattr(
-        packed_training, "AUTO_PACK_DEVICES", ("cuda", "cpu")
-    )  # measure here, as on a GPU
-    loads = []
-    real = softmaso.data.load_data
-    for module in (softmaso.data, softmaso.packed_training, softmaso.training):
-        monkeypatch.setattr(module, "load_data", lambda *a, **k: loads.append(1) or real(*a, **k))
+def test_a_unit_of_runs_trains_packed_and_resumes_as_skipped(tmp_path):
+    """launch.train_unit trains a unit that packing planned as one pack (its grid chose to)."""
     unit = [
         ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
         for i in range(2)
     ]
-    with caplog.at_level(logging.INFO, logger="softmaso"):
-        out = launch.train_unit(unit, launch.Launch(), "cpu")
-    assert set(out.values()) == {"finished"}
-    said = _pack_decisions(caplog)
-    assert said and said[0].startswith("packing" if packs else "not packing")
-    assert len(loads) == (1 if packs else 3)  # the probe's data trains the pack
+    assert set(launch.train_unit(unit, launch.Launch(pack=True), "cpu").values()) == {"finished"}
     packed_with = {json.loads((r.dir / rundir.RESULT).read_text()).get("packed_with") for r in unit}
-    assert packed_with == ({2} if packs else {None})
+    assert packed_with == {2}
     assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"skipped-finished"}
+    assert plan_units(unit, pack=True) == [[unit[0], unit[1]]]
 
-
-def test_a_cpu_never_measures_or_packs_unless_asked(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(packed_training, "pack_speedup", lambda *a, **k: pytest.fail("probed"))
-    unit = [
-        ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
-        for i in range(2)
-    ]
-    with caplog.at_level(logging.INFO, logger="softmaso"):
-        assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"finished"}
-    assert _pack_decisions(caplog) == []
-    assert plan_units(unit, pack=None) == [[unit[0], unit[1]]]  # library default: grouped
-    packed_with = {json.loads((r.dir / rundir.RESULT).read_text()).get("packed_with") for r in unit}
-    assert packed_with == {None}
-
-
-def test_the_packing_decision_is_recorded_and_kept(tmp_path):
-    (tmp_path / rundir.GRID).write_text(json.dumps({"experiment": "x", "runs": []}))
-    assert ex.settle_pack(tmp_path, None) is False  # default: no packing
-    assert ex.settle_pack(tmp_path, True) is True
-    assert json.loads((tmp_path / rundir.GRID).read_text())["pack"] is True
-    assert ex.settle_pack(tmp_path, None) is True  # a restart keeps the first decision
-    assert ex.settle_pack(tmp_path, False) is False  # unless told otherwise

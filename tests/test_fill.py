@@ -1,0 +1,97 @@
+"""How a grid fills its devices (softmaso/fill.py): measured where asked, recorded, kept."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from softmaso import experiments as ex
+from softmaso import fill, launch, rundir
+
+FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
+
+
+def _grid(tmp_path, n: int = 4):
+    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=2, overrides=FAST)
+    todo = [r for r in todo if r.cfg.ortho.mode in ("none", "penalty")][:n]
+    ex.write_grid(tmp_path, "t", todo, smoke=True)
+    return todo
+
+
+def _recorded(root) -> dict:
+    return json.loads((root / rundir.GRID).read_text())
+
+
+@pytest.mark.parametrize(
+    ("rates", "mode", "per_device"),
+    [
+        ({"processes=1": 10, "processes=2": 18, "processes=4": 25, "pack=4": 24}, "processes", 4),
+        ({"processes=1": 100, "processes=2": 105, "pack=4": 300}, "pack", 1),
+        ({"processes=1": 100, "processes=2": 108, "pack=4": 50}, "one", 1),  # under MIN_GAIN
+        ({"processes=1": 100, "processes=2": 0.0}, "one", 1),  # two processes ran out of memory
+        ({}, "one", 1),
+    ],
+)
+def test_the_fastest_fill_wins_by_a_margin(rates, mode, per_device):
+    got = fill.choose(rates, "cuda:0")
+    assert (got.mode, got.per_device, got.rates) == (mode, per_device, rates)
+    assert "cuda:0" in got.why
+
+
+def test_flags_decide_then_the_record_then_the_cpu_never_measures(tmp_path, monkeypatch):
+    monkeypatch.setattr(fill, "measure", lambda *a, **k: pytest.fail("measured"))
+    todo = _grid(tmp_path)
+    how = fill.settle(tmp_path, todo, launch.Launch())  # on this CPU: one run at a time
+    assert (how.pack, how.devices) == (False, ()) and _recorded(tmp_path)["fill"]["mode"] == "one"
+    how = fill.settle(tmp_path, todo, launch.Launch(pack=True))
+    assert how.pack and _recorded(tmp_path)["pack"] is True
+    how = fill.settle(tmp_path, todo, launch.Launch())  # a restart keeps the first decision
+    assert how.pack
+    how = fill.settle(tmp_path, todo, launch.Launch(devices=("cpu", "cpu")))  # twice: asked
+    assert how.devices == ("cpu", "cpu") and not how.pack
+
+
+def test_a_recorded_processes_fill_gives_each_device_its_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(fill, "measure", lambda *a, **k: pytest.fail("measured"))
+    todo = _grid(tmp_path)
+    doc = _recorded(tmp_path)
+    chosen = fill.Fill("processes", 2, "measured earlier", {"processes=2": 1.0})
+    rundir.write_json(tmp_path / rundir.GRID, {**doc, "fill": fill.asdict(chosen)})
+    how = fill.settle(tmp_path, todo, launch.Launch(devices=("cpu",), smoke=True))
+    assert how.devices == ("cpu", "cpu") and not how.pack  # launch_local: a worker each
+    rundir.write_json(tmp_path / rundir.GRID, {**doc, "fill": {"mode": "teleport"}})
+    assert fill.settle(tmp_path, todo, launch.Launch()).devices == ()  # unreadable: one
+
+
+def test_an_older_grid_json_that_packed_still_packs(tmp_path, monkeypatch):
+    monkeypatch.setattr(fill, "measure", lambda *a, **k: pytest.fail("measured"))
+    todo = _grid(tmp_path)
+    doc = {k: v for k, v in _recorded(tmp_path).items() if k != "fill"}
+    rundir.write_json(tmp_path / rundir.GRID, {**doc, "pack": True})
+    assert fill.settle(tmp_path, todo, launch.Launch()).pack
+
+
+def test_where_it_measures_it_times_processes_and_a_pack_of_the_grids_runs(
+    tmp_path, monkeypatch, caplog
+):
+    """The real probe, on the CPU as on a GPU: spawned processes and a pack, each timed."""
+    monkeypatch.setattr(fill, "MEASURED_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(fill, "PROCESSES", (1, 2))
+    monkeypatch.setattr(fill, "PROBE_SECONDS", 0.5)
+    todo = _grid(tmp_path, 3)
+    with caplog.at_level(logging.INFO, logger="softmaso"):
+        how = fill.settle(tmp_path, todo, launch.Launch(threads=1, smoke=True))
+    rates = _recorded(tmp_path)["fill"]["rates"]
+    assert set(rates) == {"processes=1", "processes=2", "pack=3"}
+    assert all(v > 0 for v in rates.values()), rates
+    assert any(m.startswith("filling the devices:") for m in caplog.messages)
+    mode = _recorded(tmp_path)["fill"]["mode"]
+    assert how.pack == (mode == "pack") and len(how.devices) == (2 if mode == "processes" else 0)
+
+
+def test_a_probe_that_cannot_train_counts_as_zero(monkeypatch):
+    cfg = ex.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0].cfg
+    bad = cfg.with_overrides(**{"optim.batch_size": 100000})  # more than the training images
+    assert fill.process_rate([cfg, bad], "cpu", launch.Launch(threads=1)) == 0.0
