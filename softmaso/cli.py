@@ -108,13 +108,34 @@ def _root(
     setup_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")]
+JsonOut = Annotated[
+    Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads per training process, recorded in env.json.",
+        show_default="torch's: every core; reproduce: the cores shared by the workers",
+    ),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="SOFTMASO_DATA",
+        help="Where datasets live.",
+        show_default="$SOFTMASO_DATA, else ./data",
+    ),
+]
+
+
 @app.command(epilog="Example: softmaso theory --trials 500 --json theory-500.json")
 def theory(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random problems.")] = 0,
     trials: Annotated[int, typer.Option(min=1, help="Random problems per claim.")] = 200,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write every result as JSON to this file.")
-    ] = None,
+    json_path: JsonOut = None,
 ) -> None:
     """Check every claim of the paper numerically and print the paper's Table 1.
 
@@ -179,26 +200,6 @@ def plot_activations(
         typer.echo(f"wrote {path}")
 
 
-Threads = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        help="CPU threads per training process, recorded in env.json.",
-        show_default="torch's: every core; reproduce: the cores shared by the workers",
-    ),
-]
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="SOFTMASO_DATA",
-        help="Where datasets live.",
-        show_default="$SOFTMASO_DATA, else ./data",
-    ),
-]
-
-
 @app.command(
     epilog="Examples: softmaso train smoke | "
     "softmaso train table2/cifar10 --set optim.lr=0.001 --seed 0 | softmaso train my.yaml"
@@ -220,9 +221,7 @@ def train(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (same as --set seed=N).")] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")
-    ] = "auto",
+    device: Device = "auto",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -290,7 +289,7 @@ def eval_(
             help='Print {"test_acc": ..., "loss": ...} ("train_acc" with --split train).',
         ),
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     data_dir: DataDir = None,
 ) -> None:
     """Accuracy and loss of a saved model on the test (or train) split."""
@@ -349,10 +348,6 @@ def data_fetch(
         typer.echo(line)
 
 
-def _csv(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
-
-
 @app.command(
     epilog="Examples: softmaso reproduce all --smoke | "
     "softmaso reproduce table2 --devices 0,1,2,3 | "
@@ -408,8 +403,10 @@ def reproduce(
         typer.Option(
             "--pack/--no-pack",
             help="Train runs that differ only in seed, lr, weight decay or penalty as one packed "
-            "network. Recorded in grid.json at the first launch and kept on restarts.",
-            show_default="no packing, or what the results folder's grid.json recorded",
+            "network. Without it (or --devices 0,0), a grid on CUDA measures a pack, 2 and 4 "
+            "workers per GPU and one run at a time, and takes the fastest; grid.json records "
+            "the choice at the first launch and restarts keep it.",
+            show_default="measured on CUDA, else no packing; or what grid.json recorded",
         ),
     ] = None,
     pack_size: Annotated[
@@ -457,6 +454,7 @@ def reproduce(
 
     from softmaso.launch import Launch, Selection, Slurm, check_names, parse_devices
     from softmaso.launch import reproduce as run
+    from softmaso.ui import progress
 
     names = check_names(experiment)
     if launcher == "local":
@@ -475,10 +473,9 @@ def reproduce(
     launch = Launch(
         launcher, parse_devices(devices), threads, pack, pack_size, data_dir, smoke, slurm
     )
-    select = Selection(runs_, _csv(datasets), tuple(set_ or ()), large=yes)
+    keep = [t.strip() for t in datasets.split(",") if t.strip()] if datasets else None
+    select = Selection(runs_, keep, tuple(set_ or ()), large=yes)
     command = "softmaso " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    from softmaso.ui import progress
-
     with progress():
         ok = run(names, launch, select, results=results, command=command)
     if not ok:
@@ -554,6 +551,7 @@ def table(
     keys that vary, each gain with its 95% CI, Welch and Holm p and detectable effect; missing,
     started (unfinished) and diverged runs are shown, never averaged in."""
     from softmaso.config import parse_baseline, parse_endpoint
+    from softmaso.io import check_output_file
     from softmaso.reporting import tables
     from softmaso.reporting.frame import collect, declared_report
 
@@ -562,8 +560,6 @@ def table(
     chosen = parse_endpoint(endpoint, where="--endpoint") if endpoint is not None else None
     versus = parse_baseline(baseline, where="--baseline") if baseline else None
     if out is not None:
-        from softmaso.io import check_output_file
-
         check_output_file(out, where="--out")
     runs, report = collect(results_dir), declared_report(results_dir)
     summary = tables.summarize(
@@ -616,9 +612,9 @@ def analyze(
     from softmaso.reporting.inside import analyze as run
 
     set_threads(threads)
-    kw = {"images": images, "decisions": decisions, "data_dir": data_dir}
     try:
-        written = run(target, out=out or default_out(target), **kw)
+        out = out or default_out(target)
+        written = run(target, out=out, images=images, decisions=decisions, data_dir=data_dir)
     except UserError as e:  # a results folder's errors name RESULTS_DIR; here it is TARGET
         raise UserError("TARGET", e.message) if e.where == "RESULTS_DIR" else e from None
     for path in written:
@@ -648,10 +644,8 @@ def plot_curves_(
 
 @app.command(epilog="Example: softmaso bench --quick --json benchmarks/cpu.json")
 def bench(
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the figures as JSON.")
-    ] = None,
+    device: Device = "auto",
+    json_path: JsonOut = None,
     quick: Annotated[
         bool,
         typer.Option("--quick", help="Fewer repeats, no compile on a CPU (about a minute)."),
@@ -677,15 +671,12 @@ def bench(
         typer.echo(f"wrote {json_path}")
 
 
-def _reflowed(doc: str) -> str:
-    """A docstring's paragraphs as single lines: rich help keeps line breaks, so the wrapping
-    of the source would show at every terminal width."""
-    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
-
-
+# Each command's help is its docstring with every paragraph on one line: rich help keeps line
+# breaks, so the wrapping of the source would show at every terminal width.
 for _info in [*app.registered_commands, *data_app.registered_commands]:
     if _info.help is None and _info.callback is not None and _info.callback.__doc__:
-        _info.help = _reflowed(_info.callback.__doc__)
+        paragraphs = inspect.cleandoc(_info.callback.__doc__).split("\n\n")
+        _info.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
 def main() -> None:

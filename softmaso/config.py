@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,9 @@ from pydantic import (
 )
 
 from softmaso.errors import UserError
+
+_SHORT = reprlib.Repr()  # how an error shows a bad value: nested containers, long strings cut short
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 2, 4, 4, 60
 
 
 class _Strict(BaseModel):
@@ -193,14 +197,10 @@ class RunConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------------- loading
-def _fields(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_fields
-
-
 def valid_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
     """All dotted keys of a config model (leaves and sections)."""
     keys = []
-    for name, f in _fields(model).items():
+    for name, f in model.model_fields.items():
         key = prefix + name
         keys.append(key)
         ann = f.annotation
@@ -246,21 +246,10 @@ def _validate(tree: dict, *, source: str, set_keys: set[str]) -> RunConfig:
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        where = f"--set {key}" if key in set_keys else f"{source}: key {key!r}"
         if err["type"] == "extra_forbidden":
-            raise UserError(f"{source}", f"unknown key {key!r}{_did_you_mean(key)}") from None
-        allowed = err["msg"]
-        got = err.get("input")
-        raise UserError(where, f"{allowed} (got {short_repr(got)})") from None
-
-
-def short_repr(value: Any) -> str:
-    """repr() of a value as an error shows it: nested containers and long strings cut short."""
-    import reprlib
-
-    short = reprlib.Repr()
-    short.maxlevel, short.maxlist, short.maxdict, short.maxstring = 2, 4, 4, 60
-    return short.repr(value)
+            raise UserError(source, f"unknown key {key!r}{_did_you_mean(key)}") from None
+        where = f"--set {key}" if key in set_keys else f"{source}: key {key!r}"
+        raise UserError(where, f"{err['msg']} (got {_SHORT.repr(err.get('input'))})") from None
 
 
 # ----------------------------------------------------------------------------- endpoints
@@ -306,21 +295,6 @@ def parse_endpoint(text: Any, *, where: str) -> Endpoint:
     raise UserError(where, f"endpoint {text!r} is not one of final, best, last:K (K >= 1)")
 
 
-def parse_setting(text: Any, *, where: str) -> tuple[str, Any]:
-    """'model.activation=relu' -> ('model.activation', 'relu'): a config key and a value,
-    the value parsed as YAML (as --set does); UserError naming `where` otherwise."""
-    key, sep, raw = str(text).partition("=")
-    key = key.strip()
-    if not sep or key not in valid_keys() or key == "recipe":
-        raise UserError(
-            where, f"{text!r} is not KEY=VALUE with a config key (e.g. ortho.mode=none)"
-        )
-    try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise UserError(where, f"cannot parse the value of {text!r}") from None
-
-
 Baseline = tuple[tuple[str, Any], ...]  # ((key, value), ...): the settings of the baseline cell
 
 
@@ -330,11 +304,22 @@ def parse_baseline(text: Any, *, where: str) -> Baseline:
     items = text if isinstance(text, (list, tuple)) else [text]
     if not items:
         raise UserError(where, "give at least one KEY=VALUE (e.g. ortho.mode=none)")
-    settings = tuple(parse_setting(item, where=where) for item in items)
+    settings = []
+    for item in items:  # a config key and a value, parsed as YAML (as --set does)
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or key not in valid_keys() or key == "recipe":
+            raise UserError(
+                where, f"{item!r} is not KEY=VALUE with a config key (e.g. ortho.mode=none)"
+            )
+        try:
+            settings.append((key, yaml.safe_load(raw)))
+        except yaml.YAMLError:
+            raise UserError(where, f"cannot parse the value of {item!r}") from None
     keys = [key for key, _ in settings]
     if len(set(keys)) < len(keys):
         raise UserError(where, f"a key is given twice in {list(items)!r}; give each key once")
-    return settings
+    return tuple(settings)
 
 
 @dataclass(frozen=True)
@@ -522,7 +507,7 @@ def describe_keys(
 ) -> list[tuple[str, str, str]]:
     """(dotted key, default, description) for every leaf: the recipe reference in the README."""
     rows = []
-    for name, f in _fields(model).items():
+    for name, f in model.model_fields.items():
         ann = f.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows += describe_keys(ann, prefix + name + ".")

@@ -38,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import functools
+import gzip
+import hashlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +51,17 @@ from softmaso.config import DataConfig
 from softmaso.errors import UserError, first_line
 from softmaso.io import atomic_group, ensure_writable_dir, remove_stale_temps
 
-FETCHABLE = ("cifar10", "cifar100", "svhn", "fashion-mnist", "mnist", "kmnist")
-_NUM_CLASSES = {
-    "cifar10": 10,
-    "cifar100": 100,
-    "svhn": 10,
-    "fashion-mnist": 10,
-    "mnist": 10,
-    "kmnist": 10,
+# The datasets `softmaso data fetch` downloads, and the torchvision class that reads each.
+_TORCHVISION_CLASSES = {
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "svhn": "SVHN",
+    "fashion-mnist": "FashionMNIST",
+    "mnist": "MNIST",
+    "kmnist": "KMNIST",
 }
-IDX_DATASETS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST", "kmnist": "KMNIST"}
+FETCHABLE = tuple(_TORCHVISION_CLASSES)
+IDX_DATASETS = ("fashion-mnist", "mnist", "kmnist")  # the MNIST family, 28 x 28 grey
 IDX_FILES = (  # the four files of an MNIST-family release, uncompressed names
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -89,6 +91,7 @@ SUBSET_SEED = 0  # the subset is the same for every run seed [ours]
 SYNTHETIC_SEED = 0  # the synthetic set is the same for every run seed [ours]
 _WAVES = 2  # plane waves per synthetic class [ours]
 _SAMPLER_TAG = 0x5A17  # separates the sampler's random stream from others seeded by (seed, epoch)
+_SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @dataclasses.dataclass
@@ -108,13 +111,7 @@ class ImageData:
 
     def to(self, device: torch.device | str) -> ImageData:
         """A copy with all four tensors on `device`."""
-        return dataclasses.replace(
-            self,
-            x_train=self.x_train.to(device),
-            y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device),
-            y_test=self.y_test.to(device),
-        )
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in _SPLITS})
 
 
 def default_data_dir() -> Path:
@@ -135,20 +132,16 @@ def load_data(cfg: DataConfig, *, data_dir: Path | None = None) -> ImageData:
     else:
         data = _load_torchvision(cfg.name, data_dir)
     if cfg.subset is not None:
-        data = _subset(data, cfg.subset)
+        keep_train = stratified_indices(data.y_train, cfg.subset, data.num_classes)
+        keep_test = stratified_indices(data.y_test, cfg.subset, data.num_classes)
+        data = dataclasses.replace(
+            data,
+            x_train=data.x_train[keep_train],
+            y_train=data.y_train[keep_train],
+            x_test=data.x_test[keep_test],
+            y_test=data.y_test[keep_test],
+        )
     return data
-
-
-def _subset(data: ImageData, n: int) -> ImageData:
-    keep_train = stratified_indices(data.y_train, n, data.num_classes)
-    keep_test = stratified_indices(data.y_test, n, data.num_classes)
-    return dataclasses.replace(
-        data,
-        x_train=data.x_train[keep_train],
-        y_train=data.y_train[keep_train],
-        x_test=data.x_test[keep_test],
-        y_test=data.y_test[keep_test],
-    )
 
 
 def stratified_indices(y: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
@@ -187,88 +180,65 @@ def _quotas(counts: torch.Tensor, n: int) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------- torchvision datasets
-def _fetch_command(name: str, data_dir: Path) -> str:
-    return f"softmaso data fetch {name} --data-dir {data_dir}"
-
-
-def _idx_class(name: str):
+def _torchvision_class(name: str):
     from torchvision import datasets
 
-    return getattr(datasets, IDX_DATASETS[name])
+    return getattr(datasets, _TORCHVISION_CLASSES[name])
 
 
 def _expected_files(name: str, data_dir: Path) -> tuple[Path, list[str]]:
     """(folder, file names) that torchvision reads for dataset `name` (both splits)."""
-    from torchvision import datasets
-
+    cls = _torchvision_class(name)
     if name in IDX_DATASETS:
-        return data_dir / IDX_DATASETS[name] / "raw", list(IDX_FILES)
+        return data_dir / _TORCHVISION_CLASSES[name] / "raw", list(IDX_FILES)
     if name == "svhn":
-        return data_dir, [datasets.SVHN.split_list[s][1] for s in ("train", "test")]
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        return data_dir, [cls.split_list[s][1] for s in ("train", "test")]
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return data_dir / cls.base_folder, files
 
 
-def _check_present(name: str, data_dir: Path) -> None:
-    folder, files = _expected_files(name, data_dir)
-    if folder != data_dir and not folder.is_dir():
-        missing = f"folder {folder}"
-    else:
-        absent = [f for f in files if not (folder / f).is_file()]
-        if not absent:
-            return
-        missing = f"{', '.join(absent)} in {folder}"
-    raise UserError(
-        "data.name",
-        f"{name} is not in the data directory: missing {missing}; "
-        f"download it with `{_fetch_command(name, data_dir)}` "
-        "(or point $SOFTMASO_DATA or --data-dir to where it is)",
-    )
-
-
 def _torchvision_splits(name: str, data_dir: Path, *, download: bool) -> list:
     """torchvision's [train, test] dataset objects (reading every file, md5 included)."""
-    from torchvision import datasets
-
-    if name in IDX_DATASETS:
-        return [_idx_class(name)(data_dir, train=t, download=download) for t in (True, False)]
+    cls = _torchvision_class(name)
     if name == "svhn":
-        return [datasets.SVHN(data_dir, split=s, download=download) for s in ("train", "test")]
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        return [cls(data_dir, split=s, download=download) for s in ("train", "test")]
     return [cls(data_dir, train=t, download=download) for t in (True, False)]
-
-
-def _as_tensors(name: str, split) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, C, H, W) uint8, labels (N,) int64) of one torchvision split."""
-    if name in IDX_DATASETS:
-        x = split.data.numpy()[:, None]  # (N, 28, 28) -> (N, 1, 28, 28): one grey channel
-        y = split.targets.numpy()
-    elif name == "svhn":
-        x = split.data  # (N, C, H, W) already
-        y = split.labels
-    else:
-        x = split.data.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
-        y = split.targets
-    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8))
-    return x, torch.as_tensor(np.asarray(y), dtype=torch.int64)
 
 
 def _load_torchvision(name: str, data_dir: Path) -> ImageData:
     data_dir = data_dir.absolute()
-    _check_present(name, data_dir)
+    fetch_command = f"softmaso data fetch {name} --data-dir {data_dir}"
+    folder, files = _expected_files(name, data_dir)
+    absent = [f for f in files if not (folder / f).is_file()]
+    if absent:
+        no_folder = folder != data_dir and not folder.is_dir()
+        missing = f"folder {folder}" if no_folder else f"{', '.join(absent)} in {folder}"
+        raise UserError(
+            "data.name",
+            f"{name} is not in the data directory: missing {missing}; "
+            f"download it with `{fetch_command}` "
+            "(or point $SOFTMASO_DATA or --data-dir to where it is)",
+        )
     try:
-        train, test = _torchvision_splits(name, data_dir, download=False)
-        (x_tr, y_tr), (x_te, y_te) = _as_tensors(name, train), _as_tensors(name, test)
+        tensors = []  # x (N, C, H, W) uint8, y (N,) int64 of each split
+        for split in _torchvision_splits(name, data_dir, download=False):
+            if name in IDX_DATASETS:
+                x = split.data.numpy()[:, None]  # (N, 28, 28) -> (N, 1, 28, 28): one channel
+                y = split.targets.numpy()
+            elif name == "svhn":
+                x, y = split.data, split.labels  # (N, C, H, W) already
+            else:
+                x = split.data.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+                y = split.targets
+            tensors.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)))
+            tensors.append(torch.as_tensor(np.asarray(y), dtype=torch.int64))
     except Exception as e:  # any failure to read a third-party file means it is damaged
-        folder, _ = _expected_files(name, data_dir)
         raise UserError(
             "data.name",
             f"{name} files in {folder} are corrupt or incomplete "
-            f"({type(e).__name__}: {first_line(e)}); delete them and run "
-            f"`{_fetch_command(name, data_dir)}`",
+            f"({type(e).__name__}: {first_line(e)}); delete them and run `{fetch_command}`",
         ) from None
-    return ImageData(name, _NUM_CLASSES[name], x_tr, y_tr, x_te, y_te)
+    return ImageData(name, 100 if name == "cifar100" else 10, *tensors)
 
 
 # ----------------------------------------------------------------------------------- fetch
@@ -287,22 +257,21 @@ def fetch(names: list[str], data_dir: Path) -> list[str]:
                 "synthetic is generated and npz is your own file)",
             )
     data_dir = ensure_writable_dir(Path(data_dir), where="--data-dir").absolute()
+    messages = []
     with open(data_dir / ".fetch.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        return [_fetch_one(name, data_dir) for name in dict.fromkeys(names)]
-
-
-def _fetch_one(name: str, data_dir: Path) -> str:
-    folder, files = _expected_files(name, data_dir)
-    had_all = all((folder / f).is_file() for f in files)
-    try:
-        _torchvision_splits(name, data_dir, download=True)
-    except Exception as e:  # network, disk, checksum: all mean the fetch failed
-        raise UserError(
-            "data fetch", f"{name}: download failed ({type(e).__name__}: {first_line(e)})"
-        ) from None
-    how = "already present, checksums verified" if had_all else "downloaded and verified"
-    return f"{name}: {how} in {folder}"
+        for name in dict.fromkeys(names):
+            folder, files = _expected_files(name, data_dir)
+            had_all = all((folder / f).is_file() for f in files)
+            try:
+                _torchvision_splits(name, data_dir, download=True)
+            except Exception as e:  # network, disk, checksum: all mean the fetch failed
+                raise UserError(
+                    "data fetch", f"{name}: download failed ({type(e).__name__}: {first_line(e)})"
+                ) from None
+            how = "already present, checksums verified" if had_all else "downloaded and verified"
+            messages.append(f"{name}: {how} in {folder}")
+    return messages
 
 
 def import_idx(name: str, source: Path, data_dir: Path) -> str:
@@ -321,11 +290,11 @@ def import_idx(name: str, source: Path, data_dir: Path) -> str:
     source = Path(source)
     if not source.is_dir():
         raise UserError("--from", f"{str(source)!r} is not a folder")
-    published = {f.removesuffix(".gz"): md5 for f, md5 in _idx_class(name).resources}
+    published = {f.removesuffix(".gz"): md5 for f, md5 in _torchvision_class(name).resources}
     contents = {f: _checked_idx(name, source, f, published[f]) for f in IDX_FILES}
     folder, _ = _expected_files(name, Path(data_dir).absolute())
     ensure_writable_dir(folder, where="--data-dir")
-    for fname in contents:  # what a fetch killed mid-copy left (46 MB for Fashion-MNIST)
+    for fname in contents:  # what a fetch killed mid-copy left
         remove_stale_temps(folder / fname)
     with atomic_group() as stage:
         for fname, data in contents.items():
@@ -335,11 +304,7 @@ def import_idx(name: str, source: Path, data_dir: Path) -> str:
 
 def _checked_idx(name: str, source: Path, fname: str, published_md5: str) -> bytes:
     """The uncompressed content of IDX file `fname` of `name` in `source`, checked by md5."""
-    import gzip
-    import hashlib
-
-    candidates = [source / f"{fname}.gz", source / fname]
-    path = next((c for c in candidates if c.is_file()), None)
+    path = next((p for p in (source / f"{fname}.gz", source / fname) if p.is_file()), None)
     if path is None:
         raise UserError(
             "--from",
@@ -377,23 +342,32 @@ def _checked_idx(name: str, source: Path, fname: str, published_md5: str) -> byt
 
 # ------------------------------------------------------------------------------------- npz
 def _load_npz(path: str | None) -> ImageData:
+    """Read and validate an npz dataset (the rules are in this module's docstring)."""
     if not path:
         raise UserError("data.path", "data.name: npz needs data.path, the .npz file to read")
     p = Path(path)
     if not p.is_file():
         raise UserError("data.path", f"no such file: {p}")
-    arrays = _read_npz(p)
     where = str(p)
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:  # zip, pickle and format errors all mean "not a usable npz"
+        raise UserError(
+            where, f"not a readable .npz file ({type(e).__name__}: {first_line(e)})"
+        ) from None
+    missing = [k for k in _SPLITS if k not in arrays]
+    if missing:
+        raise UserError(
+            where,
+            f"missing array(s) {', '.join(missing)} (present: "
+            f"{', '.join(sorted(arrays)) or 'none'}); an npz dataset needs {', '.join(_SPLITS)}",
+        )
     x_tr, x_te = _npz_images(arrays, where)
     y_tr = _npz_labels(arrays, "y_train", len(x_tr), where)
     y_te = _npz_labels(arrays, "y_test", len(x_te), where)
-    num_classes = _npz_classes(y_tr, y_te, where)
-    return ImageData("npz", num_classes, x_tr, y_tr, x_te, y_te)
-
-
-def _npz_classes(y_tr: torch.Tensor, y_te: torch.Tensor, where: str) -> int:
-    """K, the number of classes: labels are 0..K-1, each present in the training split, at
-    least 2 of them, and the test split holds no class the training split lacks."""
+    # K classes: labels 0..K-1, each present in the training split, at least 2 of them, and
+    # the test split holds no class the training split lacks.
     present = torch.unique(y_tr)
     k = int(present.max()) + 1
     if len(present) < 2:
@@ -416,33 +390,14 @@ def _npz_classes(y_tr: torch.Tensor, y_te: torch.Tensor, where: str) -> int:
             f"array y_test has {len(unseen)} label(s) absent from y_train (first: "
             f"{int(unseen[0])}); y_train's labels are 0..{k - 1}",
         )
-    return k
-
-
-def _read_npz(p: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(p, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # zip, pickle and format errors all mean "not a usable npz"
-        raise UserError(
-            str(p), f"not a readable .npz file ({type(e).__name__}: {first_line(e)})"
-        ) from None
-    wanted = ("x_train", "y_train", "x_test", "y_test")
-    missing = [k for k in wanted if k not in arrays]
-    if missing:
-        present = ", ".join(sorted(arrays)) or "none"
-        raise UserError(
-            str(p),
-            f"missing array(s) {', '.join(missing)} (present: {present}); "
-            f"an npz dataset needs {', '.join(wanted)}",
-        )
-    return arrays
+    return ImageData("npz", k, x_tr, y_tr, x_te, y_te)
 
 
 def _npz_images(arrays: dict[str, np.ndarray], where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_train, x_test) as (N, C, H, W) tensors, validated against each other."""
-    x_tr, x_te = arrays["x_train"], arrays["x_test"]
-    for key, x in (("x_train", x_tr), ("x_test", x_te)):
+    images = {key: arrays[key] for key in ("x_train", "x_test")}
+    x_tr, x_te = images.values()
+    for key, x in images.items():
         if x.ndim != 4:
             raise UserError(
                 where,
@@ -467,22 +422,23 @@ def _npz_images(arrays: dict[str, np.ndarray], where: str) -> tuple[torch.Tensor
             f"x_train has shape {x_tr.shape}: no channel axis (neither the last "
             "nor the second axis is 1 or 3)",
         )
-    kinds = {_pixel_kind(x, key, where) for key, x in (("x_train", x_tr), ("x_test", x_te))}
+    kinds = {_pixel_kind(x, key, where) for key, x in images.items()}
     if len(kinds) > 1:
         raise UserError(
             where,
             f"x_train is {x_tr.dtype} but x_test is {x_te.dtype}; give both splits "
             "as integers in [0, 255] or both as floats",
         )
-    dtype = np.float32 if kinds == {"float"} else np.uint8
-    if kinds == {"float"}:
-        for key, x in (("x_train", x_tr), ("x_test", x_te)):
+    floats = kinds == {"float"}
+    if floats:
+        for key, x in images.items():
             bad = int(np.count_nonzero(~np.isfinite(x)))
             if bad:
                 raise UserError(
                     where,
                     f"array {key} has {bad} NaN or infinite pixel value(s); pixels must be finite",
                 )
+    dtype = np.float32 if floats else np.uint8
     return tuple(
         torch.from_numpy(np.ascontiguousarray(x.transpose(perm), dtype=dtype)) for x in (x_tr, x_te)
     )
@@ -540,7 +496,7 @@ def make_synthetic(num_classes: int, n_train: int, n_test: int, seed: int = 0) -
     random contrast (x0.6-1.4), a smooth random background, a random colour offset (so the
     mean colour carries no class) and pixel noise. Oriented filters, a ReLU and global
     pooling (what a CNN starts with) separate the classes. Classes are balanced (sizes
-    differ by at most one). Same arguments, same tensors.
+    differ by at most one), shuffled. Same arguments, same tensors.
     """
     gen = torch.Generator().manual_seed(seed)
     angle = torch.pi * torch.rand(num_classes, _WAVES, generator=gen)  # (K, 2) rad
@@ -549,10 +505,11 @@ def make_synthetic(num_classes: int, n_train: int, n_test: int, seed: int = 0) -
     k = 2 * torch.pi * cycles[..., None] * direction  # (K, 2, 2) wave vectors, rad/pixel
     colour = torch.randn(num_classes, _WAVES, 3, generator=gen)  # (K, 2, 3)
     colour = colour / colour.norm(dim=-1, keepdim=True)
-    y_train = _balanced_labels(num_classes, n_train, gen)
-    y_test = _balanced_labels(num_classes, n_test, gen)
-    x_train = _render_chunked(k, colour, y_train, gen)
-    x_test = _render_chunked(k, colour, y_test, gen)
+    y_train, y_test = (
+        (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]  # (n,)
+        for n in (n_train, n_test)
+    )
+    x_train, x_test = (_render_chunked(k, colour, y, gen) for y in (y_train, y_test))
     return ImageData("synthetic", num_classes, x_train, y_train, x_test, y_test)
 
 
@@ -562,18 +519,6 @@ def _render_chunked(k, colour, y, gen, chunk: int = 4096) -> torch.Tensor:
         _render(k[y[i : i + chunk]], colour[y[i : i + chunk]], gen) for i in range(0, len(y), chunk)
     ]
     return torch.cat(parts) if parts else torch.empty(0, 3, 32, 32, dtype=torch.uint8)
-
-
-def _smooth_noise(n: int, low: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    """(n, 3, size, size) float32: (n, 3, low, low) Gaussian noise, upsampled, unit sd."""
-    coarse = torch.randn(n, 3, low, low, generator=gen)
-    fine = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    return fine / fine.std(dim=(1, 2, 3), keepdim=True)
-
-
-def _balanced_labels(num_classes: int, n: int, gen: torch.Generator) -> torch.Tensor:
-    """(n,) int64: class k appears floor or ceil of n / num_classes times, shuffled."""
-    return (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
 
 
 def _render(k: torch.Tensor, colour: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -591,7 +536,9 @@ def _render(k: torch.Tensor, colour: torch.Tensor, gen: torch.Generator) -> torc
     )  # (N, W, 32, 32)
     texture = torch.einsum("nwhx,nwc->nchx", wave, colour)  # (N, 3, 32, 32)
     contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen)  # (N, 1, 1, 1)
-    background = _smooth_noise(n, 4, 32, gen)  # (N, 3, 32, 32)
+    coarse = torch.randn(n, 3, 4, 4, generator=gen)  # smooth background: 4 x 4 noise, upsampled
+    background = F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+    background = background / background.std(dim=(1, 2, 3), keepdim=True)  # (N, 3, 32, 32)
     offset = torch.randn(n, 3, 1, 1, generator=gen)  # (N, 3, 1, 1)
     noise = torch.randn(n, 3, 32, 32, generator=gen)  # (N, 3, 32, 32)
     x = 128 + 40 * contrast * texture + 20 * background + 24 * offset + 20 * noise  # grey levels
@@ -622,27 +569,19 @@ class Preprocessor:
         if mode == "per_channel":
             # (1, C, 1, 1) float32 each, on the data's device: a compiled step takes them there
             self.mean, self.std = (t.to(x_train.device) for t in _channel_stats(x_train))
-        self._fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self, "_" + mode)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) uint8 or float -> (B, C, H, W) float32 on x's device."""
-        return self._fn(x)
-
-    @staticmethod
-    def _per_image(x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "scale":
+            return x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if self.mode == "per_channel":
+            if self.mean.device != x.device:
+                self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+            return (x.float() - self.mean) / self.std
         x = x.float()
-        x = x - x.mean(dim=(1, 2, 3), keepdim=True)  # (B, C, H, W)
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)  # per_image
         peak = x.abs().amax(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
         return x / torch.where(peak > 0, peak, torch.ones_like(peak))
-
-    def _per_channel(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean.device != x.device:
-            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.float() - self.mean) / self.std  # (B, C, H, W)
-
-    @staticmethod
-    def _scale(x: torch.Tensor) -> torch.Tensor:
-        return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
 def _channel_stats(x: torch.Tensor, chunk: int = 10_000) -> tuple[torch.Tensor, torch.Tensor]:
@@ -730,18 +669,15 @@ class BatchSampler:
         chosen = _random_orders(steps, k, gen)[:, :extra]  # (S, extra) distinct classes
         slots = torch.cat([fixed, chosen], dim=1).flatten()  # (S*bs,) class of each slot
         order = torch.argsort(slots, stable=True)  # slots grouped by class, batch order kept
-        needed = torch.bincount(slots, minlength=k).tolist()
-        draws = [_cycled_draws(m, n, gen) for m, n in zip(self.members, needed, strict=True)]
+        needed = torch.bincount(slots, minlength=k).tolist()  # (K,) slots of each class
+        draws = []  # per class, fresh random permutations of its members, one after another
+        for members, n in zip(self.members, needed, strict=True):
+            reps = -(-n // len(members))
+            draws.append(members[_random_orders(reps, len(members), gen).flatten()[:n]])
         flat = torch.empty(steps * bs, dtype=torch.int64)
         flat[order] = torch.cat(draws)
         batches = flat.view(steps, bs)
         return batches.gather(1, _random_orders(steps, bs, gen))  # classes mixed in a batch
-
-
-def _cycled_draws(members: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n items (n,) of `members`: fresh random permutations of it, one after another."""
-    reps = -(-n // len(members))
-    return members[_random_orders(reps, len(members), gen).flatten()[:n]]
 
 
 def _random_orders(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:

@@ -37,8 +37,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def set_threads(threads: int | None) -> None:
     """Use `threads` CPU threads for torch's operators in this process (None: leave torch's
     default, every core). Two processes that each use every core slow each other down many
-    times over (benchmarks/RESULTS.md), so a grid of CPU
-    workers gives each a share."""
+    times over (benchmarks/RESULTS.md), so a grid of CPU workers gives each a share."""
     if threads is not None:
         check_threads(threads)
         torch.set_num_threads(threads)

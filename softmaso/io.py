@@ -40,16 +40,12 @@ def _fsync(path: Path) -> None:
     """Flush a file's (or a folder's entries') data to the disk; a no-op where the filesystem
     cannot (some network filesystems refuse a folder's fsync)."""
     flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def remove_stale_temps(path: Path) -> int:

@@ -22,12 +22,15 @@ _bar = None  # the one rich Progress while it is shown
 
 
 class _Handler(logging.Handler):
-    """Each record as one line on stderr as it is at that moment (a test runner swaps it), or
-    above the bar while one is shown."""
+    """Each record as one line, ``[tag] message`` where the record has a tag (a run, ``grid``):
+    on stderr as it is at that moment (a test runner swaps it), or above the bar while one is
+    shown."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            tag, text = getattr(record, "tag", None), record.getMessage()
+            if tag:
+                text = f"[{tag}] {text}"
             if _bar is not None:
                 _bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
             else:
@@ -36,23 +39,13 @@ class _Handler(logging.Handler):
             self.handleError(record)
 
 
-class _Format(logging.Formatter):
-    """``[tag] message``, the tag naming what speaks (a run, ``grid``) where the record has one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        tag = getattr(record, "tag", None)
-        return f"[{tag}] {record.getMessage()}" if tag else record.getMessage()
-
-
 def setup_logging(level: int = logging.INFO) -> None:
     """Show softmaso's messages at `level` and above on stderr (once per process; a second call
     only changes the level)."""
     log = logging.getLogger(LOGGER)
     log.setLevel(level)
     if not any(isinstance(h, _Handler) for h in log.handlers):
-        handler = _Handler()
-        handler.setFormatter(_Format())
-        log.addHandler(handler)
+        log.addHandler(_Handler())
 
 
 def log_level() -> int:
