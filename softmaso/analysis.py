@@ -5,8 +5,9 @@ affine map per channel, so folded into the conv, unit k of a layer is a MASO uni
 1) with pre-activation u_k = <w_k, x> + b_k over its input patch x, slopes
 A[k, r] = a_r w_k and offsets B[k, r] = a_r b_k + c_r, where (a_r, c_r) are the pieces of the
 layer's max-affine nonlinearity (ReLU: (0, 0) and (1, 0); swish is ReLU under beta-VQ, so its
-pieces are ReLU's). Over the test images (every position of every image is one decision of
-every unit) this module measures, per layer:
+pieces are ReLU's). Every position of every test image is one decision of every unit; per
+layer (the priors from the weights alone, the rest on at most ``decisions`` (image, position)
+samples drawn with seed 0):
 
 - ``active_fraction``: the fraction of decisions in the last region (the steepest piece; for
   ReLU the active one), averaged over units; ``dead_units`` / ``constant_units``: the fraction
@@ -15,39 +16,22 @@ every unit) this module measures, per layer:
   beta = 1/2) of each decision, divided by log R (0: hard decisions, 1: uniform).
 - ``firing_correlation``: the mean |correlation| between the last-region indicators of two
   different units at the same position (units that never change region left out).
-- ``cross_ratio`` (Thm. 4): at the per-unit MAP t, the cross terms
-  sum_{k != k'} <A[k, t_k], A[k', t_k']> of the factorial model's log-likelihood relative to
-  its diagonal terms sum_k ||A[k, t_k]||^2 (mean of |cross| / diagonal over decisions with a
-  nonzero diagonal). Zero for orthogonal filters (11).
-- ``joint_map_changes``: the fraction of unit decisions that change when the joint posterior
-  of the factorial model (10) (with the per-unit priors of Thm. 2) is maximised by coordinate
-  ascent started from the per-unit MAP. Its log is, up to a constant,
-  sum_k s[k, t_k] - 1/2 sum_{k != k'} <A[k, t_k], A[k', t_k']>, so under (11) the per-unit
-  MAP is the joint MAP (Cor. 1) and nothing changes.
-- ``prior_last`` and ``prior_last_init``: the Thm. 2 prior pi[k, r] proportional to
-  exp(B[k, r] + ||A[k, r]||^2 / 2) of the last region, averaged over units, for the trained
-  weights and for the same run's weights at initialisation (Appendix C).
-- ``learned_beta``: where the nonlinearity learns its beta (swish, ``model.learn_beta``), the
-  mean over the layer's channels of what it converged to (NaN otherwise).
+- ``cross_ratio`` (Thm. 4): at the per-unit MAP t, the mean over decisions of |cross terms|
+  sum_{k != k'} <A[k, t_k], A[k', t_k']> / diagonal terms sum_k ||A[k, t_k]||^2 of the
+  factorial model's log-likelihood (decisions with a zero diagonal left out); zero for
+  orthogonal filters (11).
+- ``joint_map_changes``: the fraction of unit decisions that change when coordinate ascent
+  from the per-unit MAP maximises the joint posterior of the factorial model (10) (priors of
+  Thm. 2); under (11) the per-unit MAP is the joint MAP (Cor. 1) and nothing changes.
+- ``prior_last`` and ``prior_last_init``: Thm. 2's prior of the last region, averaged over
+  units, for the trained weights and for the run's weights at initialisation (App. C).
+- ``learned_beta``: where the nonlinearity learns its beta (``model.learn_beta``), the mean
+  over the layer's channels of what it converged to (NaN otherwise).
 
-What these measure, and what they do not:
-
-- The factorial model is taken per position: the K units that see the same input patch. The
-  cross terms between units at overlapping positions, and between one filter at shifted
-  positions (a convolution's patches overlap), are not measured, so a zero ``cross_ratio``
-  means the layer's joint VQ factorises over its units at each position, not over the whole
-  feature map.
-- ``svq_entropy``, ``prior_last`` and ``joint_map_changes`` depend on each channel's scale:
-  the model fixes sigma^2 = 1, and batch norm can rescale a channel (and the next layer undo
-  it) without changing what the network computes. Read them as properties of the trained
-  parametrisation, not of the function; ``active_fraction``, ``dead_units``,
-  ``constant_units``, ``firing_correlation`` and ``cross_ratio`` (a ratio of the same scale)
-  are scale-free per layer.
-- ``cross_ratio`` is the mean of |cross| / diagonal: the absolute value, so cross terms of
-  either sign count.
-- Every statistic is computed on a random subsample of at most ``decisions`` (default 20,000)
-  (image, position) pairs per layer, drawn with a fixed generator (seed 0); the priors use
-  the weights only.
+The factorial model is taken per position (cross terms between overlapping positions are not
+measured), and ``svq_entropy``, ``prior_last`` and ``joint_map_changes`` depend on each
+channel's scale, which batch norm can change without changing the network's function:
+docs/reference.md (``softmaso analyze``) says what these do and do not measure.
 """
 
 from __future__ import annotations
@@ -195,22 +179,15 @@ def load_trained(run_dir: Path) -> tuple[RunConfig, nn.Module]:
         raise UserError(
             str(weights), f"not a readable safetensors file ({first_line(e)})"
         ) from None
-    classes, in_channels = _shape_of(state, weights)
-    model = build_model(cfg.model, num_classes=classes, in_channels=in_channels)
+    head, first = state.get("classifier.weight"), state.get("features.0.0.weight")
+    if head is None or first is None:
+        raise UserError(rundir.WEIGHTS, "not largeCNN weights (no classifier or first conv)")
+    model = build_model(cfg.model, num_classes=head.shape[0], in_channels=first.shape[1])
     try:
         model.load_state_dict(state)
     except RuntimeError:
         raise UserError(str(weights), "its weights are not largeCNN's for this config") from None
     return cfg, model.eval()
-
-
-def _shape_of(state: dict[str, torch.Tensor], path: Path) -> tuple[int, int]:
-    try:
-        return state["classifier.weight"].shape[0], state["features.0.0.weight"].shape[1]
-    except KeyError:
-        raise UserError(
-            rundir.WEIGHTS, "not largeCNN weights (no classifier or first conv)"
-        ) from None
 
 
 def initial_model(cfg: RunConfig, classes: int, in_channels: int) -> nn.Module:

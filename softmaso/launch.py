@@ -327,7 +327,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
 # ---------------------------------------------------------------------------------- slurm
 class SubmititTask:
     """A submitit job: train one unit (a run or a pack); on preemption or timeout, requeue and
-    resume from the runs' checkpoints. Packing (``pack`` None) is decided on the job's node.
+    resume from the runs' checkpoints. A unit of several runs is a pack (``--pack``).
 
     In a process of its own (a SLURM or a local job) it uses ``launch.threads`` CPU threads,
     else the CPUs SLURM gave the task, and logs as the command line does. SIGTERM, which SLURM

@@ -4,7 +4,9 @@ import csv
 import io
 import json
 import re
+import shutil
 import statistics
+from pathlib import Path
 
 import pytest
 from scipy.stats import ttest_ind
@@ -14,6 +16,7 @@ from softmaso.errors import UserError
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
 from softmaso.reporting.paper import PAPER_TABLE2
+from softmaso.reporting.report import write_report
 from softmaso.reporting.stats import welch_p
 
 LRS = (0.001, 0.0005, 0.0001)
@@ -716,3 +719,25 @@ def test_runs_that_differ_only_in_compiling_share_a_cell(tmp_path):
     s = tables.summarize(collect(tmp_path))
     [cell] = s.cells.values()
     assert cell.n == 4
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+COMMITTED = sorted(RESULTS.glob("*/table.md")) + sorted(RESULTS.glob("*/*/table.md"))
+
+
+def without_stamp(text: str) -> list[str]:
+    """A report's lines but its stamp (the command, commit and date that made it)."""
+    return [line for line in text.splitlines() if not line.startswith("Made by")]
+
+
+@pytest.mark.parametrize("committed", COMMITTED, ids=lambda p: p.parent.name)
+def test_every_committed_table_regenerates_from_its_runs(committed, tmp_path):
+    """write_report, as `softmaso reproduce` calls it, remakes the committed table.md (and its
+    LaTeX and CSV) from the committed runs."""
+    copy = tmp_path / committed.parent.name
+    shutil.copytree(committed.parent, copy, ignore=shutil.ignore_patterns("analysis", "figures"))
+    experiment = json.loads((copy / "grid.json").read_text())["experiment"]
+    write_report(copy, paper=experiment.startswith("table2"), command="softmaso reproduce")
+    for name in ("table.md", "table.tex", "table.csv"):
+        made, kept = (copy / name).read_text(), (committed.parent / name).read_text()
+        assert without_stamp(made) == without_stamp(kept), name

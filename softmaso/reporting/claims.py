@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -72,8 +73,6 @@ def render(results: list[CheckResult], console: Console) -> None:
 
 def write_json(results: list[CheckResult], path: Path, *, seed: int, trials: int) -> None:
     """theory.json: every check's result, Table 1, and what produced them."""
-    import sys
-
     import torch
 
     from softmaso import __version__, rundir
@@ -106,8 +105,6 @@ def check_claims(*, seed: int = 0, trials: int = 200, json_path: Path | None = N
     """Check every claim (:func:`softmaso.theory.checks.run_checks`), print the table and
     Table 1, write `json_path` if given; True if every claim passes. What `softmaso theory`
     and `softmaso reproduce theory` run."""
-    from rich.console import Console
-
     from softmaso.theory.checks import run_checks
 
     results = run_checks(seed=seed, trials=trials)

@@ -19,12 +19,13 @@ seeds.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from softmaso import rundir
 from softmaso.errors import UserError
 from softmaso.reporting import tables
-from softmaso.reporting.figure1 import save_figure
+from softmaso.reporting.figure1 import save_figures
 from softmaso.reporting.frame import collect, epochs
 
 COLORS = {
@@ -39,6 +40,21 @@ COLUMNS = (
     "dir", "status", "seed", "epoch", "test_acc", "train_acc", "train_loss", "ortho_error_mean",
     "smoke",
 )  # fmt: skip
+# The two figures: file stem -> (column, y label, what the title names, how it is drawn).
+FIGURES = {
+    "curves": (
+        "test_acc",
+        "accuracy (%)",
+        "test (solid) and training (dashed) accuracy",
+        {"scale": 100.0, "dashed": "train_acc"},
+    ),
+    "ortho_error": (
+        "ortho_error_mean",
+        "orthogonality error (mean over layers)",
+        "orthogonality error",
+        {"log": True},
+    ),
+}
 
 
 def _curves(results_dir: Path, found=None):
@@ -62,7 +78,7 @@ def load_curves(results_dir: Path):
 
 def _panels(df, panel_keys: list[str], col_key: str | None):
     """[(row index, column index, title, frame)] and the grid's shape."""
-    import numpy as np
+    import pandas as pd
 
     rank = tables.rank
     combos = sorted(
@@ -74,11 +90,9 @@ def _panels(df, panel_keys: list[str], col_key: str | None):
     ncols = len(cols) if col_key else min(3, len(cells))
     out = []
     for i, (combo, col) in enumerate(cells):
-        mask = np.ones(len(df), dtype=bool)
+        mask = df[col_key] == col if col_key else pd.Series(True, index=df.index)
         for k, v in zip(panel_keys, combo, strict=True):
-            mask &= (df[k].map(tables.clean) == v).to_numpy()
-        if col_key:
-            mask &= (df[col_key] == col).to_numpy()
+            mask &= df[k].map(tables.clean) == v
         names = [_panel_label(k, v) for k, v in zip(panel_keys, combo, strict=True)]
         if col_key:
             names.append(tables.column_label(col_key, col))
@@ -127,15 +141,14 @@ def _band(ax, runs, column: str, scale: float, color, *, label=None, dashed=Fals
     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.1 if dashed else 0.2, lw=0)
 
 
-def _figure(
-    df, panel_keys, col_key, column, ylabel, suptitle, *, scale=1.0, log=False, dashed=None
-):
+def _figure(df, layout, column, ylabel, suptitle, *, scale=1.0, log=False, dashed=None):
+    """One figure of `column`, a subplot per panel of `layout` (:func:`_panels`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels, (nrows, ncols) = _panels(df, panel_keys, col_key)
+    panels, (nrows, ncols) = layout
     fig, axes = plt.subplots(
         nrows,
         ncols,
@@ -156,8 +169,6 @@ def _figure(
             ax.set_ylabel(ylabel)
         if log and (frame[column] > 0).any():  # a log axis needs a positive value
             ax.set_yscale("log")
-    import textwrap
-
     width = max(40, int(11 * ncols))  # characters a line of the title can hold
     title = "\n".join(textwrap.fill(line, width) for line in suptitle.split("\n"))
     fig.suptitle(title, fontsize=11 if ncols > 1 else 10)
@@ -174,9 +185,7 @@ def _suptitle(name: str, what: str, smoke: bool, diverged: int) -> str:
 def plot_curves(results_dir: Path, out_dir: Path, *, runs=None) -> list[Path]:
     """Write curves.png/.pdf and ortho_error.png/.pdf under `out_dir` (all four, or none);
     `runs`: the folder's runs, :func:`collect`ed already (a report reads the folder once)."""
-    import matplotlib.pyplot as plt
-
-    from softmaso.io import atomic_group, ensure_writable_dir
+    from softmaso.io import ensure_writable_dir
 
     df, panel_keys, col_key, name = _curves(results_dir, runs)
     diverged = df.loc[df.status == "diverged", "dir"].nunique()
@@ -189,32 +198,11 @@ def plot_curves(results_dir: Path, out_dir: Path, *, runs=None) -> list[Path]:
         )
     out = ensure_writable_dir(Path(out_dir), where="--out")
     smoke = bool(df["smoke"].all())  # mixed: the smoke panels say so
-    acc = _figure(
-        df,
-        panel_keys,
-        col_key,
-        "test_acc",
-        "accuracy (%)",
-        _suptitle(name, "test (solid) and training (dashed) accuracy", smoke, diverged),
-        scale=100.0,
-        dashed="train_acc",
-    )
-    err = _figure(
-        df,
-        panel_keys,
-        col_key,
-        "ortho_error_mean",
-        "orthogonality error (mean over layers)",
-        _suptitle(name, "orthogonality error", smoke, diverged),
-        log=True,
-    )
-    paths = [out / f"{stem}.{ext}" for stem in ("curves", "ortho_error") for ext in ("png", "pdf")]
-    try:
-        with atomic_group() as stage:
-            for path, fig in zip(paths, (acc, acc, err, err), strict=True):
-                fmt = path.suffix[1:]
-                stage(path, lambda tmp, fig=fig, fmt=fmt: save_figure(fig, tmp, fmt))
-    finally:
-        plt.close(acc)
-        plt.close(err)
-    return paths
+    layout = _panels(df, panel_keys, col_key)
+    figures = {
+        out / stem: _figure(
+            df, layout, column, ylabel, _suptitle(name, what, smoke, diverged), **how
+        )
+        for stem, (column, ylabel, what, how) in FIGURES.items()
+    }
+    return save_figures(figures)

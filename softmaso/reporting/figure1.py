@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from softmaso.errors import UserError
 from softmaso.theory.specs import MaxAffineSpec, absolute, parse_pieces, relu
@@ -52,6 +53,29 @@ def save_figure(fig, path, fmt: str) -> None:
         "png": {"Software": None},
     }[fmt]
     fig.savefig(path, format=fmt, dpi=150 if fmt == "png" else "figure", metadata=metadata)
+
+
+def save_figures(figures: dict[Path, Any], also=()) -> list[Path]:
+    """Write each figure as STEM.png and STEM.pdf ({STEM: figure}), and `also`'s (path,
+    writer) files: all appear, or none. Closes the figures."""
+    import matplotlib.pyplot as plt
+
+    from softmaso.io import atomic_group
+
+    paths = []
+    try:
+        with atomic_group() as stage:
+            for stem, fig in figures.items():
+                for fmt in ("png", "pdf"):
+                    paths.append(stem.parent / f"{stem.name}.{fmt}")
+                    stage(paths[-1], lambda tmp, fig=fig, fmt=fmt: save_figure(fig, tmp, fmt))
+            for path, writer in also:
+                paths.append(path)
+                stage(path, writer)
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+    return paths
 
 
 def figure1_spec(
@@ -145,19 +169,9 @@ def plot(spec: Figure1Spec, df):
 
 def write_figure1(spec: Figure1Spec, out: Path) -> list[Path]:
     """Write PNG, PDF and CSV under `out` together (all three appear, or none)."""
-    import matplotlib.pyplot as plt
-
-    from softmaso.io import atomic_group, ensure_writable_dir
+    from softmaso.io import ensure_writable_dir
 
     out = ensure_writable_dir(Path(out), where="--out")
     df = curves(spec)
-    fig = plot(spec, df)
-    paths = [out / f"{spec.stem}.{ext}" for ext in ("png", "pdf", "csv")]
-    try:
-        with atomic_group() as stage:
-            stage(paths[0], lambda tmp: save_figure(fig, tmp, "png"))
-            stage(paths[1], lambda tmp: save_figure(fig, tmp, "pdf"))
-            stage(paths[2], lambda tmp: df.to_csv(tmp, index=False))
-    finally:
-        plt.close(fig)
-    return paths
+    csv = (out / f"{spec.stem}.csv", lambda tmp: df.to_csv(tmp, index=False))
+    return save_figures({out / spec.stem: plot(spec, df)}, also=[csv])

@@ -14,10 +14,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from softmaso import rundir
 from softmaso.errors import UserError
 
-GRID = rundir.GRID
 UNFINISHED = ("diverged", "damaged", "started", "pending", "missing", "failed")
 # acc: result.json's final test accuracy (fraction); epochs: one record per evaluated epoch of
 # metrics.jsonl, in order (EPOCH_COLUMNS; see `epochs`); machines: the (device, threads) of
@@ -36,8 +37,6 @@ def collect(results_dir: Path):
     Where the folder has a grid.json listing runs, only those are the grid's: any other run
     directory below it (another experiment's folder nested inside, a `train --out` into it) is
     named in ``attrs["foreign"]`` and never counted."""
-    import pandas as pd
-
     root = Path(results_dir)
     if not root.is_dir():
         raise UserError("RESULTS_DIR", f"{str(root)!r} does not exist or is not a directory")
@@ -63,7 +62,7 @@ def collect(results_dir: Path):
         raise UserError(
             "RESULTS_DIR",
             f"{str(root)!r} is empty or not a softmaso results directory "
-            f"(no run directory with {rundir.CONFIG}, no {GRID} listing runs)",
+            f"(no run directory with {rundir.CONFIG}, no {rundir.GRID} listing runs)",
         )
     df = pd.DataFrame(found + expected)
     keys = dict.fromkeys(k for row in found + expected for k in row)
@@ -78,8 +77,6 @@ def collect(results_dir: Path):
 def epochs(runs):
     """One row per run and evaluated epoch: the run's columns (its epochs aside), then
     EPOCH_COLUMNS; runs without an evaluated epoch have no row."""
-    import pandas as pd
-
     spread = runs["epochs"].explode().dropna()  # a record per epoch, indexed by its run's row
     tidy = pd.DataFrame(list(spread), columns=list(EPOCH_COLUMNS))
     head = runs.drop(columns="epochs").loc[spread.index].reset_index(drop=True)
@@ -167,22 +164,14 @@ def _missing_runs(
         if isinstance(entry.get("config"), dict):  # recorded by the grid (newer grid.json)
             base = rundir.flatten(entry["config"])
         else:  # an older grid.json: from the recipe's started runs, or its file
-            base = _recipe_values(
-                settings, found, grid.get("experiment"), smoke, grid.get("recipe_files")
-            )
+            base = _recipe_values(settings, found, grid)
         failed = (root / rel / rundir.ERROR).exists()  # its job died before it began
         status = "damaged" if rel in damaged else "failed" if failed else "missing"
         out.append({**_row(rel, status, smoke, problem=damaged.get(rel)), **base, **settings})
     return out
 
 
-def _recipe_values(
-    settings: dict[str, Any],
-    found: list[dict],
-    experiment: str | None,
-    smoke: bool,
-    recipe_files: dict[str, str] | None = None,
-) -> dict[str, Any]:
+def _recipe_values(settings: dict[str, Any], found: list[dict], grid: dict) -> dict[str, Any]:
     """The other config values of a missing run: those its recipe's started runs agree on,
     or else the recipe file's (with the grid's smoke variant)."""
     siblings = [row for row in found if row.get("recipe") == settings["recipe"]]
@@ -193,39 +182,40 @@ def _recipe_values(
             for k in keys
             if all(k in row and row[k] == siblings[0][k] for row in siblings)
         }
-    from softmaso import recipes
     from softmaso.config import read_recipe
 
-    files = [Path(f) for f in (recipe_files or {}).values()]
-    if not files:
-        files = [recipes.path_of(n) for n in recipes.EXPERIMENTS.get(experiment or "", [])]
-    for path in files:
+    for path in _recipe_files(grid):
         if path.stem == settings["recipe"]:
             point = {k: v for k, v in settings.items() if k != "recipe"}
             try:
-                cfg = read_recipe(path).config(smoke=smoke, settings=point)
+                cfg = read_recipe(path).config(smoke=bool(grid.get("smoke")), settings=point)
             except UserError:
                 return {}
             return rundir.flatten(cfg.to_dict())
     return {}
 
 
+def _recipe_files(grid: dict) -> list[Path]:
+    """The recipe files of a grid: those its grid.json records, else its experiment's
+    packaged recipes."""
+    from softmaso import recipes
+
+    if files := (grid.get("recipe_files") or {}).values():
+        return [Path(str(f)) for f in files]
+    return [recipes.path_of(n) for n in recipes.EXPERIMENTS.get(grid.get("experiment") or "", [])]
+
+
 def declared_report(root: Path):
     """The report settings its recipe declared for the experiment in `root` (grid.json's
     recipe files, else its packaged recipes); the defaults where none declares any (or the
     recipes cannot be read). The first recipe that declares settings gives them."""
-    from softmaso import recipes
     from softmaso.config import ReportSettings, read_recipe
 
     try:
         grid = rundir.read_grid(Path(root)) or {}
     except UserError:
         return ReportSettings()
-    files = [Path(str(f)) for f in (grid.get("recipe_files") or {}).values()]
-    if not files:
-        names = recipes.EXPERIMENTS.get(str(grid.get("experiment") or ""), [])
-        files = [recipes.path_of(n) for n in names]
-    for path in files:
+    for path in _recipe_files(grid):
         try:
             report = read_recipe(path).report
         except UserError:

@@ -12,7 +12,7 @@ from pathlib import Path
 from softmaso import rundir
 from softmaso.analysis import STATISTICS, analyze_run
 from softmaso.errors import UserError
-from softmaso.io import atomic_group, check_output_dir
+from softmaso.io import check_output_dir
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
 from softmaso.reporting.stats import welch_p
@@ -71,7 +71,11 @@ def analyze(
     csv = out / "analysis.csv"
     tables.write_table(frame.to_csv(index=False, float_format="%.6g"), csv)
     md = out / "analysis.md"
-    text = markdown(frame, keys, title=_title(target, images, decisions))
+    title = (
+        f"Trained-network VQ statistics of {target} ({images} test images; at most "
+        f"{decisions} decisions per layer in the joint statistics)"
+    )
+    text = markdown(frame, keys, title=title)
     if skipped:
         text += f"\nNot analysed ({len(skipped)}):\n" + "".join(f"- {s}\n" for s in skipped)
     text += _stamp()
@@ -88,12 +92,8 @@ def _members(target: Path) -> tuple[list[tuple[Path, dict]], list[str], list[str
         return [(target, {"acc": acc})], [], []
     frame = collect(target)  # UserError where there are no runs at all
     done = frame[frame["status"] == "finished"]
-    weighed = [(target / d / rundir.WEIGHTS).is_file() for d in done["dir"]]
-    skipped = [
-        f"{target / d}: no {rundir.WEIGHTS}"
-        for d, w in zip(done["dir"], weighed, strict=True)
-        if not w
-    ]
+    weighed = done["dir"].map(lambda d: (target / d / rundir.WEIGHTS).is_file())
+    skipped = [f"{target / d}: no {rundir.WEIGHTS}" for d in done.loc[~weighed, "dir"]]
     done = done[weighed]
     if done.empty:
         raise UserError(
@@ -127,41 +127,30 @@ def _stamp() -> str:
     )
 
 
-def _title(target: Path, images: int, decisions: int) -> str:
-    return (
-        f"Trained-network VQ statistics of {target} ({images} test images; at most "
-        f"{decisions} decisions per layer in the joint statistics)"
-    )
-
-
-def _groups(frame, keys: list[str]):
+def _groups(frame, keys: list[str]) -> list:
+    """(name, rows) of each group of runs sharing the `keys` ("mode none, lr 0.001")."""
     if not keys:
         return [("this run", frame)]
-    out = []
-    for values, group in frame.groupby(keys, sort=False, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        name = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in zip(keys, values, strict=True))
-        out.append((name, group))
-    return out
+    return [
+        (", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in zip(keys, values, strict=True)), g)
+        for values, g in frame.groupby(keys, sort=False, dropna=False)
+    ]
 
 
-def _baselines(frame, keys: list[str]) -> dict[str, str]:
+def _baselines(groups: list, keys: list[str]) -> dict[str, str]:
     """Each compared group -> the group it is compared with: the ortho.mode none group with
     the same other settings (the same learning rate, say), as in `softmaso table`; where
     ortho.mode does not vary, the first group. Baseline groups themselves are left out."""
-    groups = _groups(frame, keys)
     if "ortho.mode" not in keys:
         return {name: groups[0][0] for name, _ in groups[1:]}
     others = [k for k in keys if k != "ortho.mode"]
-
-    def setting(group) -> tuple:
-        return tuple(tables.clean(group[k].iloc[0]) for k in others)
-
-    bases = {setting(g): name for name, g in groups if (g["ortho.mode"] == "none").all()}
-    return {
-        name: bases[setting(g)]
+    found = [
+        (name, tuple(tables.clean(g[k].iloc[0]) for k in others), (g["ortho.mode"] == "none").all())
         for name, g in groups
-        if not (g["ortho.mode"] == "none").all() and setting(g) in bases
+    ]
+    bases = {setting: name for name, setting, is_base in found if is_base}
+    return {
+        name: bases[setting] for name, setting, is_base in found if not is_base and setting in bases
     }
 
 
@@ -170,7 +159,7 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
     n), and Welch's p of each group against its baseline (the ortho.mode none group with its
     other settings)."""
     groups = _groups(frame, keys)
-    versus = _baselines(frame, keys)
+    versus = _baselines(groups, keys)
     lines = [f"### {title}", ""]
     accuracy = [
         f"{name}: {_mean_std(tuple(g.groupby('run')['acc'].first()))}" for name, g in groups
@@ -183,14 +172,10 @@ def markdown(frame, keys: list[str], *, title: str) -> str:
         head += [f"p, {name} vs {base}" for name, base in versus.items()]
         lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for layer in layers:
-            cells, values = [layer], {}
-            for name, group in groups:
-                v = tuple(x for x in group.loc[group["layer"] == layer, stat] if not math.isnan(x))
-                values[name] = v
-                cells.append(_mean_std(v))
-            for name, base in versus.items():
-                p = welch_p(values[name], values[base])
-                cells.append("—" if p is None else f"{p:.2g}")
+            runs = [tuple(g.loc[g["layer"] == layer, stat].dropna()) for _, g in groups]
+            values = dict(zip((name for name, _ in groups), runs, strict=True))
+            ps = [welch_p(values[name], values[base]) for name, base in versus.items()]
+            cells = [layer, *map(_mean_std, runs), *("—" if p is None else f"{p:.2g}" for p in ps)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines.append(
@@ -222,7 +207,7 @@ def figures(frame, keys: list[str], folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from softmaso.reporting.figure1 import save_figure
+    from softmaso.reporting.figure1 import save_figures
 
     folder.mkdir(parents=True, exist_ok=True)
     layers = list(dict.fromkeys(frame["layer"]))
@@ -238,12 +223,5 @@ def figures(frame, keys: list[str], folder: Path) -> list[Path]:
         ax.set_title(LABELS[stat], fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        try:
-            with atomic_group() as stage:
-                for fmt in ("png", "pdf"):
-                    path = folder / f"analysis_{stat}.{fmt}"
-                    stage(path, lambda tmp, fmt=fmt, fig=fig: save_figure(fig, tmp, fmt))
-                    paths.append(path)
-        finally:
-            plt.close(fig)
+        paths += save_figures({folder / f"analysis_{stat}": fig})
     return paths

@@ -26,16 +26,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
+
 from softmaso.config import FINAL, Baseline, Endpoint
 from softmaso.errors import UserError
 from softmaso.reporting.frame import BOOKKEEPING, UNFINISHED, epochs
 from softmaso.reporting.paper import PAPER_SOURCE, paper_gain, paper_value
 from softmaso.reporting.stats import Comparison, compare, holm
 
-# Keys that never split a table: seeds are what a cell averages over; the other two only set
-# how often checkpoints are written and how evaluation is chunked [ours].
-# train.compile changes only rounding (like threads and devices): a grid begun on a CPU (eager)
-# and finished on a GPU (compiled by default) is one experiment
+# Keys that never split a table: seeds are what a cell averages over; checkpoint_every and
+# eval_batch_size change no number, and compile only the rounding (like threads and devices: a
+# grid begun on a CPU, eager, and finished on a GPU, compiled, is one experiment) [ours].
 NEVER_SPLIT = ("seed", "train.checkpoint_every", "train.eval_batch_size", "train.compile")
 # Keys always shown when they vary, even when another key determines them.
 PROTECTED = ("data.name", "ortho.mode", "model.activation")
@@ -135,14 +136,15 @@ class Summary:
     col_key: str | None
     rows: tuple[tuple, ...]
     cols: tuple
-    cells: dict[tuple[tuple, Any], Cell]
+    cells: dict[tuple[tuple, Any], Cell]  # in the table's row and column order
     smoke: bool  # every run is a smoke run
     folded_keys: tuple[str, ...]  # varying keys that follow from the rows (e.g. batch size)
     warnings: tuple[str, ...]
     smoke_rows: frozenset = frozenset()  # rows of smoke runs, when smoke and real runs mix
     endpoint: Endpoint = FINAL
     baseline: Baseline = DEFAULT_BASELINE  # ((key, value), ...) of the cell gains are against
-    # (row, col) -> (baseline cell's (row, col), its comparison, Holm-adjusted across the table)
+    # (row, col) -> (baseline cell's (row, col), its comparison, Holm-adjusted across the
+    # table), in the cells' order
     comparisons: dict[tuple[tuple, Any], tuple[tuple[tuple, Any], Comparison]] = field(
         default_factory=dict
     )
@@ -239,13 +241,15 @@ def summarize(runs, *, endpoint: Endpoint = FINAL, baseline: Baseline | None = N
         cells[(row, col)] = _cell(row, col, members, config)
         warnings += _cell_warnings(members, where)
     mixed = runs["smoke"].any() and not runs["smoke"].all()
+    rows = tuple(sorted({r for r, _ in cells}, key=lambda r: list(map(rank, row_keys, r))))
+    cols = tuple(sorted({c for _, c in cells}, key=lambda c: rank(col_key, c)))
     summary = Summary(
         name=str(runs.attrs.get("name", "runs")),
         row_keys=row_keys,
         col_key=col_key,
-        rows=tuple(sorted({r for r, _ in cells}, key=lambda r: _row_rank(row_keys, r))),
-        cols=tuple(sorted({c for _, c in cells}, key=lambda c: rank(col_key, c))),
-        cells=cells,
+        rows=rows,
+        cols=cols,
+        cells={(r, c): cells[(r, c)] for r in rows for c in cols if (r, c) in cells},
         smoke=bool(runs["smoke"].all()),
         smoke_rows=frozenset(keyed.loc[keyed["smoke"].astype(bool), "row"] if mixed else ()),
         folded_keys=folded,
@@ -311,13 +315,10 @@ def _cell_warnings(members, where: str) -> list[str]:
     if len(machines) > 1:
         out.append(
             f"{where}: its finished runs trained on {' and '.join(machines)} (env.json, "
-            "launches.jsonl); on a CPU the thread count changes the sums, so the numbers"
+            "launches.jsonl); on a CPU the thread count changes the order of floating-point "
+            "sums, and so the numbers can differ"
         )
     return out
-
-
-def _row_rank(keys: tuple[str, ...], row: tuple) -> list:
-    return [rank(k, v) for k, v in zip(keys, row, strict=True)]
 
 
 # ------------------------------------------------------------------------------- the gains
@@ -330,42 +331,36 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _matches(summary: Summary, row: tuple, col: Any) -> bool:
-    """Whether the cell at (row, col) has every baseline setting."""
-    values = {**dict(zip(summary.row_keys, row, strict=True)), summary.col_key: col}
-    return all(_same(values[key], value) for key, value in summary.baseline)
-
-
-def _baseline_of(summary: Summary, row: tuple, col: Any) -> tuple[tuple, Any] | None:
-    """The (row, col) of the baseline cell of a cell: None for a baseline cell itself, or
-    when the table has no baseline cell for it (or two equally close)."""
-    if _matches(summary, row, col):
-        return None
-    fixed = {summary.row_keys.index(k) for k, _ in summary.baseline if k in summary.row_keys}
-    free_col = summary.col_key not in {k for k, _ in summary.baseline}
-    scored = [
-        (sum(a == b for j, (a, b) in enumerate(zip(r, row, strict=True)) if j not in fixed), (r, c))
-        for r in summary.rows
-        for c in ([col] if free_col else summary.cols)
-        if summary.cell(r, c) is not None and _matches(summary, r, c)
-    ]
-    best = max((score for score, _ in scored), default=None)
-    closest = [at for score, at in scored if score == best]
-    return closest[0] if len(closest) == 1 else None
-
-
 def _comparisons(summary: Summary):
-    """Every cell's comparison with its baseline, Holm-adjusted over the table; and why
-    there are none, where there are none."""
+    """Every cell's comparison with its baseline cell, Holm-adjusted over the table; and why
+    there are none, where there are none. A cell's baseline cell has the baseline settings
+    and, of those, the most row keys in common with it (in its column unless the column key
+    is a baseline key); a cell with two equally close has none."""
     text = _baseline_text(summary)
-    missing = [k for k, _ in summary.baseline if k not in {*summary.row_keys, summary.col_key}]
+    keys = (*summary.row_keys, summary.col_key)
+    base_keys = {k for k, _ in summary.baseline}
+    missing = [k for k, _ in summary.baseline if k not in keys]
     if missing:
         return {}, f"baseline {text}: {missing[0]} is not a row or column key of this table"
+    bases = []  # the cells with every baseline setting
+    for row, col in summary.cells:
+        values = dict(zip(keys, (*row, col), strict=True))
+        if all(_same(values[k], v) for k, v in summary.baseline):
+            bases.append((row, col))
+    free = [j for j, k in enumerate(summary.row_keys) if k not in base_keys]
     pairs = {}
-    for at, cell in summary.cells.items():
-        base = _baseline_of(summary, *at)
-        if base is not None and (c := compare(cell.accs, summary.cells[base].accs)):
-            pairs[at] = (base, c)
+    for (row, col), cell in summary.cells.items():
+        if (row, col) in bases:
+            continue
+        scores = {
+            (r, c): sum(r[j] == row[j] for j in free)
+            for r, c in bases
+            if c == col or summary.col_key in base_keys
+        }
+        best = max(scores.values(), default=None)
+        closest = [at for at, score in scores.items() if score == best]
+        if len(closest) == 1 and (comparison := compare(cell.accs, summary.cells[closest[0]].accs)):
+            pairs[(row, col)] = (closest[0], comparison)
     if not pairs:
         return {}, f"baseline {text}: no cell of this table has it"
     adjusted = holm([c.p for _, c in pairs.values()])
@@ -409,31 +404,35 @@ def versus(summary: Summary, cell: Cell) -> Versus:
     )
 
 
-def _paper_groups(summary: Summary) -> list[tuple[tuple, list[tuple]]]:
-    """Rows grouped by everything but ortho.mode (a dataset, for Table 2), with paper cells."""
-    i = summary.row_keys.index("ortho.mode") if "ortho.mode" in summary.row_keys else None
+def _paper_groups(summary: Summary) -> list[tuple[str, list[tuple]]]:
+    """(title, rows) of each group of rows with a cell in Table 2: the rows grouped by every
+    row key but ortho.mode (a dataset, for Table 2)."""
+    keys = [k for k in summary.row_keys if k != "ortho.mode"]
     groups: dict[tuple, list[tuple]] = {}
     for row in summary.rows:
-        groups.setdefault(row if i is None else row[:i] + row[i + 1 :], []).append(row)
-    return [
-        (key, rows)
-        for key, rows in groups.items()
-        if any(paper_value(c) for c in _cells_of(summary, rows))
-    ]
-
-
-def _cells_of(summary: Summary, rows: list[tuple]) -> list[Cell]:
-    return [c for r in rows for col in summary.cols if (c := summary.cell(r, col)) is not None]
+        key = tuple(v for k, v in zip(summary.row_keys, row, strict=True) if k != "ortho.mode")
+        groups.setdefault(key, []).append(row)
+    out = []
+    for key, rows in groups.items():
+        cells = [c for r in rows for col in summary.cols if (c := summary.cell(r, col))]
+        if not any(paper_value(c) for c in cells):
+            continue
+        parts = [
+            show(k, v) if k in ("data.name", "recipe") else f"{k} = {show(k, v)}"
+            for k, v in zip(keys, key, strict=True)
+        ]
+        if "data.name" not in keys:
+            parts.insert(0, show("data.name", cells[0].settings.get("data.name")))
+        out.append((", ".join(parts), rows))
+    return out
 
 
 def _block(summary: Summary, rows: list[tuple]) -> list[list[str]]:
     """The comparison lines of one group: ours / paper / difference per row, then gains."""
-    i = summary.row_keys.index("ortho.mode") if "ortho.mode" in summary.row_keys else None
     lines, gains = [], []
     for row in rows:
         cells = [summary.cell(row, col) for col in summary.cols]
-        mode = row[i] if i is not None else next(c for c in cells if c).settings.get("ortho.mode")
-        name = show("ortho.mode", mode)
+        name = show("ortho.mode", next(c for c in cells if c).settings.get("ortho.mode"))
         vs = [versus(summary, c) if c else None for c in cells]
         paper = [
             f"{v.paper_mean:.1f} ± {v.paper_std:.1f}" if v and v.paper_mean is not None else ""
@@ -451,33 +450,6 @@ def _block(summary: Summary, rows: list[tuple]) -> list[list[str]]:
             paper = [_signed(v.gain_paper) if v else "" for v in vs]
             gains.append([f"gain {name} − baseline: paper", *paper])
     return lines + gains
-
-
-def _group_title(summary: Summary, key: tuple, rows: list[tuple]) -> str:
-    keys = [k for k in summary.row_keys if k != "ortho.mode"]
-    parts = [
-        show(k, v) if k in ("data.name", "recipe") else f"{k} = {show(k, v)}"
-        for k, v in zip(keys, key, strict=True)
-    ]
-    if "data.name" not in keys:
-        parts.insert(0, show("data.name", _cells_of(summary, rows)[0].settings.get("data.name")))
-    return ", ".join(parts)
-
-
-def paper_gain_lines(summary: Summary) -> list[list[str]]:
-    """Where the table's columns are learning rates of Table 2 (and it holds a penalty
-    comparison): a line per dataset of Table 2 with the paper's gain per column; else []."""
-    has_penalty = any(c.settings.get("ortho.mode") == "penalty" for c in summary.cells.values())
-    if summary.col_key != COLUMN_KEY or not has_penalty:
-        return []
-    lines = [
-        [
-            f"{show('data.name', name)} (paper)",
-            *(_signed(paper_gain(name, lr)) for lr in summary.cols),
-        ]
-        for name in DATASETS
-    ]
-    return [line for line in lines if any(line[1:])]
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -517,10 +489,21 @@ def cell_text(cell: Cell | None, *, with_n: bool = True) -> str:
     notes = ", ".join(notes + ([f"{cell.packed} packed"] if cell.packed else []))
     if cell.n == 0:
         return f"— ({notes})" if notes else "—"
-    acc = f"{cell.mean:.1f}" + (f" ± {cell.std:.1f}" if cell.n > 1 else "")
+    acc = _mean_std(cell.accs)
     if not with_n:
         return acc
     return f"{acc} (n={cell.n}" + (f"; {notes})" if notes else ")")
+
+
+def _mean_std(values: tuple[float, ...]) -> str:
+    """'80.3 ± 0.4': mean ± std (ddof=1); the mean alone for one value."""
+    mean = f"{statistics.fmean(values):.1f}"
+    return f"{mean} ± {statistics.stdev(values):.1f}" if len(values) > 1 else mean
+
+
+def _seconds_text(cell: Cell | None) -> str:
+    """A cell's training seconds per epoch, mean ± std."""
+    return _mean_std(cell.epoch_s) if cell and cell.epoch_s else "—"
 
 
 def _signed(x: float | None) -> str:
@@ -559,12 +542,6 @@ def _row_labels(summary: Summary, row: tuple) -> list[str]:
 
 
 # -------------------------------------------------------------------------- the parts as frames
-def _frame(header: list[str], lines: list[list[str]]):
-    import pandas as pd
-
-    return pd.DataFrame(lines, columns=header, dtype=object)
-
-
 def grid(summary: Summary, text=None, what: str | None = None):
     """The table's rows x columns as a frame: a row's labels, then `text` of each cell
     (default: its accuracy); `what` heads the one column of a table without a column key."""
@@ -578,7 +555,7 @@ def grid(summary: Summary, text=None, what: str | None = None):
         [*_row_labels(summary, row), *(text(summary.cell(row, c)) for c in summary.cols)]
         for row in summary.rows
     ]
-    return _frame(header, lines)
+    return pd.DataFrame(lines, columns=header, dtype=object)
 
 
 def gain_frame(summary: Summary):
@@ -586,7 +563,7 @@ def gain_frame(summary: Summary):
     labels (its column where the baseline is a column), then gain, CI, p, Holm p and the
     detectable effect; None where no cell has a baseline."""
     lines = []
-    for (row, col), ((base_row, base_col), c) in _in_order(summary, summary.comparisons):
+    for (row, col), ((base_row, base_col), c) in summary.comparisons.items():
         where = [show(summary.col_key, col)] if summary.col_key else []
         base = ", ".join(_row_labels(summary, base_row)[: len(summary.row_keys)])
         if base_col != col:
@@ -596,24 +573,7 @@ def gain_frame(summary: Summary):
         lines.append([*_row_labels(summary, row), *where, base, *stats])
     col = [("lr" if summary.col_key == COLUMN_KEY else summary.col_key)] if summary.col_key else []
     header = [*(summary.row_keys or ["runs"]), *col, f"vs {_baseline_text(summary)}", *GAIN_STATS]
-    return _frame(header, lines) if lines else None
-
-
-def _seconds_text(cell: Cell | None) -> str:
-    """A cell's mean ± std training seconds per epoch."""
-    if cell is None or not cell.epoch_s:
-        return "—"
-    mean = statistics.fmean(cell.epoch_s)
-    if len(cell.epoch_s) < 2:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(cell.epoch_s):.1f}"
-
-
-def _in_order(summary: Summary, by_cell: dict) -> list:
-    """The (cell, value) items of a dict keyed by cell, in the table's row and column order."""
-    return [
-        ((r, c), by_cell[(r, c)]) for r in summary.rows for c in summary.cols if (r, c) in by_cell
-    ]
+    return pd.DataFrame(lines, columns=header, dtype=object) if lines else None
 
 
 def conv1_note(summary: Summary) -> str | None:
@@ -645,10 +605,8 @@ def records(summary: Summary, paper: bool):
     """One tidy record per cell: row keys, column key, statistics, counts (+ the paper), and
     the cell's accuracies and seeds. Accuracies and differences are rounded to 1e-6 points;
     p-values are not rounded."""
-    import pandas as pd
-
     out = []
-    for (row, col), cell in _in_order(summary, summary.cells):
+    for (row, col), cell in summary.cells.items():
         rec: dict[str, Any] = dict(zip(summary.row_keys, row, strict=True))
         if summary.col_key:
             rec[summary.col_key] = col
@@ -683,12 +641,9 @@ def render(
 
 def _pipe(frame, left: int) -> list[str]:
     """A frame as a markdown pipe table: `left` label columns, then right-aligned ones."""
-
-    def line(cells) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
     rule = ["---"] * left + ["---:"] * (frame.shape[1] - left)
-    return [line(frame.columns), line(rule), *(line(r) for r in frame.itertuples(index=False))]
+    lines = [frame.columns, rule, *frame.itertuples(index=False)]
+    return ["| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines]
 
 
 def _markdown(summary: Summary, paper: bool) -> str:
@@ -711,17 +666,28 @@ def _markdown(summary: Summary, paper: bool) -> str:
 
 
 def _markdown_paper(summary: Summary) -> list[str]:
+    """Our cells beside Table 2's; where none is one of its settings, the paper's gains at
+    this table's learning rates (for a table that holds a penalty comparison)."""
     labels = [column_label(summary.col_key, c) for c in summary.cols]
-    groups = _paper_groups(summary)
-    if not groups:
-        lines = [f"No cell of this table has a counterpart in {PAPER_SOURCE}."]
-        if gains := paper_gain_lines(summary):
-            lines += ["", PAPER_GAINS_NOTE, "", *_pipe(_frame(["", *labels], gains), 1)]
+    if groups := _paper_groups(summary):
+        lines = [f"**{PAPER_NOTE}**"]
+        for name, rows in groups:
+            block = pd.DataFrame(_block(summary, rows), columns=[name, *labels], dtype=object)
+            lines += ["", *_pipe(block, 1)]
         return lines
-    lines = [f"**{PAPER_NOTE}**"]
-    for key, rows in groups:
-        block = _frame([_group_title(summary, key, rows), *labels], _block(summary, rows))
-        lines += ["", *_pipe(block, 1)]
+    lines = [f"No cell of this table has a counterpart in {PAPER_SOURCE}."]
+    modes = {c.settings.get("ortho.mode") for c in summary.cells.values()}
+    if summary.col_key == COLUMN_KEY and "penalty" in modes:
+        gains = [
+            [
+                f"{show('data.name', name)} (paper)",
+                *(_signed(paper_gain(name, lr)) for lr in summary.cols),
+            ]
+            for name in DATASETS
+        ]
+        if gains := [line for line in gains if any(line[1:])]:
+            gains = pd.DataFrame(gains, columns=["", *labels], dtype=object)
+            lines += ["", PAPER_GAINS_NOTE, "", *_pipe(gains, 1)]
     return lines
 
 
@@ -781,10 +747,10 @@ def _latex_paper(summary: Summary) -> list[str]:
     groups = _paper_groups(summary)
     if not groups:
         return [f"% no cell has a counterpart in {PAPER_SOURCE}"]
-    header = _frame(["", *(column_label(summary.col_key, c) for c in summary.cols)], [])
+    header = pd.DataFrame(columns=["", *(column_label(summary.col_key, c) for c in summary.cols)])
     body = []
-    for key, rows in groups:
-        name = tex_escape(_group_title(summary, key, rows))
+    for name, rows in groups:
+        name = tex_escape(name)
         body += [r"\midrule", rf"\multicolumn{{{header.shape[1]}}}{{l}}{{\textit{{{name}}}}} \\"]
         body += _tex_rows(_block(summary, rows))
     return [r"\par\medskip", *_tabular(header, 1, body)]
