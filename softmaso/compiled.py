@@ -1,19 +1,15 @@
 """``train.compile``: the training forward and loss through ``torch.compile``, compiled once per
 model structure and reused by every run of that structure in the process.
 
-torch.compile specialises on the module it traces, and every run builds its own model
-(``torch.nn.utils.parametrize`` even gives each parametrised conv a class of its own), so
-compiling each run's model would compile once per run. Instead each structure gets a template
-(a copy of the first model of that structure, never trained), and a run's forward is
-``functional_call(template, run's parameters and buffers, x)``: the compiled graph takes the run's
-tensors as inputs, its gradients and batch-norm statistics land in the run's own tensors, and
-the next run of the same structure reuses the compiled code (``test_compiled``).
+torch.compile specialises on the module it traces, and every run builds its own model, so each
+structure gets a template instead (a copy of its first model, never trained), and a run's
+forward is ``functional_call(template, run's parameters and buffers, x)``: the run's tensors
+are the graph's inputs, its gradients and batch-norm statistics land in them, and the next run
+of the same structure reuses the compiled code.
 
-Mode: on CUDA ``reduce-overhead``, which replays the forward and the backward as CUDA graphs
-(at batch 50 a largeCNN step is ~100 small kernels, bound by their launches); on the CPU
-inductor's default. In float64 the compiled forward, loss and gradients equal eager's to
-rounding (1e-14); in float32 they differ by rounding, which can flip a ReLU on a pre-activation
-within rounding of 0, so compiled and eager runs are not bitwise equal.
+Mode: on CUDA ``reduce-overhead`` (CUDA graphs: a largeCNN step at batch 50 is bound by its
+~100 kernel launches); on the CPU inductor's default. Compiled and eager agree to rounding, not
+bitwise (rounding can flip a ReLU on a pre-activation near 0).
 """
 
 from __future__ import annotations
@@ -42,18 +38,15 @@ def single_outputs(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
     return F.cross_entropy(at_least_fp32(logits), y), (logits.argmax(1) == y).sum()
 
 
-def _signature(model: nn.Module) -> tuple:
-    """What a compiled graph depends on: the module tree and every tensor's shape and dtype."""
-    tensors = [*model.named_parameters(), *model.named_buffers()]
-    return (
-        repr(model),  # includes the parametrisations and their settings (extra_repr)
-        tuple((name, tuple(t.shape), t.dtype, t.device, t.stride()) for name, t in tensors),
-    )
-
-
 def template_for(model: nn.Module) -> nn.Module:
     """The process's template for `model`'s structure (made from `model` the first time)."""
-    key = _signature(model)
+    # what a compiled graph depends on: the module tree (repr: the parametrisations and their
+    # settings too, never learned values) and every tensor's shape, dtype and layout
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    key = (
+        repr(model),
+        tuple((name, tuple(t.shape), t.dtype, t.device, t.stride()) for name, t in tensors),
+    )
     if key not in _TEMPLATES:
         template = copy.deepcopy(model).train()
         for p in template.parameters():
@@ -107,16 +100,9 @@ class CompiledForward:
         self.template = template_for(model)
         self.state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         for t in self.state.values():
-            # CUDA graphs then use these tensors in place rather than copies, which also lets
-            # them update batch norm's statistics (a graph that mutates any other input is
-            # run without CUDA graphs). guard=False: a new run's tensors at other addresses
-            # re-record the graphs (once per run) instead of recompiling.
-            mark_static(t)
-        self.outputs = outputs
+            mark_static(t)  # CUDA graphs use them in place (batch norm's statistics updated)
+        self.args = (outputs, amp, penalty, preprocess)  # _forward's settings
         self.cuda = device.type == "cuda"
-        self.amp = amp
-        self.penalty = penalty
-        self.preprocess = preprocess
         self.fn = _compiled("reduce-overhead" if self.cuda else None)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
@@ -124,5 +110,4 @@ class CompiledForward:
             raise RuntimeError("CompiledForward serves training steps: call model.train() first")
         if self.cuda:  # outputs of the previous step's graphs may now be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        args = (self.outputs, self.amp, self.penalty, self.preprocess)
-        return self.fn(self.template, self.state, x, y, *args)
+        return self.fn(self.template, self.state, x, y, *self.args)

@@ -1,18 +1,10 @@
 """Every use of a private torch, glibc or typer API, in one place, each behind a capability check
-with a public fallback that gives the same numbers.
+with a public fallback that gives the same numbers (where the API is missing: more recompiles,
+slower steps, or typer's own help text).
 
-- :func:`keep_freed_memory`: glibc's ``mallopt`` (through ctypes) so that freed activations
-  stay in the heap for the next step; fallback: the C library's defaults (nothing done).
-- :func:`mark_static`, :func:`compile_settings`: ``torch._dynamo``'s static addresses
-  (``guard=False``) and the dynamo / inductor settings the compiled step needs; fallback: the
-  defaults (more recompiles or re-recorded CUDA graphs, the same numbers).
-- :func:`flag_help_without_type`: typer's ``TyperOption.display_type_rich``, so a flag's
-  ``--help`` shows no ``<bool>``; fallback: typer's own help text.
-
-What each is worth is measured (``benchmarks/fast_tricks.py`` for the CPU ones) and recorded
-in benchmarks/RESULTS.md; a trick worth under 3% of a step is removed, not kept.
-This module imports torch only inside its functions, so the CLI can import it without
-slowing ``--help``.
+What each is worth is measured (``benchmarks/fast_tricks.py`` for the CPU ones, recorded in
+benchmarks/RESULTS.md); a trick worth under 3% of a step is removed, not kept. torch is
+imported only inside the functions, so the CLI imports this module without slowing ``--help``.
 """
 
 from __future__ import annotations
@@ -24,11 +16,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed blocks for reuse rather than hand them back to the OS:
-    blocks up to 32 MiB (glibc's largest setting) from the heap, the heap trimmed only above
-    1 GiB free. A CPU training step frees and reallocates its activations every step; without
-    this they are unmapped and faulted in again. Process-wide; False where the C library is
-    not glibc (nothing changes)."""
+    """Have glibc's malloc (``mallopt``) keep freed blocks for reuse: blocks up to 32 MiB (its
+    largest setting) from the heap, trimmed only above 1 GiB free, so a CPU step's activations
+    are not unmapped and faulted in again every step. Process-wide; False where the C library
+    is not glibc (nothing changes)."""
     import ctypes
 
     try:
@@ -40,8 +31,8 @@ def keep_freed_memory() -> bool:
 
 def mark_static(tensor) -> None:
     """Tell dynamo that `tensor` keeps its address (CUDA graphs then use it in place, which
-    also lets them update batch norm's statistics); ``guard=False`` where supported, so a new
-    run's tensors at other addresses re-record the graphs instead of recompiling."""
+    lets them update batch norm's statistics); ``guard=False`` where supported, so a new run's
+    tensors at other addresses re-record the graphs (once per run) instead of recompiling."""
     import torch
 
     try:
@@ -51,11 +42,10 @@ def mark_static(tensor) -> None:
 
 
 def compile_settings(*, templates: int, cuda_graphs: bool) -> None:
-    """The process-wide dynamo / inductor settings the compiled step relies on: room for one
-    cache entry per model structure (`templates` of them) beyond dynamo's default of 8; no
-    automatic dynamic shapes (a pack compiled after a single run would otherwise become a
-    dynamic-shape graph); with CUDA graphs, no cap on re-recording them (each run re-records
-    once; past inductor's default limit it would quietly stop using CUDA graphs)."""
+    """The process-wide dynamo / inductor settings the compiled step relies on: a cache entry
+    per model structure (`templates` of them) beyond dynamo's default of 8; no automatic
+    dynamic shapes (a pack compiled after a single run would get a dynamic-shape graph); with
+    CUDA graphs, no cap on re-recording them (past it inductor quietly stops using them)."""
     import torch
 
     config = torch._dynamo.config
@@ -73,9 +63,8 @@ def compile_settings(*, templates: int, cuda_graphs: bool) -> None:
 
 
 def flag_help_without_type() -> None:
-    """A flag (--smoke, --pack/--no-pack, --help) takes no value: its help shows no `<bool>`.
-    Patches typer's rich help (``typer.core.TyperOption.display_type_rich``) where it has the
-    method; otherwise typer's help is left as it is."""
+    """A flag (--smoke, --pack/--no-pack, --help) takes no value: its help shows no `<bool>`
+    (patches ``typer.core.TyperOption.display_type_rich`` where typer has it)."""
     from typer.core import TyperOption
 
     display = getattr(TyperOption, "display_type_rich", None)

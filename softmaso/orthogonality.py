@@ -1,29 +1,22 @@
 """Orthogonal filters: the penalty, the exact reparametrisation and the diagnostics (Sec. 5).
 
 Under the orthogonality condition (11), <A[k, r, :], A[k', r', :]> = 0 for all units k != k',
-the joint posterior of a layer's K units factorises (Thm. 4) and the joint MAP is the
-per-unit MAP (Cor. 1). For a conv layer with filters W (C_out, C_in, kh, kw), flattened to
-rows W_k of length n = C_in * kh * kw (the authors' code penalised this Gram matrix; the paper
-does not say how overlapping positions enter), this module gives
+the joint posterior of a layer's units factorises (Thm. 4) and the joint MAP is the per-unit
+MAP (Cor. 1). A conv layer's filters W (C_out, C_in, kh, kw) are taken as rows W_k of length
+n = C_in * kh * kw (as the authors' code did; the paper does not say how overlapping positions
+enter); G = W W^T is their Gram matrix. This module gives
 
-* ``penalty``: sum_{k != k'} <W_k, W_k'>^2 per layer, the term added to the loss with
-  weight lambda for Table 2 (eq. 11; ``ortho.mode: penalty``);
+* ``penalty``: sum_{k != k'} <W_k, W_k'>^2 per layer, added to the loss with weight lambda
+  (eq. 11, Table 2; ``ortho.mode: penalty``), and Bansal et al.'s ``so`` and ``srip`` terms;
 * ``Orthonormal``: the exact variant of Sec. 5, a differentiable Gram-Schmidt
-  reparametrisation (``ortho.mode: exact``). A C_out x n matrix with C_out > n cannot have
-  orthogonal rows (largeCNN's first layer: 96 filters of 27 values); there the columns are
-  made orthonormal instead, the closest one can get. Forward by a float64-Gram Cholesky-QR
-  (or Householder QR), backward by hand in two products (C_out x n x C_out and
-  C_out x 2 C_out x n), where the authors' loop
-  over filters costs two steps' worth (``softmaso bench``);
+  reparametrisation (``ortho.mode: exact``). Where C_out > n the rows cannot be orthogonal
+  (largeCNN's first layer: 96 filters of 27 values), so the columns are made orthonormal;
 * ``HammingApodize``: App. B's apodised filters (``ortho.apodize``);
-* ``orthogonality_error`` / ``layer_diagnostics``: how far a layer is from (11), logged per epoch.
+* ``layer_diagnostics``: how far each layer is from (11), logged per epoch.
 
-Symbols: W (C_out, n) flattened filters, G = W W^T (C_out, C_out) their Gram matrix.
-
-The plural functions (``gram_penalties``, ``orthogonality_errors``, ``orthonormality_errors``,
-``orthonormalise``, ``layer_diagnostics``) take one weight, (C_out, C_in, kh, kw) or (C_out,
-n), or a stack of G same-shaped weights, (G, C_out, C_in, kh, kw) or (G, C_out, n), and give
-one value per weight: batched linear algebra, as torch.linalg's leading dimensions.
+The plural functions (``gram_penalties``, ``orthogonality_errors``, ``orthonormalise``, ...)
+take one weight, (C_out, C_in, kh, kw) or (C_out, n), or a stack of G same-shaped weights,
+(G, C_out, ...), and give one value per weight (batched linear algebra).
 """
 
 from __future__ import annotations
@@ -44,18 +37,9 @@ CL = torch.channels_last
 
 
 # ------------------------------------------------------------------------------- penalty
-def flat_filters(w: torch.Tensor) -> torch.Tensor:
-    """Conv weight (C_out, C_in, kh, kw) or linear weight (C_out, n) -> (C_out, n) rows W_k."""
-    return w.reshape(w.shape[0], -1)
-
-
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 -> fp32; fp32 and fp64 unchanged."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def _no_autocast(t: torch.Tensor):
-    return torch.autocast(t.device.type, enabled=False)
 
 
 class _OffDiagonalEnergy(torch.autograd.Function):
@@ -80,14 +64,13 @@ class _OffDiagonalEnergy(torch.autograd.Function):
 
 
 def gram_penalties(w: torch.Tensor) -> torch.Tensor:
-    """(G,) sum_{k != k'} <W_k, W_k'>^2 of each weight's filters (eq. 11); G = 1 for one
-    weight, else the stack's length.
+    """(G,) sum_{k != k'} <W_k, W_k'>^2 of each weight's filters (eq. 11).
 
     Summed from the off-diagonal Gram entries rather than as ||W W^T||_F^2 - sum_k ||W_k||^4:
-    same value, never negative, no cancellation when the filters are nearly orthogonal. In
-    fp32 or fp64 even under autocast.
+    never negative, no cancellation when the filters are nearly orthogonal. In fp32 or fp64
+    even under autocast.
     """
-    with _no_autocast(w):
+    with torch.autocast(w.device.type, enabled=False):
         rows, _ = filter_rows(at_least_fp32(w))  # (G, C_out, n)
         return _OffDiagonalEnergy.apply(rows)
 
@@ -109,14 +92,15 @@ def _summed(term: Callable[[torch.Tensor], torch.Tensor], weights: Iterable[torc
 
 
 def _narrow(flat: torch.Tensor) -> torch.Tensor:
-    """(..., C_out, n) -> (..., m, n') with m <= n': the rows, or the columns where there are
-    more filters than values per filter (what ``exact`` makes orthonormal there)."""
+    """(..., C_out, n) -> the rows, or the columns where C_out > n (what ``exact`` makes
+    orthonormal there): (..., m, n') with m <= n'."""
     return flat.mT if flat.shape[-2] > flat.shape[-1] else flat
 
 
 def _gram_minus_eye(flat: torch.Tensor) -> torch.Tensor:
-    """flat flat^T - I for flat (..., m, n)."""
-    gram = flat @ flat.mT
+    """G - I for the Gram matrix G of :func:`_narrow` (flat), flat (..., C_out, n)."""
+    narrow = _narrow(flat)
+    gram = narrow @ narrow.mT
     return gram - torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
 
 
@@ -124,12 +108,10 @@ def orthogonality_errors(w: torch.Tensor) -> torch.Tensor:
     """(G,) mean over k != k' of cos^2(W_k, W_k') of each weight's filters: 0 when orthogonal,
     1 when all parallel.
 
-    The off-diagonal energy of the Gram matrix of the unit-normalised filters, in [0, 1].
-    If C_out > n the rows cannot be orthogonal, so the columns of W (C_out, n) are measured
-    instead: that is what ``exact`` enforces there, and 0 then means W^T W is diagonal.
-    A zero filter counts as orthogonal to everything.
+    Where C_out > n the columns of W (C_out, n) are measured instead (what ``exact`` enforces
+    there: 0 then means W^T W is diagonal). A zero filter counts as orthogonal to everything.
     """
-    with _no_autocast(w):
+    with torch.autocast(w.device.type, enabled=False):
         flat = _narrow(stacked_rows(at_least_fp32(w)))  # (G, m, n)
         m = flat.shape[1]
         if m < 2:
@@ -149,8 +131,7 @@ def orthogonality_error(w: torch.Tensor) -> torch.Tensor:
 def orthonormality_errors(w: torch.Tensor) -> torch.Tensor:
     """(G,) float64 max |Q Q^T - I| over each weight's flattened filters Q (C_out, n), or their
     columns when C_out > n: how far from orthonormal ``exact``'s weight is (0 up to rounding)."""
-    q = _narrow(stacked_rows(w.detach()).double())  # (G, m, n)
-    return _gram_minus_eye(q).abs().amax(dim=(1, 2))
+    return _gram_minus_eye(stacked_rows(w.detach()).double()).abs().amax(dim=(1, 2))
 
 
 def orthonormality_error(w: torch.Tensor) -> float:
@@ -160,8 +141,8 @@ def orthonormality_error(w: torch.Tensor) -> float:
 
 # -------------------------------------------------------------- exact reparametrisation
 def is_stack(w: torch.Tensor) -> bool:
-    """Whether `w` is a stack of weights, (G, C_out, C_in, kh, kw) or (G, C_out, n), rather than
-    one conv (4-D) or linear (2-D) weight."""
+    """Whether `w` is a stack of weights (3-D or 5-D) rather than one linear (2-D) or conv
+    (4-D) weight."""
     if w.dim() not in (2, 3, 4, 5):
         raise ValueError(f"a weight is 2-D or 4-D, a stack of them 3-D or 5-D; got {w.dim()}-D")
     return w.dim() in (3, 5)
@@ -173,13 +154,12 @@ def stacked_rows(w: torch.Tensor) -> torch.Tensor:
 
 
 def filter_rows(w: torch.Tensor) -> tuple[torch.Tensor, Callable]:
-    """w's filters as (G, C_out, n) rows (G = 1 for one weight), and the map that puts
-    (G, C_out, n) rows back into w's shape and memory layout.
+    """w's filters as (G, C_out, n) rows, and the map that puts such rows back into w's shape
+    and memory layout.
 
-    No copy where w's layout allows one: the entries of a row come in memory order, (C_in, kh,
-    kw) for a contiguous conv weight, (kh, kw, C_in) for a channels_last one (or a stack of
-    channels_last weights, as ``torch.cat`` of them viewed with ``unflatten``). Gram matrices
-    of rows, and so the penalty and the Gram-Schmidt of rows, do not depend on that order.
+    No copy where w's layout allows one: a row's entries come in memory order, (kh, kw, C_in)
+    for a channels_last weight (or stack of them). Gram matrices of rows, and so the penalty
+    and the Gram-Schmidt of rows, do not depend on that order.
     """
     stack = w if is_stack(w) else w[None]
     if stack.dim() == 5 and stack.stride(2) == 1 and not stack.is_contiguous():
@@ -208,18 +188,11 @@ def _householder(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (q * sign.unsqueeze(-2)).mT, _lower_inverse(lower)
 
 
-def _gram(a: torch.Tensor) -> torch.Tensor:
-    """(..., m, n) -> a a^T (..., m, m), from three of its four (m/2)-blocks: the top-right one
-    is the transpose of the bottom-left: 3/4 of the multiply-adds of ``a @ a.mT``, which pays
-    for largeCNN's wide layers on a CPU (``softmaso bench``)."""
-    h = a.shape[-2] // 2
-    top = a[..., :h, :]  # (..., h, n)
-    corner = top @ top.mT  # (..., h, h)
-    bottom = a[..., h:, :] @ a.mT  # (..., m - h, m)
-    return torch.cat([torch.cat([corner, bottom[..., :h].mT], dim=-1), bottom], dim=-2)
-
-
-_BLOCKED_MIN_MACS = 1 << 24  # below, one full product beats two (call overhead)
+# The products below compute a symmetric product from three of its four (m/2)-blocks, or
+# skip a triangle's zero block: 3/4 of the multiply-adds, which pays for largeCNN's wide
+# layers on a CPU (``softmaso bench``); the triangles' products only from this size on (below,
+# one full product beats two: call overhead).
+_BLOCKED_MIN_MACS = 1 << 24
 
 
 def _blocked(x: torch.Tensor) -> bool:
@@ -227,9 +200,17 @@ def _blocked(x: torch.Tensor) -> bool:
     return m * m * n >= _BLOCKED_MIN_MACS
 
 
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    """(..., m, n) -> a a^T (..., m, m), its top-right block the transpose of the bottom-left."""
+    h = a.shape[-2] // 2
+    top = a[..., :h, :]  # (..., h, n)
+    corner = top @ top.mT  # (..., h, h)
+    bottom = a[..., h:, :] @ a.mT  # (..., m - h, m)
+    return torch.cat([torch.cat([corner, bottom[..., :h].mT], dim=-1), bottom], dim=-2)
+
+
 def _lower_times(lower: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """lower (..., m, m) lower triangular @ x (..., m, n), skipping its zero top-right block
-    where that pays: 3/4 of a full product's multiply-adds, in two products."""
+    """lower (..., m, m) lower triangular @ x (..., m, n)."""
     if not _blocked(x):
         return lower @ x
     h = lower.shape[-1] // 2
@@ -238,7 +219,7 @@ def _lower_times(lower: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _upper_times(upper: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """upper (..., m, m) upper triangular @ x (..., m, n), skipping its zero bottom-left block."""
+    """upper (..., m, m) upper triangular @ x (..., m, n)."""
     if not _blocked(x):
         return upper @ x
     h = upper.shape[-1] // 2
@@ -247,8 +228,8 @@ def _upper_times(upper: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _lower_of_product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x y^T (..., m, m) for x, y (..., m, n), exact on and below the diagonal; its top-right
-    block is left zero (3/4 of the multiply-adds), or holds x y^T's where blocks do not pay."""
+    """x y^T (..., m, m) for x, y (..., m, n), exact on and below the diagonal (its top-right
+    block zero where blocks pay)."""
     if not _blocked(x):
         return x @ y.mT
     h = x.shape[-2] // 2
@@ -260,13 +241,10 @@ def _lower_of_product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _cholesky(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., m, n) -> q, L^{-1}: L L^T = a a^T by Cholesky of the float64 Gram, q = L^{-1} a.
 
-    Mixed-precision Cholesky-QR: the Gram matrix and its factor in float64, so rounding costs
-    float64 eps * cond(a)^2 there; applying L^{-1} in a's precision leaves rows orthonormal to
-    about eps * cond(a): float32 rows of largeCNN's layers 1-7 (cond 2-3) came out orthonormal
-    to max |q q^T - I| = 6e-8 to 1e-7, against LAPACK Householder's 3e-7 to 1e-6; the square
-    1x1 layer to 1e-5 at init (cond ~1000) and 1e-6 to 6e-6 over the first ~100 steps (cond
-    35-300, depending on the run). It fails only for cond(a) near 1e8, and then returns NaN,
-    which the trainer reports as diverged.
+    Mixed-precision Cholesky-QR: Gram and factor in float64, L^{-1} applied in a's precision,
+    so rows come out orthonormal to about eps * cond(a) (float32: ~1e-7 for largeCNN's layers,
+    ~1e-5 for its square 1x1 layer at init). Where cond(a) nears 1e8 the factorisation fails
+    and q is NaN, which the trainer reports as diverged.
     """
     lower, info = torch.linalg.cholesky_ex(_gram(a.to(torch.float64)))  # (..., m, m); no sync
     lower = lower.masked_fill((info > 0)[..., None, None], float("nan"))
@@ -279,14 +257,11 @@ _FACTOR = {"qr": _householder, "cholesky": _cholesky}
 
 class _GramSchmidt(torch.autograd.Function):
     """Rows of a (..., m, n), m <= n -> q (..., m, n): a = L q, L lower triangular with
-    diag(L) > 0, q q^T = I. That is classical Gram-Schmidt of the rows, continuous in a.
+    diag(L) > 0, q q^T = I: classical Gram-Schmidt of the rows, continuous in a.
 
-    Backward by hand, from d(a) = d(L) q + L d(q) with L^{-1} d(L) lower triangular and
-    q d(q)^T skew: with M = dq q^T and sym(M) = tril(M) + tril(M, -1)^T,
-    da = L^{-T} (dq - sym(M) q). The reduced-QR adjoint autograd uses, written for rows and
-    with L^{-1} kept from the forward, so the backward is no solve, only products: the lower
-    triangle of M, sym(M) q, and the upper triangular L^{-T} applied, in m^2 n multiply-adds
-    3/4, 1 and 3/4 (the forward's L^{-1} a: 3/4), skipping the zero blocks of the triangles.
+    Backward by hand, the reduced-QR adjoint written for rows, with L^{-1} kept from the
+    forward so that it is products only, no solve: with M = dq q^T and
+    sym(M) = tril(M) + tril(M, -1)^T, da = L^{-T} (dq - sym(M) q).
     """
 
     @staticmethod
@@ -305,14 +280,14 @@ class _GramSchmidt(torch.autograd.Function):
 
 
 def orthonormalise(w: torch.Tensor, method: Method = "cholesky") -> torch.Tensor:
-    """Gram-Schmidt of each weight's filters (rows) if C_out <= n, else of its columns; the
-    shape, dtype and layout of w (for a stack of columns-orthonormalised weights: contiguous,
-    the caller restores its layout). fp32 or fp64 even under autocast.
+    """Gram-Schmidt of each weight's filters (rows) if C_out <= n, else of its columns, with
+    w's shape, dtype and layout (a stack with orthonormal columns comes back contiguous: the
+    caller restores its layout). fp32 or fp64 even under autocast.
 
     Columns are taken in canonical (C_in, kh, kw) order: unlike rows, their Gram-Schmidt
     depends on the order.
     """
-    with _no_autocast(w):
+    with torch.autocast(w.device.type, enabled=False):
         rows, back = filter_rows(at_least_fp32(w))  # (G, C_out, n)
         if rows.shape[-2] <= rows.shape[-1]:
             return back(_GramSchmidt.apply(rows, method).to(w.dtype))
@@ -332,19 +307,10 @@ def same_layout(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class Orthonormal(nn.Module):
     """Parametrisation: filters -> their Gram-Schmidt orthonormalisation (paper Sec. 5, exact).
 
-    ``forward(w)`` returns a tensor of w's shape whose flattened filters (rows) are orthonormal
-    when C_out <= n, and whose columns are orthonormal when C_out > n. In exact arithmetic it is
-    classical Gram-Schmidt of the rows (columns): W = L Q with L lower triangular, diag(L) > 0.
-    Both methods compute that Q and share a hand-written backward (:class:`_GramSchmidt`):
-
-    method "cholesky" (default, ``ortho.method``): Cholesky of the float64 Gram matrix, then
-    one matmul: matmuls and two small factorisations, no host synchronisation (GPUs, CUDA
-    graphs). Rows orthonormal to ~1e-8 * cond(W) in float32 (:func:`_cholesky`: 1e-7 for
-    largeCNN's layers, 1e-5 for its square 1x1 layer at init); NaN, reported as divergence,
-    only for cond(W) near 1e8.
-    method "qr": Householder QR (``torch.linalg.qr``, LAPACK on the CPU), rows orthonormal to
-    float32 rounding (~1e-6) for any full-rank W; slower on a CPU (``softmaso bench`` (b):
-    ``exact`` and ``exact_qr``).
+    ``forward(w)`` has w's shape, its flattened filters (rows) orthonormal when C_out <= n, its
+    columns when C_out > n. `method` (``ortho.method``): "cholesky" (default), matmuls and no
+    host synchronisation, orthonormal to ~1e-8 * cond(W) (:func:`_cholesky`); "qr",
+    Householder (LAPACK on the CPU), to float32 rounding for any full-rank W, but slower.
     """
 
     def __init__(self, *, method: Method = "cholesky"):
@@ -365,63 +331,41 @@ class Orthonormal(nn.Module):
 
 
 def sgs_reference(w: torch.Tensor) -> torch.Tensor:
-    """The authors' approach, for benchmarks: a python loop of classical Gram-Schmidt.
-
-    Differentiable; the same output as :class:`Orthonormal` (up to rounding). For C_out > n it
-    runs over the columns, like Orthonormal.
-    """
-    flat = flat_filters(w)  # (C_out, n)
+    """The authors' approach, for benchmarks: a python loop of classical Gram-Schmidt over the
+    filters (the columns where C_out > n); differentiable, :class:`Orthonormal`'s output up to
+    rounding."""
+    flat = w.reshape(w.shape[0], -1)  # (C_out, n)
     tall = flat.shape[0] > flat.shape[1]
-    vecs = flat.T if tall else flat  # (m, n), m <= n
     done: list[torch.Tensor] = []
-    for v in vecs:  # v: (n,)
+    for v in flat.T if tall else flat:  # v: (n,)
         u = v
         if done:
             q = torch.stack(done)  # (k, n)
             u = v - q.T @ (q @ v)  # classical: coefficients from the original v
         done.append(u / u.norm())
-    out = torch.stack(done)  # (m, n)
+    out = torch.stack(done)  # (m, n), m <= n
     return (out.T if tall else out).reshape(w.shape)
 
 
 # ------------------------------------------------------------------------- apodisation
-def hamming_2d(kh: int, kw: int, *, dtype=None, device=None) -> torch.Tensor:
-    """outer(hamming(kh), hamming(kw)) / its max: (kh, kw), max 1; 1x1 -> [[1.]]."""
-    kwargs = {"periodic": False, "dtype": dtype, "device": device}
-    win = torch.outer(torch.hamming_window(kh, **kwargs), torch.hamming_window(kw, **kwargs))
-    return win / win.max()
-
-
 class HammingApodize(nn.Module):
     """Parametrisation: centre each filter, then window it (paper App. B, ``ortho.apodize``).
 
-    Each filter (C_in, kh, kw) has its mean over its C_in * kh * kw entries subtracted, then is
-    multiplied by the symmetric 2-D Hamming window outer(h(kh), h(kw)), h(N)[i] =
-    0.54 - 0.46 cos(2 pi i / (N - 1)) (numpy's ``np.hamming``), normalised to max 1. Our reading
-    of the authors' option "multiply by a normalised 2-D Hamming window and centre": for 3x3
-    the window is [.08, 1, .08] x [.08, 1, .08]; a 1x1 kernel is left unwindowed (window 1).
-    The output is centred before windowing, so its windowed mean is not exactly zero.
+    Each filter (C_in, kh, kw) has its mean over its entries subtracted, then is multiplied by
+    outer(h(kh), h(kw)) normalised to max 1, h the symmetric Hamming window (``np.hamming``).
+    Our reading of the authors' "multiply by a normalised 2-D Hamming window and centre": for
+    3x3 the window is [.08, 1, .08] x [.08, 1, .08]; a 1x1 kernel is left unwindowed.
     """
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         centred = w - w.mean(dim=(1, 2, 3), keepdim=True)  # (C_out, C_in, kh, kw)
-        return centred * hamming_2d(*w.shape[2:], dtype=w.dtype, device=w.device)  # (kh, kw)
+        kwargs = {"periodic": False, "dtype": w.dtype, "device": w.device}
+        kh, kw = w.shape[2:]
+        win = torch.outer(torch.hamming_window(kh, **kwargs), torch.hamming_window(kw, **kwargs))
+        return centred * (win / win.max())  # (kh, kw) window, max 1
 
 
 # --------------------------------------------------------------------------- the trainer
-def _wanted(cfg: OrthoConfig, module: nn.Module) -> list[nn.Module]:
-    chain: list[nn.Module] = [HammingApodize()] if cfg.apodize else []
-    if cfg.mode == "exact":
-        chain.append(Orthonormal(method=cfg.method))
-    elif cfg.mode == "torch":
-        chain.append(TorchOrthogonal(module.weight))
-    return chain
-
-
-def _described(chain: Iterable[nn.Module]) -> list[str]:
-    return [f"{type(p).__name__}({p.extra_repr()})" for p in chain]
-
-
 def apply_orthogonality(convs: Sequence[nn.Module], cfg: OrthoConfig) -> None:
     """Register cfg's parametrisations on each module's ``weight``: apodise, then orthonormalise.
 
@@ -430,7 +374,16 @@ def apply_orthogonality(convs: Sequence[nn.Module], cfg: OrthoConfig) -> None:
     without ``apodize``. Calling it again with the same cfg is a no-op; with another, an error.
     """
     for module in convs:
-        register_chain(module, _wanted(cfg, module))
+        chain: list[nn.Module] = [HammingApodize()] if cfg.apodize else []
+        if cfg.mode == "exact":
+            chain.append(Orthonormal(method=cfg.method))
+        elif cfg.mode == "torch":
+            chain.append(TorchOrthogonal(module.weight))
+        register_chain(module, chain)
+
+
+def _described(chain: Iterable[nn.Module]) -> list[str]:
+    return [f"{type(p).__name__}({p.extra_repr()})" for p in chain]
 
 
 def register_chain(module: nn.Module, chain: list[nn.Module]) -> None:
@@ -457,10 +410,9 @@ def ortho_loss(convs: Sequence[nn.Module], cfg: OrthoConfig) -> torch.Tensor | N
 
 
 class Penalty(NamedTuple):
-    """The loss term of :func:`ortho_loss`, unweighted, on named weights: to be computed from
-    the tensors a step's forward uses (a compiled step's inputs) rather than from the modules.
-    Only plain values (the weights' names in the model, the term), so a compiled step reuses
-    its code for every run of a structure, whatever its ``ortho.weight``."""
+    """The loss term of :func:`ortho_loss`, unweighted, on named weights, to be computed from
+    the tensors a step's forward uses (a compiled step's inputs). Plain values only, so a
+    compiled step reuses its code for every run of a structure, whatever its ``ortho.weight``."""
 
     names: tuple[str, ...]
     term: Callable[[torch.Tensor], torch.Tensor]
@@ -470,10 +422,10 @@ COMPILED_TERMS = ("penalty", "so")  # srip draws its start vector outside a comp
 
 
 def penalty_of(model: nn.Module, convs: Sequence[nn.Module], cfg: OrthoConfig) -> Penalty | None:
-    """The :class:`Penalty` of `convs` (modules of `model`) for ``cfg`` where it can be computed
-    from the model's parameters inside a compiled step: ``penalty`` and ``so`` on plain
-    weights. None otherwise: no loss term (none, exact, torch), ``srip``, or apodised filters
-    (their weights are computed, not parameters); :func:`ortho_loss` then serves."""
+    """The :class:`Penalty` of `convs` (modules of `model`) where it can be computed from the
+    model's parameters inside a compiled step: ``penalty`` and ``so`` on plain weights. None
+    otherwise (no loss term, ``srip``, or apodised filters, which are not parameters):
+    :func:`ortho_loss` then serves."""
     if cfg.mode not in COMPILED_TERMS or any(parametrize.is_parametrized(m) for m in convs):
         return None
     names = {id(p): n for n, p in model.named_parameters()}
@@ -486,11 +438,11 @@ def penalty_value(p: Penalty, tensors: Mapping[str, torch.Tensor]) -> torch.Tens
 
 
 def _gram_minus_identity(w: torch.Tensor) -> torch.Tensor:
-    """G - I for the Gram matrix G of w's filters, or of their columns where there are more
-    filters than values per filter (the identity is then the attainable target; Bansal et al.'s
-    double soft orthogonality penalises both, and only this half can reach zero)."""
-    with _no_autocast(w):
-        return _gram_minus_eye(_narrow(at_least_fp32(w).reshape(w.shape[0], -1)))
+    """G - I for the Gram matrix G of w's filters, or of their columns where C_out > n (the
+    identity is then the attainable target; Bansal et al.'s double soft orthogonality
+    penalises both, and only this half can reach zero)."""
+    with torch.autocast(w.device.type, enabled=False):
+        return _gram_minus_eye(at_least_fp32(w).reshape(w.shape[0], -1))
 
 
 def soft_orthogonality(w: torch.Tensor) -> torch.Tensor:
@@ -533,11 +485,10 @@ class TorchOrthogonal(nn.Module):
     """Parametrisation: conv filters from ``torch.nn.utils.parametrizations.orthogonal`` (ortho
     mode ``torch``), a second exact method beside :class:`Orthonormal`.
 
-    torch's parametrisation orthogonalises the last two axes of a tensor, so it is registered
-    on a (C_out, n) matrix held here (its transpose where C_out > n: orthonormal columns, as
-    ``exact``), started from the conv's initial filters; the conv's own weight is then unused.
-    torch's default map: Householder reflectors (``torch.linalg.householder_product``) for a
-    non-square matrix, the matrix exponential for a square one (largeCNN's 1x1 conv8).
+    torch's parametrisation orthogonalises a matrix, so it is registered on a (C_out, n) matrix
+    held here (its transpose where C_out > n, as ``exact``), started from the conv's initial
+    filters; the conv's own weight is then unused. torch's default map: Householder reflectors
+    for a non-square matrix, the matrix exponential for a square one (largeCNN's 1x1 conv8).
     """
 
     def __init__(self, weight: torch.Tensor):
@@ -571,19 +522,17 @@ def layer_diagnostics(
     weights: Sequence[torch.Tensor], names: Sequence[str]
 ) -> list[dict[str, dict[str, float]]]:
     """Per network, {statistic: {layer name: value}}: one network's weights give one dict,
-    stacks of G networks' weights (G, C_out, ...) give G:
+    stacks of G networks' weights (G, C_out, ...) give G. One host sync for all of them.
 
-    - ``ortho_error``: :func:`orthogonality_errors` (rows, or columns where C_out > n),
-      scale-free, comparable across modes;
-    - ``row_energy``: sum_{k != k'} <W_k, W_k'>^2 of the rows, the penalty's term (eq. 11);
+    - ``ortho_error``: :func:`orthogonality_errors`, scale-free, comparable across modes;
+    - ``row_energy``: the penalty's term of the rows (eq. 11, :func:`gram_penalties`);
     - ``filter_norm``: mean ||W_k|| of the filters (the penalty can lower eq. 11 this way);
-    - ``orthonormality``: max |Q Q^T - I| of the rows, or the columns where C_out > n (what
-      ``exact`` enforces: ~1e-7 there, large for the other modes).
-    One host sync for all of them.
+    - ``orthonormality``: :func:`orthonormality_errors` (what ``exact`` enforces: ~1e-7 there,
+      large for the other modes).
     """
     per_layer = []
     for w in weights:
-        with _no_autocast(w):
+        with torch.autocast(w.device.type, enabled=False):
             flat = stacked_rows(at_least_fp32(w))  # (G, C_out, n)
             stats = [
                 orthogonality_errors(w).double(),

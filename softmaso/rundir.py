@@ -74,22 +74,15 @@ def default_run_dir(cfg: RunConfig, root: Path = DEFAULT_ROOT) -> Path:
 def git_commit() -> str | None:
     """HEAD of the repository softmaso is imported from, with '-dirty' if it has changes.
 
-    Read once per process, at the first call: a long-lived process (a grid's worker) runs the
-    code it imported, so its runs record the commit of its start, not the checkout's later
-    state."""
-    repo = Path(__file__).resolve().parent.parent
+    Read once per process: a long-lived process (a grid's worker) runs the code it imported,
+    so its runs record the commit of its start, not the checkout's later state."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=5)
     try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        head = run([*git, "rev-parse", "HEAD"])
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+        dirty = run([*git, "status", "--porcelain", "--untracked-files=no"])
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -102,13 +95,11 @@ def environment(device) -> dict[str, Any]:
 
     from softmaso import __version__
 
-    dev = {"type": device.type, "name": "cpu", "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        dev["name"] = torch.cuda.get_device_name(device)
-        dev["cuda"] = torch.version.cuda
-        dev["cudnn"] = torch.backends.cudnn.version()
-    else:
-        dev["name"] = cpu_name()
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else cpu_name()
+    dev = {"type": device.type, "name": name, "threads": torch.get_num_threads()}
+    if cuda:
+        dev.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return {
         "softmaso": __version__,
         "git_commit": git_commit(),
@@ -125,12 +116,10 @@ def environment(device) -> dict[str, Any]:
 
 def cpu_name() -> str:
     """The CPU model name from /proc/cpuinfo, else what platform knows."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
@@ -146,9 +135,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def record_error(run_dir: Path, why: str, *, damaged: bool = False) -> None:
-    """Write why a run cannot train into its error.txt: ``failed`` for :func:`status`, or
-    ``damaged`` (its files are); the folder is made if the run never began. Best effort: a full
-    disk may refuse even this."""
+    """Write why a run cannot train into its error.txt (:func:`status` then says ``failed``, or
+    ``damaged``), making the folder if the run never began. Best effort: a full disk may refuse
+    even this."""
     text = f"{DAMAGED if damaged else ''}{why.rstrip()}\n"
     with contextlib.suppress(OSError):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -162,10 +151,7 @@ def read_grid(root: Path) -> dict[str, Any] | None:
     path = Path(root) / GRID
     if not path.exists():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        doc = None
+    doc = read_json(path)
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("runs", []), list)
@@ -205,8 +191,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    from softmaso.io import atomic_write
-
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
 
 
@@ -214,12 +198,11 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 def claim(run_dir: Path) -> Iterator[bool]:
     """Hold the run's lock for the block; yields False (without waiting) if another has it.
 
-    An exclusive ``fcntl.flock`` on ``run_dir/.lock``: `softmaso train` and `softmaso
-    reproduce` both take it, so two processes never train one run; the kernel drops it when its
-    process dies, so a killed run leaves no stale lock. The lock file is removed as the lock is
-    released (:func:`_flocked` says how that stays safe). Where the filesystem has no flock
-    (Lustre mounted without it: ENOSYS), an exclusive lock file instead (:func:`_held_file`).
-    A directory the claim made is removed again if nothing was written in it.
+    An exclusive ``fcntl.flock`` on ``run_dir/.lock``, taken by `softmaso train` and `softmaso
+    reproduce`, so two processes never train one run; the kernel drops it when its process
+    dies, so a killed run leaves no stale lock. Where the filesystem has no flock (Lustre
+    mounted without it), an exclusive lock file instead (:func:`_held_file`). A directory the
+    claim made is removed again if nothing was written in it.
     """
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,24 +220,22 @@ def claim(run_dir: Path) -> Iterator[bool]:
 NO_FLOCK = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # a filesystem without
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether `path` still names the file open as `fd` (not removed, nor made anew)."""
+def _names(path: Path, file: os.stat_result) -> bool:
+    """Whether `path` still names the file of stat result `file` (not removed, nor made anew)."""
     try:
         here = os.stat(path)
     except FileNotFoundError:
         return False
-    there = os.fstat(fd)
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+    return (here.st_dev, here.st_ino) == (file.st_dev, file.st_ino)
 
 
 @contextlib.contextmanager
 def _flocked(path: Path) -> Iterator[bool]:
     """flock `path` (made if needed) for the block, and remove it on the way out.
 
-    The file is removed while the lock is still held, then unlocked. A process that opened the
-    file before the removal gets its flock only afterwards, on a file no longer at `path`:
-    so, once locked, each process checks that `path` still names the file it locked, and
-    starts again if not. Whoever holds the lock holds the file at `path`."""
+    The file is removed while still locked. A process that opened it before the removal gets
+    its flock only afterwards, on a file no longer at `path`: so, once locked, each process
+    checks that `path` still names the file it locked, and starts again if not."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -276,7 +257,7 @@ def _flocked(path: Path) -> Iterator[bool]:
             with _held_file(path.with_name(HELD)) as mine:
                 yield mine
             return
-        if _same_file(fd, path):
+        if _names(path, os.fstat(fd)):
             break
         os.close(fd)  # locked a file that was removed meanwhile: try the one there now
     try:
@@ -297,9 +278,8 @@ TAKEOVER_S = 600  # a takeover marker older than this was left by a process kill
 @contextlib.contextmanager
 def _held_file(path: Path) -> Iterator[bool]:
     """An exclusive lock by creating `path` with O_EXCL (atomic on NFS v3+ and Lustre too),
-    holding "pid@host"; removed on exit. A lock left by a dead process of this host is stale
-    and taken over (:func:`_take_over`); one from another host is respected (its process
-    cannot be checked)."""
+    holding "pid@host"; removed on exit. A lock left by a dead process of this host is taken
+    over (:func:`_take_over`); one from another host is respected (it cannot be checked)."""
     for _ in range(3):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -322,8 +302,7 @@ def _held_file(path: Path) -> Iterator[bool]:
         yield True
     finally:
         with contextlib.suppress(OSError):
-            there = os.stat(path)
-            if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):  # (not taken over)
+            if _names(path, mine):  # (not taken over)
                 path.unlink()
 
 
@@ -331,11 +310,10 @@ def _take_over(path: Path) -> bool:
     """Remove the lock file at `path` if it is stale (:func:`_stale`); whether it was, or is
     gone: then the caller tries the lock again.
 
-    Two processes that find one stale file must not both remove it: the second would remove
-    the fresh lock the first made meanwhile, and both would hold the lock. So a stale file is
-    removed only by the process that creates, with O_EXCL, a marker named after that very file
-    (its inode and modification time), and only if `path` still names it, with the same text;
-    the others find the marker, or the file gone."""
+    Two processes that find one stale file must not both remove it (the second would remove
+    the fresh lock the first made meanwhile). So only the process that creates, with O_EXCL, a
+    marker named after that very file (inode and modification time) removes it, and only if
+    `path` still names it, with the same text."""
     try:
         seen, text = os.stat(path), path.read_text()
     except FileNotFoundError:
@@ -365,8 +343,7 @@ def _take_over(path: Path) -> bool:
 
 
 def _stale(text: str) -> bool:
-    """Whether a lock file's text ("pid@host") names a process of this host that no longer
-    runs."""
+    """Whether a lock file's text ("pid@host") names a dead process of this host."""
     try:
         pid, _, host = text.strip().partition("@")
         pid = int(pid)
@@ -400,16 +377,15 @@ def result_problem(result: Any) -> str | None:
 def status(run_dir: Path) -> tuple[str, dict[str, Any] | None, str | None]:
     """(status, result, problem) of a run directory, the one vocabulary of resume, launcher and
     tables: ``new`` (nothing there), ``pending`` (config only), ``started`` (a checkpoint or
-    metrics, no result: training, or interrupted), ``failed`` (training raised, or its worker
-    process died: error.txt says why, in `problem`; rerunning resumes it), ``finished`` and
-    ``diverged`` (result.json says so; `result` is its content), ``damaged`` (a result.json
-    that cannot be believed; `problem` says why)."""
+    metrics, no result: training, or interrupted), ``failed`` (error.txt says why, in
+    `problem`; rerunning resumes it), ``finished`` and ``diverged`` (`result`: result.json's
+    content), ``damaged`` (result.json, or a checkpoint, cannot be believed: `problem`)."""
     run_dir = Path(run_dir)
     path = run_dir / RESULT
     if path.exists():
         try:
             result = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
+        except (OSError, ValueError):
             return "damaged", None, "result.json is not readable JSON"
         problem = result_problem(result)
         if problem:
@@ -458,27 +434,18 @@ def _on_host(tree: Any) -> Any:
     return tree
 
 
-def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a :func:`checkpoint_state` to `path` atomically."""
-    import torch
-
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
-
-
 class CheckpointWriter:
     """Writes an epoch's checkpoints, then its metrics rows, on a background thread, so the
-    next epoch trains meanwhile (a 30-run pack at full width writes 30 files, 0.5 GB).
+    next epoch trains meanwhile (a 30-run pack at full width writes 0.5 GB).
 
-    One batch at a time and in order: :meth:`submit` first waits for the batch before. An
-    error in a write is raised by the next :meth:`submit` or by :meth:`close`, which the
-    epoch loop always calls before it returns, so no process leaves a write half done (a
-    kill leaves the previous checkpoint, the truth on resume, and a temp file that
-    :func:`open_run` removes).
+    One batch at a time, in order: :meth:`submit` first waits for the one before. A write's
+    error is raised by the next :meth:`submit` or by :meth:`close`, which the epoch loop always
+    calls before it returns (a kill leaves the previous checkpoint, the truth on resume, and a
+    temp file that :func:`open_run` removes).
     """
 
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+    _thread: threading.Thread | None = None
+    _error: BaseException | None = None
 
     def submit(
         self, checkpoints: list[tuple[Path, dict]], metrics: list[tuple[Path, list[dict]]]
@@ -488,9 +455,11 @@ class CheckpointWriter:
         metrics = [(run_dir, [dict(row) for row in rows]) for run_dir, rows in metrics]
 
         def write() -> None:
+            import torch
+
             try:
                 for path, state in checkpoints:
-                    write_checkpoint(path, state)
+                    atomic_write(Path(path), functools.partial(torch.save, state))
                 for run_dir, rows in metrics:
                     write_metrics(run_dir, rows)
             except BaseException as e:  # raised in the training thread by close()
@@ -547,11 +516,8 @@ def export_weights(model, path: Path) -> None:
 
 
 def check_run_dir(cfg: RunConfig, run_dir: Path, finished: bool = False) -> None:
-    """A run directory belongs to one config: refuse to mix another one in.
-
-    The config is read from ``config.yaml``, or, where that is gone, from the checkpoint. The
-    same values written differently (another softmaso version's layout) are the same config.
-    """
+    """A run directory belongs to one config (from ``config.yaml``, else the checkpoint; the
+    same values in another layout are the same config): RunConflict for another one."""
     saved, there = saved_config(run_dir)
     if saved is None:
         return
@@ -603,8 +569,8 @@ def saved_config(run_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
 
 
 def launches(run_dir: Path) -> list[dict[str, Any]]:
-    """Each launch's environment, oldest first (launches.jsonl; env.json alone for runs from
-    before it was kept); unreadable lines (a line a crash cut short) are skipped."""
+    """Each launch's environment, oldest first (launches.jsonl, else env.json for runs from
+    before it); unreadable lines (a line a crash cut short) are skipped."""
     out = []
     path = Path(run_dir) / LAUNCHES
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
@@ -626,13 +592,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
         return []
     rows = []
     for line in text.splitlines():
-        try:
+        with contextlib.suppress(ValueError):
             row = json.loads(line)
-        except ValueError:
-            continue
-        epoch = row.get("epoch") if isinstance(row, dict) else None
-        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1:
-            rows.append(row)
+            epoch = row.get("epoch") if isinstance(row, dict) else None
+            if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1:
+                rows.append(row)
     return rows
 
 
@@ -643,8 +607,8 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 def open_run(cfg: RunConfig, run_dir: Path, device) -> None:
     """Make the run directory ready to train in: stale temp files gone, config written, this
-    launch recorded (env.json keeps the first launch; launches.jsonl gets a line per launch,
-    so a resume with other threads or on another device leaves a trace)."""
+    launch recorded (env.json: the first launch; launches.jsonl: a line per launch, so a
+    resume with other threads or on another device leaves a trace)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.tmp"):  # temp files of a writer that was killed mid-write
         stale.unlink(missing_ok=True)
@@ -722,11 +686,10 @@ GROWS = "train.epochs"  # the one key a run is trained on in (see :func:`trains_
 
 
 def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
-    """The skipped-run result if the run has ended (finished or diverged: a diverged run would
-    diverge again), None if it is to be trained (new, interrupted, failed, or a finished run
-    that `cfg` trains on to more epochs: :func:`trains_on`); RunConflict if the directory is
-    another's; UserError if its result.json is damaged (not a JSON object with a known
-    status)."""
+    """The skipped-run result if the run has ended (finished, or diverged: it would diverge
+    again), None if it is to be trained (new, interrupted, failed, or trained on to more epochs:
+    :func:`trains_on`); RunConflict if the directory is another's; UserError if its result.json
+    is damaged."""
     state, done, problem = status(run_dir)
     if state == "damaged" and (run_dir / RESULT).exists():  # (a damaged checkpoint: tried again)
         raise UserError(
@@ -745,17 +708,14 @@ def check_unfinished(cfg: RunConfig, run_dir: Path) -> dict | None:
                 "choose another run directory",
             )
         return None  # open_run removes its result.json; the result is written anew at its end
-    if done is not None:
-        return {**done, "skipped": True}
-    return None
+    return None if done is None else {**done, "skipped": True}
 
 
 def trains_on(cfg: RunConfig, run_dir: Path) -> bool:
     """Whether `cfg` is the run's config in `run_dir` with more ``train.epochs`` and nothing
-    else changed: then the run is trained on from its last checkpoint, to the metrics a run
-    trained that long at once has. That holds because nothing else depends on the number of
-    epochs: the learning rate is constant (``optim.lr``; the config has no schedule), and data
-    order and augmentation depend on (seed, epoch) only. Fewer epochs stay a conflict."""
+    else changed: then the run is trained on from its last checkpoint, to the metrics of a run
+    trained that long at once (nothing else depends on the number of epochs: the learning rate
+    is constant, data order and augmentation depend on (seed, epoch) only)."""
     _, there = saved_config(run_dir)
     if there is None:
         return False

@@ -14,9 +14,9 @@ EtaParam = Literal["logit", "softplus"]
 class BetaParameter(nn.Module):
     """beta of a beta-VQ, fixed or learnable, shared or one per channel.
 
-    Fixed: beta is a Python float anywhere in [0, 1] (0 and 1 exact; a hyperparameter, not
-    state, so it keeps full precision in any dtype). Learnable: an unconstrained
-    parameter p, so beta stays in the open interval (0, 1) whatever the optimiser does:
+    Fixed: a Python float anywhere in [0, 1] (a hyperparameter, not state: full precision in
+    any dtype). Learnable: an unconstrained parameter p, so beta stays in (0, 1) whatever the
+    optimiser does:
     - ``eta_param="logit"``: beta = sigmoid(p), hence eta = beta / (1 - beta) = exp(p);
     - ``eta_param="softplus"``: eta = softplus(p), hence beta = eta / (1 + eta) (the authors'
       swish parametrisation, paper-notes section 9).
@@ -46,19 +46,9 @@ class BetaParameter(nn.Module):
             p0 = math.log(eta0) if eta_param == "logit" else eta0 + math.log(-math.expm1(-eta0))
             self.p = nn.Parameter(torch.full((channels,) if channels else (), p0))
 
-    def _shaped(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
-        if v.dim() == 0:
-            return v
-        shape = [1] * ndim
-        shape[self.channel_dim] = v.shape[0]
-        return v.view(shape)
-
     def eta(self, ndim: int) -> torch.Tensor | float:
-        """eta = beta / (1 - beta), shaped to broadcast over an input of `ndim` dimensions.
-
-        A float for a fixed beta < 1 (callers handle beta = 1, where eta is infinite, through
-        :meth:`constant`).
-        """
+        """eta = beta / (1 - beta), shaped to broadcast over an input of `ndim` dimensions; a
+        float for a fixed beta (infinite for beta = 1: callers check :meth:`constant`)."""
         if not self.learnable:
             return self.fixed / (1 - self.fixed) if self.fixed < 1 else float("inf")
         # exp capped at e^60 (finite in fp32 and bf16) so that eta * 0 never becomes inf * 0
@@ -67,7 +57,11 @@ class BetaParameter(nn.Module):
             if self.eta_param == "logit"
             else nn.functional.softplus(self.p)
         )
-        return self._shaped(e, ndim)
+        if e.dim() == 0:
+            return e
+        shape = [1] * ndim
+        shape[self.channel_dim] = e.shape[0]
+        return e.view(shape)
 
     def beta(self) -> torch.Tensor:
         if not self.learnable:
@@ -87,8 +81,3 @@ class BetaParameter(nn.Module):
         if self.learnable:
             return f"learnable ({self.eta_param}), {self.p.numel()} beta(s)"
         return f"fixed, beta={self.fixed}"
-
-
-def region_axis(eta: torch.Tensor | float) -> torch.Tensor | float:
-    """Append the region axis to a shaped eta so it broadcasts against scores (..., R)."""
-    return eta.unsqueeze(-1) if isinstance(eta, torch.Tensor) else eta

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softmaso.nn.beta import BetaParameter, EtaParam, region_axis
+from softmaso.nn.beta import BetaParameter, EtaParam
 from softmaso.theory.specs import maxpool_scores
 
 
@@ -41,7 +41,9 @@ class BetaSoftmaxPool2d(nn.Module):
             return F.avg_pool2d(x, self.kernel_size, self.stride)
         s = maxpool_scores(x, self.kernel_size, self.stride)  # (N, C, H', W', R)
         eta = self.beta.eta(x.dim())  # () or (1, C, 1, 1)
-        t = torch.softmax(region_axis(eta) * s, dim=-1)
+        if isinstance(eta, torch.Tensor):
+            eta = eta.unsqueeze(-1)  # a region axis, to broadcast against s
+        t = torch.softmax(eta * s, dim=-1)
         return (t * s).sum(-1)
 
     def extra_repr(self) -> str:
