@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from softmaso import rundir
+from softmaso import fill, rundir
 from softmaso.config import RunConfig
 from softmaso.packed_training import pack_speedup
 from softmaso.timing import interleaved, rounds, sync
@@ -318,7 +318,8 @@ def _cuda_extras(
     device, base, cfgs: list[RunConfig], width: float, *, steps: int, repeats: int
 ) -> dict[str, Any]:
     """(d)'s CUDA-only figures: images/s of the single-model step at batch 50 and 100 eager, in
-    bf16 and captured, and the pack of `cfgs` in bf16 and with ``train.compile``; each failure
+    bf16 and captured, the pack of `cfgs` in bf16 and with ``train.compile``, and 2 and 4
+    compiled runs in as many processes at once (summed; 0 where one failed); each failure
     reported in place of its figure."""
     log.info("(d) CUDA: batch 50 and 100, bf16, captured step (CUDA graph) ...")
     batch = {"eager_b50": 50, "eager_b100": 100, "bf16_b50": 50, "captured_b50": 50}
@@ -345,22 +346,34 @@ def _cuda_extras(
         out[f"d_packed_{key}"] = _guarded(
             lambda v=variant: pack_speedup(v, device, data=base.data, steps=steps, repeats=repeats)
         )
+    log.info("(d) CUDA: 2 and 4 worker processes, compiled, on the device at once ...")
+    compiled = [c.with_overrides(**{"train.compile": True}) for c in cfgs]
+    out["d_processes"] = {
+        f"processes={k}": fill.process_rate(compiled[:k], str(device))
+        for k in (2, 4)
+        if k <= len(compiled)
+    }
     return out
 
 
 def _projection(res: dict[str, Any]) -> dict[str, Any]:
     """The Table 2 grid's wall time at the rate `softmaso reproduce` would train at here.
 
-    That is the packed rate when packing measured faster (reproduce packs then), else the
-    single-model step's; both the fp32 protocol, eager (``train.compile`` is off by default).
-    The other variants (captured, bf16, compiled) are listed beside it, with their own
-    projections.
+    On CUDA (figures (d) CUDA present) that is the fastest way a grid fills the device, as
+    :func:`softmaso.fill.choose` picks it: one compiled run at a time, 2 or 4 compiled worker
+    processes, or a compiled pack; on a CPU, one eager run at a time. The other variants
+    (captured, bf16, ...) are listed beside it, with their own projections.
     """
-    from softmaso.packing import PACK_MIN_SPEEDUP
-
-    packed = res.get("d_packed", {})
-    use_pack = packed.get("speedup", 0) >= PACK_MIN_SPEEDUP
-    rate = packed["packed_images_per_s"] if use_pack else res["a_step"]["softmaso_images_per_s"]
+    if "d_cuda" in res:
+        one = res.get("a_compiled", {}).get("images_per_s", res["a_step"]["softmaso_images_per_s"])
+        rates = {"processes=1": one, **res.get("d_processes", {})}
+        packed = res.get("d_packed_compiled", {})
+        if "packed_images_per_s" in packed:
+            rates[f"pack={packed['runs']}"] = packed["packed_images_per_s"]
+        chosen = fill.choose(rates, "cuda")
+        rate, used = fill.rate_of(chosen), chosen.why
+    else:
+        rate, used = res["a_step"]["softmaso_images_per_s"], "one run at a time, eager"
     floor = GRID_IMAGES * 3 * FORWARD_GFLOP * 1e9 / (FLOOR_TFLOPS * 1e12)
     grid = GRID_IMAGES / rate
     others = {k: v["images_per_s"] for k, v in res.get("d_cuda", {}).items() if "images_per_s" in v}
@@ -371,7 +384,7 @@ def _projection(res: dict[str, Any]) -> dict[str, Any]:
             others[f"packed_{key}"] = variant["packed_images_per_s"]
     return {
         "grid_images": GRID_IMAGES,
-        "rate_used": "packed" if use_pack else "single model, eager",
+        "rate_used": used,
         "images_per_s": rate,
         "grid_hours_at_measured_rate": grid / 3600,
         "floor_hours": floor / 3600,

@@ -99,7 +99,7 @@ def measure(todo: list, launch) -> Fill:
     device, cfgs = _device(launch), [run.cfg for run in todo]
     rates = {}
     for k in (k for k in PROCESSES if k <= len(cfgs)):
-        rates[f"processes={k}"] = process_rate(cfgs[:k], device, launch)
+        rates[f"processes={k}"] = process_rate(cfgs[:k], device, launch.threads, launch.data_dir)
     groups: dict[str, list] = {}
     for cfg in cfgs:
         if cfg.ortho.mode in PACKABLE_MODES:
@@ -111,6 +111,14 @@ def measure(todo: list, launch) -> Fill:
         got = pack_speedup(group, torch.device(device))
         rates[f"pack={len(group)}"] = got["packed_images_per_s"]
     return choose(rates, device)
+
+
+def rate_of(fill: Fill) -> float:
+    """Images/s of the candidate `fill` chose (0.0 where it measured none)."""
+    key = {"one": "processes=1", "processes": f"processes={fill.per_device}"}.get(fill.mode)
+    if key is None:  # a pack: its one candidate
+        key = next((k for k in fill.rates if k.startswith("pack=")), "")
+    return fill.rates.get(key, 0.0)
 
 
 def choose(rates: dict[str, float], device: str) -> Fill:
@@ -131,7 +139,9 @@ def choose(rates: dict[str, float], device: str) -> Fill:
     )
 
 
-def process_rate(cfgs: list, device: str, launch) -> float:
+def process_rate(
+    cfgs: list, device: str, threads: int | None = None, data_dir: Path | None = None
+) -> float:
     """Images/s summed over len(cfgs) spawned processes, each training its run on `device`,
     timed over the same :data:`PROBE_SECONDS` after every process's warm-up; 0.0 when one of
     them fails (out of memory, say)."""
@@ -141,7 +151,7 @@ def process_rate(cfgs: list, device: str, launch) -> float:
 
     ctx = mp.get_context("spawn")
     k = len(cfgs)
-    threads = launch.threads or max(1, cpu_cores() // k)
+    threads = threads or max(1, cpu_cores() // k)
     ready, results = ctx.Barrier(k + 1), ctx.SimpleQueue()
     start = ctx.Value("d", 0.0)
     procs = [
@@ -150,7 +160,7 @@ def process_rate(cfgs: list, device: str, launch) -> float:
             args=(
                 c.to_dict(),
                 device,
-                launch.data_dir,
+                data_dir,
                 threads,
                 PROBE_SECONDS,
                 ready,

@@ -45,16 +45,23 @@ def test_projection_uses_the_rate_reproduce_would_train_at():
         "d_packed": {"speedup": 4.0, "packed_images_per_s": 80_000.0},
         "d_cuda": {"captured_b50": {"images_per_s": 40_000.0}, "bf16_b50": {"error": "x"}},
         "a_compiled": {"images_per_s": 30_000.0, "speedup": 3.0, "compile_seconds": 40.0},
-        "d_packed_compiled": {"speedup": 2.0, "packed_images_per_s": 90_000.0},
+        "d_packed_compiled": {"runs": 30, "speedup": 2.0, "packed_images_per_s": 90_000.0},
         "d_packed_bf16": {"error": "x"},
+        "d_processes": {"processes=2": 50_000.0, "processes=4": 70_000.0},
     }
-    d = _projection(res)
-    assert d["rate_used"] == "packed" and d["images_per_s"] == 80_000.0
-    assert d["grid_hours_at_measured_rate"] == GRID_IMAGES / 80_000 / 3600
+    d = _projection(res)  # on CUDA: the fastest fill, compiled, as a grid measures it
+    assert d["rate_used"].startswith("pack of 30") and d["images_per_s"] == 90_000.0
+    assert d["grid_hours_at_measured_rate"] == GRID_IMAGES / 90_000 / 3600
     others = d["other_variants_grid_hours"]
     assert set(others) == {"captured_b50", "compiled_b50", "packed_compiled"}  # no errors
     assert others["packed_compiled"] == GRID_IMAGES / 90_000 / 3600
-    res["d_packed"]["speedup"] = 1.05  # below the threshold: reproduce would not pack
+    res["d_processes"]["processes=4"] = 100_000.0
+    assert _projection(res)["rate_used"].startswith("processes of 4")
+    res["d_processes"] = {"processes=2": 0.0, "processes=4": 0.0}  # they ran out of memory
+    res["d_packed_compiled"] = {"error": "x"}
+    assert _projection(res)["images_per_s"] == 30_000.0  # one compiled run at a time
+    for key in ("d_cuda", "d_processes", "d_packed_compiled"):  # a CPU: one eager run
+        res.pop(key)
     assert _projection(res)["images_per_s"] == 10_000.0
 
 
@@ -66,6 +73,7 @@ def test_cuda_figures_report_a_failed_capture_and_measure_the_rest(monkeypatch):
         raise RuntimeError("operation not permitted when stream is capturing\nmore")
 
     monkeypatch.setattr(bench, "_captured_step", no_capture)
+    monkeypatch.setattr(bench.fill, "process_rate", lambda cfgs, device: 100.0 * len(cfgs))
     dev = torch.device("cpu")
     base = bench._setup(dev, width=0.0625)
     cfgs = [bench._config(width=0.0625).with_overrides(seed=i) for i in range(2)]
@@ -82,6 +90,7 @@ def test_cuda_figures_report_a_failed_capture_and_measure_the_rest(monkeypatch):
     assert all(v["images_per_s"] > 0 for v in cuda.values() if "batch" in v)
     for key in ("d_packed_bf16", "d_packed_compiled"):
         assert out[key]["runs"] == 2 and out[key]["speedup"] > 0, out[key]
+    assert out["d_processes"] == {"processes=2": 200.0}  # 4 processes: more than its 2 runs
     assert set(
         bench._projection({"a_step": {"softmaso_images_per_s": 1.0}, **out})[
             "other_variants_grid_hours"

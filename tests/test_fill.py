@@ -37,6 +37,8 @@ def _recorded(root) -> dict:
 def test_the_fastest_fill_wins_by_a_margin(rates, mode, per_device):
     got = fill.choose(rates, "cuda:0")
     assert (got.mode, got.per_device, got.rates) == (mode, per_device, rates)
+    best = max(rates.values(), default=0.0)
+    assert fill.rate_of(got) == (best if mode != "one" else rates.get("processes=1", 0.0))
     assert "cuda:0" in got.why
 
 
@@ -94,4 +96,4 @@ def test_where_it_measures_it_times_processes_and_a_pack_of_the_grids_runs(
 def test_a_probe_that_cannot_train_counts_as_zero(monkeypatch):
     cfg = ex.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0].cfg
     bad = cfg.with_overrides(**{"optim.batch_size": 100000})  # more than the training images
-    assert fill.process_rate([cfg, bad], "cpu", launch.Launch(threads=1)) == 0.0
+    assert fill.process_rate([cfg, bad], "cpu", threads=1) == 0.0
