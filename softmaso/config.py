@@ -185,6 +185,19 @@ class RunConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 
+    @field_validator("ortho")
+    @classmethod
+    def _apodised_filters_can_be_orthonormal(cls, ortho: OrthoConfig) -> OrthoConfig:
+        # Centred filters span n - 1 of their n dimensions, and largeCNN's 1x1 conv has as many
+        # filters as values per filter: exact's Gram-Schmidt of them divides by zero (NaN).
+        if ortho.apodize and ortho.mode == "exact":
+            raise ValueError(
+                "apodize with mode exact: centred filters cannot be orthonormalised in "
+                "largeCNN's 1x1 conv (as many filters as values per filter; training gives NaN)"
+                "; apodize goes with mode none, penalty, so, srip or torch"
+            )
+        return ortho
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

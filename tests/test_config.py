@@ -224,3 +224,13 @@ def test_an_alias_bomb_is_refused_at_once_and_errors_stay_short(cli, tmp_path):
     small.write_text("\n".join([*lines[:4], "model: {width: *c}"]) + "\n")
     r = cli("train", small, "--print-config")
     assert r.exit_code == 2 and "model.width" in r.stderr and len(r.stderr) < 400
+
+
+def test_apodised_exact_filters_are_refused_before_they_give_nan(tmp_path):
+    """Centred filters cannot be orthonormal where a layer has as many filters as values per
+    filter (largeCNN's 1x1 conv): exact + apodize trained to NaN at the first step."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ortho:\n  apodize: true\n")
+    with pytest.raises(UserError, match="apodize with mode exact"):
+        load_recipe(recipe, ["ortho.mode=exact"])
+    assert load_recipe(recipe, ["ortho.mode=penalty"]).ortho.apodize
