@@ -169,4 +169,3 @@ def test_a_unit_of_runs_trains_packed_and_resumes_as_skipped(tmp_path):
     assert packed_with == {2}
     assert set(launch.train_unit(unit, launch.Launch(), "cpu").values()) == {"skipped-finished"}
     assert plan_units(unit, pack=True) == [[unit[0], unit[1]]]
-
