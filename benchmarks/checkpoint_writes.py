@@ -4,7 +4,7 @@
 
 Builds a pack of --runs fresh runs at --width (one Adam step, so the optimiser state is full
 size), then three times: the blocking part (splitting the pack into single-run states and
-copying them to the host, `PackStepper.checkpoints`) and the part a background thread does
+copying them to the host, `packed_training.pack_checkpoints`) and the part a background thread does
 while training goes on (`rundir.CheckpointWriter`: torch.save of each file, atomic rename).
 Prints one JSON object; the first of the three rounds includes the allocator's warm-up.
 """
@@ -22,8 +22,7 @@ import torch
 
 from softmaso import rundir, training
 from softmaso.config import RunConfig
-from softmaso.data import Preprocessor
-from softmaso.packed_training import PackStepper, new_pack
+from softmaso.packed_training import new_pack, pack_checkpoints
 from softmaso.timing import sync
 
 
@@ -41,7 +40,6 @@ def measure(n: int, width: float, device: torch.device, rounds: int = 3) -> dict
     for p in pack.model.parameters():  # one step: Adam's moments exist, as after an epoch
         p.grad = torch.zeros_like(p)
     pack.optimizer.step()
-    stepper = PackStepper(pack, s.data, Preprocessor(cfg.data.preprocess, s.data.x_train), device)
     out = {
         "runs": n,
         "width": width,
@@ -51,19 +49,19 @@ def measure(n: int, width: float, device: torch.device, rounds: int = 3) -> dict
         "background_s": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        stepper.dirs = [Path(tmp) / f"run{i}" for i in range(n)]
-        for d in stepper.dirs:
+        pack.dirs = [Path(tmp) / f"run{i}" for i in range(n)]
+        for d in pack.dirs:
             d.mkdir()
         writer = rundir.CheckpointWriter()
         for _ in range(rounds):
             sync(device)
             t0 = time.perf_counter()
-            writer.submit(stepper.checkpoints(1), [])
+            writer.submit(pack_checkpoints(pack, s.data, 1), [])
             t1 = time.perf_counter()
             writer.close()
             out["blocking_s"].append(t1 - t0)
             out["background_s"].append(time.perf_counter() - t1)
-        out["bytes_per_run"] = os.path.getsize(stepper.dirs[0] / rundir.CHECKPOINT)
+        out["bytes_per_run"] = os.path.getsize(pack.dirs[0] / rundir.CHECKPOINT)
     return out
 
 

@@ -195,8 +195,8 @@ def train_step_packed(
     return per_run.detach(), correct
 
 
-def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, on_step) -> EpochStats:
-    """One epoch of all runs; per-run sums stay on the device until the epoch ends."""
+def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, bar: Task):
+    """One epoch of all runs: each run's summed loss and correct count, read to the host once."""
     P = pack.runs
     pack.model.train()
     batches = torch.stack([s.epoch(epoch) for s in pack.samplers], dim=1)  # (steps, P, B)
@@ -209,10 +209,8 @@ def _train_epoch(pack: Pack, data, prep: Preprocessor, epoch: int, device, on_st
         per_run, right = train_step_packed(pack, data, prep, idx, gens)
         loss_sum += per_run
         correct += right
-        if on_step is not None:
-            on_step()
-    steps, batch = batches.shape[0], batches.shape[2]
-    return EpochStats(loss_sum.tolist(), correct.tolist(), steps, steps * batch)
+        bar.advance()
+    return loss_sum.tolist(), correct.tolist()
 
 
 @torch.no_grad()
@@ -244,189 +242,113 @@ def _evaluate(pack: Pack, data, prep: Preprocessor, device) -> list[dict[str, fl
 
 
 # ------------------------------------------------------------------------ the pack's loop
-@dataclass(frozen=True)
-class EpochStats:
-    """An epoch's training pass, read once to the host: per run summed loss and correct count."""
-
-    losses: list[float]
-    correct: list[int]
-    steps: int
-    images: int  # per run
-
-
-@dataclass(frozen=True)
-class Ended:
-    """How a run's training ended: its status (finished or diverged), rows and wall time."""
-
-    status: str
-    history: list[dict]
-    wall_seconds: float
-
-    def fields(self, device, extra: dict[str, Any] | None) -> dict[str, Any]:
-        """The keywords of :func:`softmaso.rundir.finish_run` for this end."""
-        return {
-            "history": self.history,
-            "status": self.status,
-            "wall_seconds": self.wall_seconds,
-            "device": device,
-            "extra": extra,
-        }
-
-
-def run_epochs(stepper: PackStepper, *, start: int, title: str) -> list[Ended]:
-    """Epochs `start`..end of the pack's runs; how each ended, in the pack's order (the epoch
-    loop of :func:`softmaso.training.fit`, for P runs, of which any may diverge and leave)."""
-    cfg, n = stepper.cfgs[0], len(stepper.cfgs)
-    at = list(range(n))  # at[p]: the original position of the stepper's run p
+def _train(pack: Pack, data, prep: Preprocessor, device, *, start: int) -> list[dict[str, Any]]:
+    """Epochs `start`.. of the pack's runs: the epoch loop of :func:`softmaso.training.fit`, for
+    P runs, any of which may diverge and leave the pack. How each run ended, in the pack's order
+    (the keywords of :func:`softmaso.rundir.finish_run` but device and extra)."""
+    cfg, n = pack.cfgs[0], pack.runs
+    at = list(range(n))  # at[p]: the original position of the pack's run p
     now = time.perf_counter()  # t0[i]: when run i would have started, counting past epochs
-    t0 = [now - sum(r["seconds"] for r in h) for h in stepper.histories]
-    ended: dict[int, Ended] = {}
-    steps = stepper.steps_per_epoch
+    t0 = [now - sum(row["seconds"] for row in h) for h in pack.histories]
+    ended: dict[int, dict[str, Any]] = {}
+
+    def end(p: int, status: str) -> None:
+        wall = time.perf_counter() - t0[at[p]]
+        ended[at[p]] = {"status": status, "history": pack.histories[p], "wall_seconds": wall}
+
+    title = f"pack of {n} runs from {pack.dirs[0].name}"
+    steps = pack.samplers[0].steps_per_epoch
     bar = Task(title, total=cfg.train.epochs * steps, completed=start * steps)
     if start:
-        logger.info(
-            f"resuming after epoch {start} from {_checkpoints(stepper)}", extra={"tag": title}
-        )
+        where = pack.dirs[0] / rundir.CHECKPOINT if n == 1 else f"the {n} runs' checkpoints"
+        logger.info(f"resuming after epoch {start} from {where}", extra={"tag": title})
     writer = rundir.CheckpointWriter()
     try:
-        peak_memory(stepper.device)  # the first epoch's peak starts here
+        peak_memory(device)  # the first epoch's peak starts here
         for epoch in range(start, cfg.train.epochs):
-            stepper, at = _epoch(stepper, at, epoch, bar, t0, ended, writer)
-            if stepper is None:
-                break
+            t_start = time.perf_counter()
+            losses, correct = _train_epoch(pack, data, prep, epoch, device, bar)
+            bad = [p for p, v in enumerate(losses) if not math.isfinite(v)]
+            for p in bad:
+                rest = ", the other runs go on" if len(bad) < len(at) else ""
+                why = f"epoch {epoch + 1} loss is {losses[p]}; stopping (diverged){rest}"
+                logger.warning(why, extra={"tag": pack.dirs[p].name})
+                end(p, "diverged")
+            if bad:
+                keep = [p for p in range(len(at)) if p not in bad]
+                at, losses, correct = ([x[p] for p in keep] for x in (at, losses, correct))
+                pack = _without(pack, keep, data, device) if keep else None
+                if pack is None:
+                    break
+            t_train = time.perf_counter()
+            tests = _evaluate(pack, data, prep, device)
+            weights = [run_stack(c.weight, pack.runs) for c in pack.model.ortho_convs()]
+            diagnostics = layer_diagnostics(weights, pack.model.ortho_names())
+            lrs = pack.optimizer.lrs()
+            t_eval, memory = time.perf_counter(), peak_memory(device)
+            for p, history in enumerate(pack.histories):
+                row = epoch_row(
+                    epoch + 1,
+                    loss_sum=losses[p],
+                    steps=steps,
+                    correct=correct[p],
+                    images=steps * cfg.optim.batch_size,
+                    test=tests[p],
+                    diagnostics=diagnostics[p],
+                    lr=lrs[p],
+                    train_seconds=t_train - t_start,
+                    eval_seconds=t_eval - t_train,
+                    memory=memory,
+                )
+                history.append(row)
+                show_epoch(bar, pack.dirs[p].name, row)
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+                metrics = list(zip(pack.dirs, pack.histories, strict=True))
+                writer.submit(pack_checkpoints(pack, data, epoch + 1), metrics)  # in background
     finally:
         bar.close()
         writer.close()  # the last checkpoints are on disk before any result is written
-    if stepper is not None:
-        stepper.export()
-        for p, i in enumerate(at):
-            ended[i] = Ended("finished", stepper.histories[p], time.perf_counter() - t0[i])
+    if pack is not None:
+        for cfg_p, run_dir, state in zip(
+            pack.cfgs, pack.dirs, unpack_state(pack.model), strict=True
+        ):
+            model = make_model(cfg_p, data)
+            model.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
+            rundir.export_weights(model, run_dir / rundir.WEIGHTS)
+        for p in range(len(at)):
+            end(p, "finished")
     return [ended[i] for i in range(n)]
 
 
-def _epoch(stepper, at, epoch, bar, t0, ended, writer):
-    """One epoch of every run; the stepper (and positions) left after dropping diverged runs."""
-    cfg, device = stepper.cfgs[0], stepper.device
-    t_start = time.perf_counter()
-    st = stepper.train_epoch(epoch, bar.advance)
-    bad = {p for p, v in enumerate(st.losses) if not math.isfinite(v)}
-    for p in sorted(bad):
-        rest = ", the other runs go on" if len(bad) < len(at) else ""
-        why = f"epoch {epoch + 1} loss is {st.losses[p]}; stopping (diverged){rest}"
-        logger.warning(why, extra={"tag": stepper.dirs[p].name})
-        ended[at[p]] = Ended("diverged", stepper.histories[p], time.perf_counter() - t0[at[p]])
-    if bad:
-        keep = [p for p in range(len(at)) if p not in bad]
-        at = [at[p] for p in keep]
-        st = EpochStats(
-            [st.losses[p] for p in keep], [st.correct[p] for p in keep], st.steps, st.images
+def pack_checkpoints(pack: Pack, data, epoch: int) -> list[tuple[Path, dict]]:
+    """Each run's single-run checkpoint (the pack split by unpack_state), on the host."""
+    states = unpack_state(pack.model, pack.optimizer)
+    return [
+        (
+            run_dir / rundir.CHECKPOINT,
+            rundir.checkpoint_state(
+                cfg=cfg,
+                data=data,
+                epoch=epoch,
+                history=history,
+                model=state["model"],
+                optimizer=state["optimizer"],
+            ),
         )
-        stepper = stepper.drop(bad)
-        if stepper is None:
-            return None, at
-    t_train = time.perf_counter()
-    tests, diagnostics, lrs = stepper.evaluate(), stepper.diagnostics(), stepper.lrs()
-    t_eval, memory = time.perf_counter(), peak_memory(device)
-    for p, history in enumerate(stepper.histories):
-        row = epoch_row(
-            epoch + 1,
-            loss_sum=st.losses[p],
-            steps=st.steps,
-            correct=st.correct[p],
-            images=st.images,
-            test=tests[p],
-            diagnostics=diagnostics[p],
-            lr=lrs[p],
-            train_seconds=t_train - t_start,
-            eval_seconds=t_eval - t_train,
-            memory=memory,
+        for cfg, run_dir, state, history in zip(
+            pack.cfgs, pack.dirs, states, pack.histories, strict=True
         )
-        history.append(row)
-        show_epoch(bar, stepper.dirs[p].name, row)
-    if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-        metrics = list(zip(stepper.dirs, stepper.histories, strict=True))
-        writer.submit(stepper.checkpoints(epoch + 1), metrics)  # written while training goes on
-    return stepper, at
+    ]
 
 
-def _checkpoints(stepper) -> str:
-    if len(stepper.dirs) == 1:
-        return str(stepper.dirs[0] / rundir.CHECKPOINT)
-    return f"the {len(stepper.dirs)} runs' checkpoints"
-
-
-class PackStepper:
-    """A pack for :func:`run_epochs`: P runs, one network, per-run bookkeeping."""
-
-    def __init__(self, pack: Pack, data, prep: Preprocessor, device: torch.device):
-        self.pack, self.data, self.prep, self.device = pack, data, prep, device
-        self.cfgs, self.dirs, self.histories = pack.cfgs, pack.dirs, pack.histories
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.pack.samplers[0].steps_per_epoch
-
-    def train_epoch(self, epoch: int, on_step) -> EpochStats:
-        return _train_epoch(self.pack, self.data, self.prep, epoch, self.device, on_step)
-
-    def evaluate(self) -> list[dict[str, float]]:
-        return _evaluate(self.pack, self.data, self.prep, self.device)
-
-    def diagnostics(self) -> list[dict[str, dict[str, float]]]:
-        model = self.pack.model
-        weights = [c.weight for c in model.ortho_convs()]
-        return layer_diagnostics(
-            [run_stack(w, self.pack.runs) for w in weights], model.ortho_names()
-        )
-
-    def lrs(self) -> list[float]:
-        return self.pack.optimizer.lrs()
-
-    def _states(self) -> list[dict[str, Any]]:
-        return unpack_state(self.pack.model, self.pack.optimizer)
-
-    def checkpoints(self, epoch: int) -> list[tuple[Path, dict]]:
-        """Each run's single-run checkpoint (the pack split by unpack_state)."""
-        return [
-            (
-                run_dir / rundir.CHECKPOINT,
-                rundir.checkpoint_state(
-                    cfg=cfg,
-                    data=self.data,
-                    epoch=epoch,
-                    history=history,
-                    model=state["model"],
-                    optimizer=state["optimizer"],
-                ),
-            )
-            for cfg, run_dir, state, history in zip(
-                self.cfgs, self.dirs, self._states(), self.histories, strict=True
-            )
-        ]
-
-    def drop(self, bad: set[int]) -> PackStepper | None:
-        """The pack rebuilt without the runs in `bad` (their states are discarded)."""
-        keep = [p for p in range(self.pack.runs) if p not in bad]
-        if not keep:
-            return None
-        states = self._states()
-        pack = _make_pack(
-            [self.cfgs[p] for p in keep],
-            [self.dirs[p] for p in keep],
-            [states[p] for p in keep],
-            [self.histories[p] for p in keep],
-            self.data,
-            self.device,
-        )
-        return PackStepper(pack, self.data, self.prep, self.device)
-
-    def export(self) -> None:
-        for cfg, run_dir, state in zip(
-            self.cfgs, self.dirs, unpack_state(self.pack.model), strict=True
-        ):
-            model = make_model(cfg, self.data)
-            model.load_state_dict({k: v.cpu() for k, v in state["model"].items()})
-            rundir.export_weights(model, run_dir / rundir.WEIGHTS)
+def _without(pack: Pack, keep: list[int], data, device) -> Pack:
+    """The pack rebuilt with only the runs in `keep` (the others' states are discarded)."""
+    states = unpack_state(pack.model, pack.optimizer)
+    return _make_pack(
+        *([x[p] for p in keep] for x in (pack.cfgs, pack.dirs, states, pack.histories)),
+        data,
+        device,
+    )
 
 
 # ------------------------------------------------------------------------------------- fit
@@ -476,12 +398,12 @@ def fit_packed(
         pack = _make_pack(
             [cfgs[i] for i in idx], [run_dirs[i] for i in idx], states, histories, data, device
         )
-        stepper = PackStepper(pack, data, prep, device)
-        title = f"pack of {pack.runs} runs from {pack.dirs[0].name}"
-        ends = run_epochs(stepper, start=start, title=title)
+        ends = _train(pack, data, prep, device, start=start)
         for i, end in zip(idx, ends, strict=True):
             extra_i = {**(extra or {}), "packed_with": len(idx)}
-            results[i] = rundir.finish_run(cfgs[i], run_dirs[i], **end.fields(device, extra_i))
+            results[i] = rundir.finish_run(
+                cfgs[i], run_dirs[i], **end, device=device, extra=extra_i
+            )
     return [results[i] for i in range(len(cfgs))]
 
 
