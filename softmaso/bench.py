@@ -349,7 +349,7 @@ def _cuda_extras(
     log.info("(d) CUDA: 2 and 4 worker processes, compiled, on the device at once ...")
     compiled = [c.with_overrides(**{"train.compile": True}) for c in cfgs]
     out["d_processes"] = {
-        f"processes={k}": fill.process_rate(compiled[:k], str(device))
+        f"processes={k}": fill.process_rate([[c] for c in compiled[:k]], str(device))
         for k in (2, 4)
         if k <= len(compiled)
     }

@@ -190,11 +190,13 @@ class RunConfig(_Strict):
     def _apodised_filters_can_be_orthonormal(cls, ortho: OrthoConfig) -> OrthoConfig:
         # Centred filters span n - 1 of their n dimensions, and largeCNN's 1x1 conv has as many
         # filters as values per filter: exact's Gram-Schmidt of them divides by zero (NaN).
+        # (torch's orthogonal parametrisation trains, on its own terms, and is left alone.)
         if ortho.apodize and ortho.mode == "exact":
             raise ValueError(
-                "apodize with mode exact: centred filters cannot be orthonormalised in "
-                "largeCNN's 1x1 conv (as many filters as values per filter; training gives NaN)"
-                "; apodize goes with mode none, penalty, so, srip or torch"
+                "apodize with mode exact: centred filters cannot be orthonormalised where a "
+                "layer has at least as many filters as values per filter, as largeCNN's 1x1 "
+                "conv (and its first, from width 0.28) has; training gave NaN. Apodize goes "
+                "with mode none, penalty, so, srip or torch"
             )
         return ortho
 
@@ -261,8 +263,10 @@ def _validate(tree: dict, *, source: str, set_keys: set[str]) -> RunConfig:
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             raise UserError(source, f"unknown key {key!r}{_did_you_mean(key)}") from None
-        where = f"--set {key}" if key in set_keys else f"{source}: key {key!r}"
-        raise UserError(where, f"{err['msg']} (got {_SHORT.repr(err.get('input'))})") from None
+        inside = sorted(k for k in set_keys if k == key or k.startswith(f"{key}."))
+        where = f"--set {', '.join(inside)}" if inside else f"{source}: key {key!r}"
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' own sentences
+        raise UserError(where, f"{msg} (got {_SHORT.repr(err.get('input'))})") from None
 
 
 # ----------------------------------------------------------------------------- endpoints

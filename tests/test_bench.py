@@ -73,7 +73,7 @@ def test_cuda_figures_report_a_failed_capture_and_measure_the_rest(monkeypatch):
         raise RuntimeError("operation not permitted when stream is capturing\nmore")
 
     monkeypatch.setattr(bench, "_captured_step", no_capture)
-    monkeypatch.setattr(bench.fill, "process_rate", lambda cfgs, device: 100.0 * len(cfgs))
+    monkeypatch.setattr(bench.fill, "process_rate", lambda jobs, device: 100.0 * len(jobs))
     dev = torch.device("cpu")
     base = bench._setup(dev, width=0.0625)
     cfgs = [bench._config(width=0.0625).with_overrides(seed=i) for i in range(2)]

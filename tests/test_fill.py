@@ -31,6 +31,7 @@ def _recorded(root) -> dict:
         ({"processes=1": 100, "processes=2": 105, "pack=4": 300}, "pack", 1),
         ({"processes=1": 100, "processes=2": 108, "pack=4": 50}, "one", 1),  # under MIN_GAIN
         ({"processes=1": 100, "processes=2": 0.0}, "one", 1),  # two processes ran out of memory
+        ({"processes=1": 0.0, "pack=3": 10.0}, "one", 1),  # one process failed: nothing to beat
         ({}, "one", 1),
     ],
 )
@@ -46,16 +47,18 @@ def test_flags_decide_then_the_record_then_the_cpu_never_measures(tmp_path, monk
     monkeypatch.setattr(fill, "measure", lambda *a, **k: pytest.fail("measured"))
     todo = _grid(tmp_path)
     how = fill.settle(tmp_path, todo, launch.Launch())  # on this CPU: one run at a time
-    assert (how.pack, how.devices) == (False, ()) and _recorded(tmp_path)["fill"]["mode"] == "one"
+    assert (how.pack, how.devices) == (False, ()) and "fill" not in _recorded(tmp_path)
     how = fill.settle(tmp_path, todo, launch.Launch(pack=True))
     assert how.pack and _recorded(tmp_path)["pack"] is True
+    assert _recorded(tmp_path)["fill"]["why"] == "--pack"
     how = fill.settle(tmp_path, todo, launch.Launch())  # a restart keeps the first decision
     assert how.pack
     how = fill.settle(tmp_path, todo, launch.Launch(devices=("cpu", "cpu")))  # twice: asked
     assert how.devices == ("cpu", "cpu") and not how.pack
+    assert _recorded(tmp_path)["fill"]["mode"] == "pack"  # for this launch only
 
 
-def test_a_recorded_processes_fill_gives_each_device_its_workers(tmp_path, monkeypatch):
+def test_a_recorded_processes_fill_gives_each_device_its_workers(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(fill, "measure", lambda *a, **k: pytest.fail("measured"))
     todo = _grid(tmp_path)
     doc = _recorded(tmp_path)
@@ -63,16 +66,29 @@ def test_a_recorded_processes_fill_gives_each_device_its_workers(tmp_path, monke
     rundir.write_json(tmp_path / rundir.GRID, {**doc, "fill": fill.asdict(chosen)})
     how = fill.settle(tmp_path, todo, launch.Launch(devices=("cpu",), smoke=True))
     assert how.devices == ("cpu", "cpu") and not how.pack  # launch_local: a worker each
-    rundir.write_json(tmp_path / rundir.GRID, {**doc, "fill": {"mode": "teleport"}})
-    assert fill.settle(tmp_path, todo, launch.Launch()).devices == ()  # unreadable: one
+    for odd in ({"mode": "teleport"}, {"mode": "processes", "per_device": 0}, "yes", {"x": 1}):
+        rundir.write_json(tmp_path / rundir.GRID, {**doc, "fill": odd})
+        with caplog.at_level(logging.INFO, logger="softmaso"):
+            assert fill.settle(tmp_path, todo, launch.Launch()).devices == ()  # one at a time
+        assert "grid.json's fill is not readable" in caplog.text
 
 
-def test_an_older_grid_json_that_packed_still_packs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("packed", [True, False])
+def test_an_older_grid_json_keeps_its_packing_and_is_not_measured(tmp_path, monkeypatch, packed):
+    monkeypatch.setattr(fill, "MEASURED_ON", ("cuda", "cpu"))
     monkeypatch.setattr(fill, "measure", lambda *a, **k: pytest.fail("measured"))
     todo = _grid(tmp_path)
-    doc = {k: v for k, v in _recorded(tmp_path).items() if k != "fill"}
-    rundir.write_json(tmp_path / rundir.GRID, {**doc, "pack": True})
-    assert fill.settle(tmp_path, todo, launch.Launch()).pack
+    rundir.write_json(tmp_path / rundir.GRID, {**_recorded(tmp_path), "pack": packed})
+    assert fill.settle(tmp_path, todo, launch.Launch()).pack is packed
+
+
+def test_nothing_left_to_train_is_not_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(fill, "MEASURED_ON", ("cuda", "cpu"))
+    monkeypatch.setattr(fill, "measure", lambda *a, **k: pytest.fail("measured"))
+    todo = _grid(tmp_path, 1)
+    assert set(launch.train_unit(todo, launch.Launch(smoke=True), "cpu").values()) == {"finished"}
+    assert not fill.settle(tmp_path, todo, launch.Launch()).pack
+    assert "fill" not in _recorded(tmp_path)
 
 
 def test_where_it_measures_it_times_processes_and_a_pack_of_the_grids_runs(
@@ -96,4 +112,4 @@ def test_where_it_measures_it_times_processes_and_a_pack_of_the_grids_runs(
 def test_a_probe_that_cannot_train_counts_as_zero(monkeypatch):
     cfg = ex.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0].cfg
     bad = cfg.with_overrides(**{"optim.batch_size": 100000})  # more than the training images
-    assert fill.process_rate([cfg, bad], "cpu", threads=1) == 0.0
+    assert fill.process_rate([[cfg], [bad]], "cpu") == 0.0
