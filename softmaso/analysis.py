@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from softmaso import rundir
-from softmaso.config import RunConfig
+from softmaso.config import RunConfig, validate
 from softmaso.data import Preprocessor, load_data
 from softmaso.errors import UserError, first_line
 from softmaso.models import activation_spec, build_model
@@ -172,7 +172,7 @@ def load_trained(run_dir: Path) -> tuple[RunConfig, nn.Module]:
             str(run_dir),
             f"not a finished run directory (needs {rundir.CONFIG} and {rundir.WEIGHTS})",
         )
-    cfg = RunConfig.model_validate(tree)
+    cfg = validate(tree, source=str(run_dir / rundir.CONFIG))
     try:
         state = load_file(str(weights))
     except Exception as e:  # safetensors' own error for a truncated or foreign file

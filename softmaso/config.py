@@ -208,7 +208,7 @@ class RunConfig(_Strict):
         tree = self.to_dict()
         for key, value in dotted.items():
             _set_dotted(tree, key, value, where=key)
-        return _validate(tree, source="overrides", set_keys=set(dotted))
+        return validate(tree, source="overrides", set_keys=set(dotted))
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -255,7 +255,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _validate(tree: dict, *, source: str, set_keys: set[str]) -> RunConfig:
+def validate(tree: Any, *, source: str, set_keys: set[str] = frozenset()) -> RunConfig:
+    """`tree` as a RunConfig; UserError naming `source` (a file) or the --set keys at fault."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
@@ -403,7 +404,7 @@ class Recipe:
             key, value = parse_override(text_override)
             _set_dotted(tree, key, value, where=f"--set {key}")
             set_keys.add(key)
-        return _validate(tree, source=str(self.path), set_keys=set_keys)
+        return validate(tree, source=str(self.path), set_keys=set_keys)
 
     def points(self, fixed: set[str] = frozenset()) -> list[dict[str, Any]]:
         """Every combination of the sweep's values (keys in `fixed` are left out)."""

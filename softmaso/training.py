@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from softmaso import rundir
 from softmaso.compiled import CompiledForward, single_outputs
-from softmaso.config import RunConfig, TrainConfig
+from softmaso.config import RunConfig, TrainConfig, validate
 from softmaso.data import BatchSampler, Preprocessor, augment, load_data
 from softmaso.devices import autocast, resolve_device
 from softmaso.errors import RunBusy, UserError
@@ -432,7 +432,7 @@ def evaluate_saved(
         raise UserError(str(target), f"no {rundir.CHECKPOINT} here: {why}")
     dev = resolve_device(device)
     state = rundir.load_checkpoint(path, map_location=dev)
-    cfg = RunConfig.model_validate(state["config"])
+    cfg = validate(state["config"], source=f"{path} (its config)")
     s = build(cfg, dev, data_dir)
     s.model.load_state_dict(state["model"])
     res = evaluate(s, split)

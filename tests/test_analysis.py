@@ -142,6 +142,11 @@ def test_analyze_bad_input_is_one_line(cli, tmp_path):
     r = cli("analyze", run)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
     assert "largeCNN" in r.stderr
+    config = run / rundir.CONFIG  # a hand-edited config that no longer validates
+    config.write_text(config.read_text().replace("lr: 0.003", "lr: -3"))
+    r = cli("analyze", run)
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "config.yaml: key 'optim.lr'" in r.stderr
 
 
 def test_analyze_of_a_folder_names_the_runs_it_cannot_read_and_does_the_rest(cli, tmp_path):
