@@ -739,8 +739,9 @@ def reproduce(
         todo = _device_defaults(todo, how_fast(launch))
         files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
         ex.check_grid(todo)
-        ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
-        how = fill.settle(root, todo, launch)
+        with _grid_lock(root):  # two launches of one grid: the second follows the first's fill
+            ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
+            how = fill.settle(root, todo, launch)
         smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
         slurm_at_once = how.slurm.parallelism or Slurm.PARALLELISM
         at_once = max(len(how.devices), 1) if how.launcher == "local" else slurm_at_once
@@ -755,6 +756,22 @@ def reproduce(
             log.info(f"wrote {path}")
         ok &= not any(o in FAILED for o in outcomes.values())
     return ok
+
+
+@contextlib.contextmanager
+def _grid_lock(root: Path):
+    """Hold the grid folder's lock (:func:`softmaso.rundir.claim` on it) for the block, waiting
+    while another launch of the same grid writes its grid.json or measures its fill."""
+    said = False
+    while True:
+        with rundir.claim(root) as mine:
+            if mine:
+                yield
+                return
+        if not said:
+            log.info(f"waiting for another launch of {root} to settle its grid.json", extra=GRID)
+            said = True
+        time.sleep(1.0)
 
 
 def how_fast(launch: Launch) -> str:

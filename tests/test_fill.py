@@ -113,3 +113,25 @@ def test_a_probe_that_cannot_train_counts_as_zero(monkeypatch):
     cfg = ex.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0].cfg
     bad = cfg.with_overrides(**{"optim.batch_size": 100000})  # more than the training images
     assert fill.process_rate([[cfg], [bad]], "cpu") == 0.0
+
+
+def test_a_second_launch_of_a_grid_waits_while_the_first_settles_it(tmp_path, caplog):
+    import threading
+    import time
+
+    root, order = tmp_path / "grid", []
+
+    def first() -> None:
+        with rundir.claim(root) as mine:
+            order.append(mine)
+            time.sleep(1.5)  # writing grid.json, measuring
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(0.3)
+    with caplog.at_level(logging.INFO, logger="softmaso"), launch._grid_lock(root):
+        order.append("second")
+    thread.join()
+    assert order == [True, "first done", "second"]
+    assert "waiting for another launch" in caplog.text
