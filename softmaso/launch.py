@@ -1,4 +1,11 @@
-"""Launching an experiment's runs: where, how many at once, packed or not; then its report.
+"""A grid, from the recipe to the report: sweeps expanded to runs, grid.json, the runs
+trained where asked (this process, local worker processes, or SLURM), then the table.
+
+``softmaso reproduce table2`` expands the sweeps of the packaged recipes table2/*.yaml into 90
+runs, one directory each, named by its settings
+(``results/table2/cifar10/lr-0.001_mode-none_seed-0``); ``softmaso reproduce my.yaml`` does the
+same for any recipe with a ``sweep:`` (``results/my/my/...``). ``grid.json`` at the experiment's
+root records the runs it expects, so a table can show the missing ones.
 
 A run is claimed with an exclusive lock (``rundir.claim``) before it trains, so two ``reproduce``
 processes on one results directory never train the same run; the kernel drops the lock when
@@ -29,13 +36,239 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from softmaso import experiments as ex
-from softmaso import fill, rundir
+from softmaso import fill, recipes, rundir
+from softmaso.config import RunConfig, read_recipe
 from softmaso.errors import RunBusy, RunConflict, UserError
 from softmaso.ui import GRID
 
 log = logging.getLogger(__name__)
 FAILED = ("diverged", "conflict", "damaged", "failed")  # outcomes that make `reproduce` exit 1
+
+
+# ------------------------------------------------------- recipes -> runs -> grid.json
+@dataclass(frozen=True)
+class Run:
+    """One point of an experiment: its config, its settings and its directory."""
+
+    recipe: str
+    settings: dict[str, Any]
+    cfg: RunConfig
+    dir: Path
+
+
+def point_name(settings: dict[str, Any]) -> str:
+    """Directory name from the swept settings: {'optim.lr': 0.001, 'seed': 0} -> lr-0.001_seed-0."""
+    parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in settings.items()]
+    return "_".join(parts) or "base"
+
+
+def is_recipe_file(experiment: str) -> bool:
+    """Whether `experiment` names a recipe file (``my.yaml``) rather than a named experiment."""
+    return experiment.endswith((".yaml", ".yml"))
+
+
+def experiment_name(experiment: str) -> str:
+    """The results name of an experiment: its own name, or a recipe file's stem."""
+    return Path(experiment).stem if is_recipe_file(experiment) else experiment
+
+
+def recipe_paths(experiment: str) -> list[Path]:
+    """The recipe files of a named experiment, or [the file] for a recipe file with a sweep."""
+    if is_recipe_file(experiment):
+        path = Path(experiment)
+        if not path.is_file():
+            raise UserError("EXPERIMENT", f"no such recipe file: {path}")
+        if not read_recipe(path).sweep:
+            raise UserError(
+                "EXPERIMENT",
+                f"{path} has no sweep: section, so it is one run: use `softmaso train {path}`",
+            )
+        return [path]
+    if experiment not in recipes.EXPERIMENTS:
+        raise UserError(
+            "EXPERIMENT",
+            f"unknown experiment {experiment!r}; use {', '.join(recipes.EXPERIMENTS)}, "
+            "figure1, theory, all, or a recipe file with a sweep: (PATH.yaml)",
+        )
+    return [recipes.path_of(name) for name in recipes.EXPERIMENTS[experiment]]
+
+
+def expand(
+    experiment: str,
+    root: Path,
+    *,
+    smoke: bool = False,
+    datasets: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> list[Run]:
+    """The runs of an experiment (one per sweep point of each of its recipes): a named one
+    (``recipes.EXPERIMENTS``) or a recipe file with a sweep.
+
+    `datasets` keeps only recipes whose file stem is listed; `seeds` replaces the sweep's seed
+    list by 0..seeds-1; `overrides` (--set) apply to every run.
+    """
+    out = []
+    fixed = _fixed(overrides)
+    for recipe in _recipes(experiment, datasets, seeds):
+        for settings in recipe.points(fixed):
+            cfg = recipe.config(overrides, smoke=smoke, settings=settings)
+            out.append(
+                Run(recipe.name, settings, cfg, Path(root) / recipe.name / point_name(settings))
+            )
+    return out
+
+
+def grid_size(
+    experiment: str,
+    *,
+    datasets: list[str] | None = None,
+    seeds: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> int:
+    """How many runs :func:`expand` would make (sweep points, repeats included), counted from
+    the sweeps' lengths without building a config: cheap for any sweep."""
+    import math
+
+    fixed = _fixed(overrides)
+    return sum(
+        math.prod(len(r.sweep[k]) for k in r.sweep if k not in fixed)
+        for r in _recipes(experiment, datasets, seeds)
+    )
+
+
+def _fixed(overrides) -> set[str]:
+    """The keys --set gives every run: not swept."""
+    return {key.partition("=")[0].strip() for key in overrides}
+
+
+def _recipes(experiment: str, datasets: list[str] | None, seeds: int | None) -> list:
+    """The experiment's recipes that `datasets` keeps (by file stem; UserError for one it does
+    not have), each with its seed list replaced by 0..seeds-1 when `seeds` is given."""
+    paths = recipe_paths(experiment)
+    if datasets:
+        known = {p.stem for p in paths}
+        for d in datasets:
+            if d not in known:
+                raise UserError(
+                    "--datasets", f"{d!r} is not in {experiment}; one of {', '.join(sorted(known))}"
+                )
+        paths = [p for p in paths if p.stem in datasets]
+    recipes = [read_recipe(path) for path in paths]
+    return recipes if seeds is None else [_with_seeds(r, seeds) for r in recipes]
+
+
+def _with_seeds(recipe, n: int):
+    from dataclasses import replace
+
+    if n < 1:
+        raise UserError("--runs", f"{n} runs per cell; need at least 1")
+    return replace(recipe, sweep={**recipe.sweep, "seed": list(range(n))})
+
+
+def write_grid(
+    root: Path, experiment: str, todo: list[Run], *, smoke: bool, recipe_files=None
+) -> None:
+    """grid.json: what the experiment expects (each run's directory, settings and resolved
+    config), so `softmaso table` can show missing runs without reading the recipes.
+
+    One results folder holds one experiment: a folder holding another's grid is refused.
+    `recipe_files` ({recipe name: file}) is recorded for experiments made from a recipe file.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "experiment": experiment,
+        "smoke": smoke,
+        "created": rundir.now(),
+        "runs": [
+            {
+                "dir": str(r.dir.relative_to(root)),
+                "recipe": r.recipe,
+                "settings": r.settings,
+                "config": r.cfg.to_dict(),
+            }
+            for r in todo
+        ],
+    }
+    if recipe_files:
+        doc["recipe_files"] = {k: str(Path(v).absolute()) for k, v in recipe_files.items()}
+    old = rundir.read_grid(root)
+    if old is not None and "smoke" not in old:
+        raise UserError(
+            str(root / rundir.GRID),
+            "has no 'smoke' key, so whether it holds smoke or real runs is unknown; remove it, "
+            "or choose another results folder",
+        )
+    if old and old.get("experiment") != experiment:
+        raise UserError(
+            "--results",
+            f"{root} holds the grid of experiment {old.get('experiment')!r}, not {experiment!r}; "
+            "give each experiment its own results folder",
+        )
+    if old and old.get("smoke") != smoke:
+        kind = "smoke" if old.get("smoke") else "real"
+        raise UserError("--results", f"{root} holds {kind} runs; keep smoke and real results apart")
+    if old and old.get("experiment") == experiment:  # keep runs of earlier, partial invocations
+        new_dirs = {r["dir"] for r in doc["runs"]}
+        doc["runs"] = [r for r in old.get("runs", []) if r["dir"] not in new_dirs] + doc["runs"]
+        if doc["runs"] == old.get("runs"):
+            return
+        # what the first launch recorded stays: its date, the pack choice, recipe files
+        doc = {**old, **doc, "created": old.get("created", doc["created"])}
+        if recipe_files or old.get("recipe_files"):
+            doc["recipe_files"] = {**old.get("recipe_files", {}), **doc.get("recipe_files", {})}
+    rundir.write_json(root / rundir.GRID, doc)
+
+
+def check_grid(todo: list[Run]) -> None:
+    """RunConflict, before anything trains or is written, if any run directory holds a run
+    with another config, finished or not: a grid never skips, nor relabels, a run it would
+    not have made. Names the first conflicts and how many there are."""
+    from softmaso.rundir import check_unfinished
+
+    conflicts = []
+    for run in todo:
+        try:
+            check_unfinished(run.cfg, run.dir)
+        except RunConflict as e:
+            conflicts.append(e.message)
+        except UserError:  # damaged run files: that run fails when its turn comes
+            pass
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more runs like it)" if len(conflicts) > 1 else ""
+        raise RunConflict("--results", f"{conflicts[0]}{more}")
+
+
+def plan_line(todo: list[Run], *, at_once: int = 1) -> str:
+    """What a grid is about to do, said before it trains: "N runs to train (M finished
+    already), about T", T from the seconds per epoch of its finished runs (their result.json's
+    wall_seconds over epochs) times the epochs left, shared by `at_once` runs training together;
+    unknown, and said so, until a run of the grid has finished (a run's speed depends on the
+    machine, its load and the model far too much to guess it from the recipe)."""
+    left = ended = diverged = 0
+    epochs_left, seconds, epochs_done = 0, 0.0, 0
+    for run in todo:
+        state, result, _ = rundir.status(run.dir)
+        if state == "finished":
+            seconds += result.get("wall_seconds") or 0.0
+            epochs_done += result.get("epochs") or 0
+        done = result.get("epochs", 0) if result else len(rundir.read_metrics(run.dir))
+        if state == "diverged" or (state == "finished" and done >= run.cfg.train.epochs):
+            ended += 1
+            diverged += state == "diverged"
+            continue
+        left += 1
+        epochs_left += max(run.cfg.train.epochs - done, 0)
+    also = f"{ended - diverged} finished" + (f", {diverged} diverged" if diverged else "")
+    line = f"{left} run{'s' if left != 1 else ''} to train ({also} already)"
+    if not left:
+        return line
+    if not seconds or not epochs_done:
+        return f"{line}, time unknown until the first run ends"
+    total = seconds / epochs_done * epochs_left / max(at_once, 1)
+    shown = f"{total:.0f} s" if total < 90 else f"{total / 60:.0f} min"
+    shown = f"{total / 3600:.1f} h" if total >= 90 * 60 else shown
+    return f"{line}, about {shown} ({seconds / epochs_done:.1f} s per epoch so far)"
 
 
 @dataclass(frozen=True)
@@ -87,7 +320,7 @@ class Launch:
 
 # ------------------------------------------------------------------------------- one unit
 def train_unit(
-    unit: list[ex.Run],
+    unit: list[Run],
     launch: Launch,
     device: str = "auto",
 ) -> dict[Path, str]:
@@ -140,7 +373,7 @@ def _last_line(e: BaseException) -> str:
     return lines[-1][:300] if lines else type(e).__name__
 
 
-def fail_unit(unit: list[ex.Run], why: str | BaseException) -> dict[Path, str]:
+def fail_unit(unit: list[Run], why: str | BaseException) -> dict[Path, str]:
     """Record each run of `unit` failed: why (a message, or an exception's traceback) in its
     error.txt (the run stays resumable from its last checkpoint) and one line each logged;
     their outcomes, "failed"."""
@@ -193,14 +426,14 @@ def _end_with(parent: int) -> None:
     os._exit(1)
 
 
-def _pool_task(i: int, unit: list[ex.Run], launch: Launch) -> dict[Path, str] | None:
+def _pool_task(i: int, unit: list[Run], launch: Launch) -> dict[Path, str] | None:
     if _worker_stop.is_set():  # queued before the grid was stopped
         return None
     _worker_news.put((os.getpid(), i))  # the parent's record of what each worker trains
     return train_unit(unit, launch, _worker_device)
 
 
-def launch_local(todo: list[ex.Run], launch: Launch) -> dict[Path, str]:
+def launch_local(todo: list[Run], launch: Launch) -> dict[Path, str]:
     """In this process, in order; or one worker process per device (one unit per GPU, or per
     listed cpu), each with ``launch.threads`` CPU threads (None: the cores shared out). A
     line per run as it ends (:class:`GridProgress`).
@@ -215,7 +448,7 @@ def launch_local(todo: list[ex.Run], launch: Launch) -> dict[Path, str]:
     outcomes: dict[Path, str] = {}
     grid = GridProgress(len(todo))
 
-    def record(unit: list[ex.Run], got: dict[Path, str]) -> None:
+    def record(unit: list[Run], got: dict[Path, str]) -> None:
         for run in unit:
             outcomes[run.dir] = got[run.dir]
             grid.done(run, got[run.dir])
@@ -237,7 +470,7 @@ def launch_local(todo: list[ex.Run], launch: Launch) -> dict[Path, str]:
 DIED = "the worker process training it died (killed by a signal: out of memory?)"
 
 
-def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
+def _pool(units: list[list[Run]], launch: Launch, record) -> None:
     """Train the units in one spawned worker process per device, `record(unit, outcomes)` as
     each finishes.
 
@@ -266,7 +499,7 @@ def _pool(units: list[list[ex.Run]], launch: Launch, record) -> None:
                 doing[i] = pid
 
     threads = launch.threads or max(1, cpu_cores() // len(launch.devices))
-    todo: dict[int, list[ex.Run]] = dict(enumerate(units))
+    todo: dict[int, list[Run]] = dict(enumerate(units))
     suspects: list[int] = []  # units training when a pool broke: retried alone, in order
     idle_breaks = 0  # pools that broke before any worker took a unit
     while todo:
@@ -338,7 +571,7 @@ class SubmititTask:
     ``signal_delay_s`` before the time limit or a preemption) calls :meth:`checkpoint`, which
     requeues this same task, and stops the run the same way (SystemExit)."""
 
-    def __init__(self, unit: list[ex.Run], launch: Launch):
+    def __init__(self, unit: list[Run], launch: Launch):
         self.unit, self.launch = unit, launch
 
     def __call__(self) -> dict[Path, str]:
@@ -391,7 +624,7 @@ def check_slurm(cluster: str) -> None:
         )
 
 
-def launch_slurm(todo: list[ex.Run], launch: Launch, *, folder: Path) -> dict[Path, str]:
+def launch_slurm(todo: list[Run], launch: Launch, *, folder: Path) -> dict[Path, str]:
     """Submit the runs through submitit, a job per unit, and wait for them (a line per run as it
     ends): on 'slurm' one job array, at most ``parallelism`` tasks at once; on 'local' jobs in
     processes here, ``parallelism`` at a time (default: the cores / threads); on 'debug', one
@@ -415,7 +648,7 @@ def launch_slurm(todo: list[ex.Run], launch: Launch, *, folder: Path) -> dict[Pa
     launch = _settle_parallelism(launch)
     executor = _executor(launch.slurm, folder)
 
-    def record(unit: list[ex.Run], job, got: dict[Path, str] | None, why: str = "") -> None:
+    def record(unit: list[Run], job, got: dict[Path, str] | None, why: str = "") -> None:
         if got is None:  # it ended without a result, or with submitit's error
             got = fail_unit(unit, f"SLURM job {job.job_id} failed: {why}")
         for run in unit:
@@ -448,7 +681,7 @@ def launch_slurm(todo: list[ex.Run], launch: Launch, *, folder: Path) -> dict[Pa
     return {run.dir: out[run.dir] for run in todo}
 
 
-def _ended(todo: list[ex.Run]) -> dict[Path, str]:
+def _ended(todo: list[Run]) -> dict[Path, str]:
     """{run dir: skipped-finished or skipped-diverged} of the runs that have ended, which get
     no job (on a cluster, it would wait in the queue only to skip them)."""
     out = {}
@@ -494,7 +727,7 @@ def _executor(s: Slurm, folder: Path):
     return executor
 
 
-def _submit(executor, units: list[list[ex.Run]], launch: Launch, batch: bool = True) -> list:
+def _submit(executor, units: list[list[Run]], launch: Launch, batch: bool = True) -> list:
     """Submitit's jobs for `units` (one job array if `batch`); sbatch's refusal as UserError."""
     try:  # submitit prints sbatch's complaint itself: it is in the one line below instead
         with contextlib.redirect_stderr(io.StringIO()):
@@ -509,7 +742,7 @@ def _submit(executor, units: list[list[ex.Run]], launch: Launch, batch: bool = T
         ) from None
 
 
-def _run_local(executor, units: list[list[ex.Run]], launch: Launch, record) -> None:
+def _run_local(executor, units: list[list[Run]], launch: Launch, record) -> None:
     """Cluster 'local': at most ``parallelism`` jobs running, the next submitted as one ends."""
     queue, running = list(range(len(units))), {}
     while queue or running:
@@ -631,7 +864,7 @@ class GridProgress:
         self.ended = self.failed = self.trained = 0
         self.bar = Task(f"grid ({total} runs)", total=total)
 
-    def done(self, run: ex.Run, outcome: str) -> None:
+    def done(self, run: Run, outcome: str) -> None:
         self.ended += 1
         self.failed += outcome in FAILED
         self.trained += outcome in ("finished", "diverged")
@@ -674,12 +907,10 @@ def check_names(experiment: str) -> list[str]:
     """The experiments `softmaso reproduce EXPERIMENT` runs (``all``: the checks, Figure 1,
     then every experiment of :data:`softmaso.recipes.EXPERIMENTS` in order); UserError for an
     unknown one."""
-    from softmaso import recipes
-
     if experiment == "all":
         return [*NOT_GRIDS, *recipes.EXPERIMENTS]
     if experiment not in NOT_GRIDS:
-        ex.recipe_paths(experiment)  # the one "unknown experiment" error
+        recipe_paths(experiment)  # the one "unknown experiment" error
     return [experiment]
 
 
@@ -710,9 +941,9 @@ def reproduce(
         if name in NOT_GRIDS:
             ok &= _theory_half(name, base)
             continue
-        label = ex.experiment_name(name)
+        label = experiment_name(name)
         root = results if results and len(names) == 1 else base / label
-        size = ex.grid_size(
+        size = grid_size(
             name, datasets=select.datasets, seeds=select.seeds, overrides=select.overrides
         )
         if size > MAX_RUNS and not select.large:  # before 10,000 configs are built
@@ -721,7 +952,7 @@ def reproduce(
                 f"{label} sweeps {size:,} runs (more than {MAX_RUNS:,}); check the sweep, "
                 "or pass --yes to launch them all",
             )
-        todo = ex.expand(
+        todo = expand(
             name,
             root,
             smoke=launch.smoke,
@@ -737,15 +968,15 @@ def reproduce(
             )
             todo = unique
         todo = _device_defaults(todo, how_fast(launch))
-        files = {p.stem: p for p in ex.recipe_paths(name)} if ex.is_recipe_file(name) else None
-        ex.check_grid(todo)
+        files = {p.stem: p for p in recipe_paths(name)} if is_recipe_file(name) else None
+        check_grid(todo)
         with _grid_lock(root):  # two launches of one grid: the second follows the first's fill
-            ex.write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
+            write_grid(root, label, todo, smoke=launch.smoke, recipe_files=files)
             how = fill.settle(root, todo, launch)
         smoke_note = " (SMOKE: synthetic stand-in data)" if launch.smoke else ""
         slurm_at_once = how.slurm.parallelism or Slurm.PARALLELISM
         at_once = max(len(how.devices), 1) if how.launcher == "local" else slurm_at_once
-        plan = ex.plan_line(todo, at_once=at_once)
+        plan = plan_line(todo, at_once=at_once)
         log.info(f"{label}: {plan}, in {root}{smoke_note}")
         if how.launcher == "slurm":
             outcomes = launch_slurm(todo, how, folder=root / ".submitit")
@@ -788,7 +1019,7 @@ def how_fast(launch: Launch) -> str:
     return resolve_device("auto").type
 
 
-def _device_defaults(todo: list[ex.Run], device_type: str) -> list[ex.Run]:
+def _device_defaults(todo: list[Run], device_type: str) -> list[Run]:
     """Each run's config with the device's defaults (:func:`softmaso.training.device_defaults`),
     a started run keeping what it started with."""
     import torch

@@ -37,7 +37,6 @@ LAYERS = {
     "softmaso.data": 2,
     # run directories, experiments, training
     "softmaso.rundir": 2,
-    "softmaso.experiments": 3,
     "softmaso.compiled": 3,
     "softmaso.packing": 5,
     "softmaso.training": 5,

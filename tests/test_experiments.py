@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from softmaso import experiments as ex
 from softmaso import fill, launch, rundir
 from softmaso.config import read_recipe
 from softmaso.errors import UserError
@@ -13,7 +12,7 @@ FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 
 
 def test_table2_expands_to_90_named_runs(tmp_path):
-    todo = ex.expand("table2", tmp_path)
+    todo = launch.expand("table2", tmp_path)
     assert len(todo) == 90 and len({r.dir for r in todo}) == 90
     assert {r.cfg.data.name for r in todo} == {"svhn", "cifar10", "cifar100"}
     first = todo[0]
@@ -23,10 +22,12 @@ def test_table2_expands_to_90_named_runs(tmp_path):
 
 
 def test_filters_seeds_overrides_and_smoke(tmp_path):
-    todo = ex.expand("table2", tmp_path, datasets=["svhn"], seeds=2, overrides=["optim.lr=0.01"])
+    todo = launch.expand(
+        "table2", tmp_path, datasets=["svhn"], seeds=2, overrides=["optim.lr=0.01"]
+    )
     assert len(todo) == 2 * 2 and {r.cfg.optim.lr for r in todo} == {0.01}
     assert all("lr-" not in r.dir.name for r in todo)  # a --set key is no longer swept
-    smoke = ex.expand("gs-cifar100", tmp_path, smoke=True)
+    smoke = launch.expand("gs-cifar100", tmp_path, smoke=True)
     assert len(smoke) == 5 and {r.cfg.data.name for r in smoke} == {"synthetic"}
     assert {r.cfg.ortho.mode for r in smoke} == {"exact"}
 
@@ -41,9 +42,9 @@ def test_filters_seeds_overrides_and_smoke(tmp_path):
 )
 def test_bad_expansions(tmp_path, kwargs, where):
     with pytest.raises(UserError, match=where):
-        ex.expand("table2", tmp_path, **kwargs)
+        launch.expand("table2", tmp_path, **kwargs)
     with pytest.raises(UserError, match="unknown experiment"):
-        ex.expand("table3", tmp_path)
+        launch.expand("table3", tmp_path)
 
 
 def test_a_sweep_key_must_exist(tmp_path):
@@ -66,8 +67,8 @@ def test_grid_json_records_each_runs_config_and_tables_read_it(tmp_path):
         "sweep:\n  seed: [0, 1]\n"
     )
     root = tmp_path / "res"
-    todo = ex.expand(str(recipe), root)
-    ex.write_grid(root, "g", todo, smoke=False, recipe_files={"g": recipe})
+    todo = launch.expand(str(recipe), root)
+    launch.write_grid(root, "g", todo, smoke=False, recipe_files={"g": recipe})
     grid = json.loads((root / rundir.GRID).read_text())
     assert [r["config"]["optim"]["lr"] for r in grid["runs"]] == [0.002, 0.002]
     recipe.unlink()
@@ -80,11 +81,11 @@ def test_a_grid_that_grows_keeps_what_its_first_launch_recorded(tmp_path):
     recipe = tmp_path / "g.yaml"
     recipe.write_text("data:\n  name: synthetic\nmodel:\n  width: 0.0625\nsweep:\n  seed: [0]\n")
     root = tmp_path / "res"
-    ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
+    launch.write_grid(root, "g", launch.expand(str(recipe), root), smoke=False)
     assert fill.settle(root, [], launch.Launch(pack=True)).pack
     first = json.loads((root / rundir.GRID).read_text())
     recipe.write_text(recipe.read_text().replace("[0]", "[0, 1]"))
-    ex.write_grid(root, "g", ex.expand(str(recipe), root), smoke=False)
+    launch.write_grid(root, "g", launch.expand(str(recipe), root), smoke=False)
     grown = json.loads((root / rundir.GRID).read_text())
     assert len(grown["runs"]) == 2
     assert grown["created"] == first["created"] and grown["pack"] is True

@@ -7,16 +7,15 @@ import logging
 
 import pytest
 
-from softmaso import experiments as ex
 from softmaso import fill, launch, rundir
 
 FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 
 
 def _grid(tmp_path, n: int = 4):
-    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=2, overrides=FAST)
+    todo = launch.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=2, overrides=FAST)
     todo = [r for r in todo if r.cfg.ortho.mode in ("none", "penalty")][:n]
-    ex.write_grid(tmp_path, "t", todo, smoke=True)
+    launch.write_grid(tmp_path, "t", todo, smoke=True)
     return todo
 
 
@@ -110,7 +109,9 @@ def test_where_it_measures_it_times_processes_and_a_pack_of_the_grids_runs(
 
 
 def test_a_probe_that_cannot_train_counts_as_zero(monkeypatch):
-    cfg = ex.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0].cfg
+    cfg = launch.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[
+        0
+    ].cfg
     bad = cfg.with_overrides(**{"optim.batch_size": 100000})  # more than the training images
     assert fill.process_rate([[cfg], [bad]], "cpu") == 0.0
 

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from softmaso import experiments as ex
 from softmaso import launch, rundir, training
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
@@ -65,7 +64,7 @@ def _worker_pids(results: Path) -> set[int]:
 
 
 def test_a_run_that_raises_fails_alone_and_resumes(tmp_path, monkeypatch, caplog):
-    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
+    todo = launch.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
     todo, bad = todo[:3], todo[1]
     real = training.train_step
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from softmaso import experiments as ex
 from softmaso import launch, rundir
 from softmaso.errors import UserError
 
@@ -19,12 +18,16 @@ FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 
 
 def test_train_unit_skips_finished_and_reports_conflicts(tmp_path, caplog):
-    run = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[0]
+    run = launch.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[
+        0
+    ]
     smoke = launch.Launch(smoke=True)
     assert launch.train_unit([run], smoke, "cpu") == {run.dir: "finished"}
     assert launch.train_unit([run], smoke, "cpu") == {run.dir: "skipped-finished"}
     assert json.loads((run.dir / rundir.RESULT).read_text())["smoke"] is True
-    other = ex.Run(run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir)
+    other = launch.Run(
+        run.recipe, run.settings, run.cfg.with_overrides(**{"optim.lr": 0.5}), run.dir
+    )
     (run.dir / rundir.RESULT).unlink()
     got = launch.train_unit([other], launch.Launch(pack=False), "cpu")
     assert got == {run.dir: "conflict"}
@@ -36,7 +39,9 @@ def test_train_unit_skips_finished_and_reports_conflicts(tmp_path, caplog):
 
 
 def test_submitit_debug_executor_runs_the_array(tmp_path):
-    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:2]
+    todo = launch.expand(
+        "table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST
+    )[:2]
     debug = launch.Launch(launcher="slurm", smoke=True, slurm=launch.Slurm(cluster="debug"))
     out = launch.launch_slurm(todo, debug, folder=tmp_path / ".submitit")
     assert set(out.values()) == {"finished"}
@@ -119,21 +124,25 @@ def test_slurm_without_slurm_is_one_line_and_writes_nothing(cli, tmp_path, monke
     r = cli("reproduce", "table2", "--launcher", "slurm", "--results", tmp_path / "grid")
     assert r.exit_code == 2 and "srun is not on PATH" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "grid").exists()
-    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
+    todo = launch.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
     with pytest.raises(UserError, match="srun is not on PATH"):  # the library says so too
         launch.launch_slurm(todo[:1], launch.Launch(launcher="slurm"), folder=tmp_path / "jobs")
     assert not (tmp_path / "jobs").exists()
 
 
 def test_one_worker_per_device_pool(tmp_path):
-    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:3]
+    todo = launch.expand(
+        "table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST
+    )[:3]
     two = launch.Launch(devices=launch.parse_devices("cpu,cpu"), smoke=True)
     out = launch.launch_local(todo, two)
     assert set(out) == {run.dir for run in todo} and set(out.values()) == {"finished"}
 
 
 def test_a_failed_slurm_task_fails_its_runs_and_the_array_goes_on(tmp_path, monkeypatch):
-    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)[:2]
+    todo = launch.expand(
+        "table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST
+    )[:2]
     real = launch.train_unit
 
     def dies(unit, *args, **kwargs):
@@ -233,7 +242,7 @@ def test_a_grid_takes_the_defaults_of_the_device_it_trains_on(tmp_path, monkeypa
             assert launch.how_fast(on) == ("cuda" if gpu else "cpu")
     cpu_slurm = launch.Launch(launcher="slurm", slurm=launch.Slurm(gpus=0))
     assert launch.how_fast(cpu_slurm) == "cpu"
-    todo = ex.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
+    todo = launch.expand("table2", tmp_path, smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
     on_gpu = launch._device_defaults(todo, "cuda")
     assert all(run.cfg.train.compile for run in on_gpu)
     assert not any(run.cfg.train.compile for run in launch._device_defaults(todo, "cpu"))

@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import finished_files, metric_rows, pack_trio, tiny
 
-from softmaso import experiments as ex
 from softmaso import launch, packed_training, rundir, training
 from softmaso.errors import UserError
 from softmaso.packed_training import fit_packed, pack_key, plan_units
@@ -143,7 +142,7 @@ def test_runs_that_differ_in_shape_do_not_pack(tmp_path):
 
 # ------------------------------------------------------------------------- reproduce side
 def test_plan_units_groups_table2_by_dataset(tmp_path):
-    todo = ex.expand("table2", tmp_path)
+    todo = launch.expand("table2", tmp_path)
     assert [len(u) for u in plan_units(todo, pack=True)] == [30, 30, 30]
     for unit in plan_units(todo, pack=True):
         assert len({r.recipe for r in unit}) == 1
@@ -161,7 +160,7 @@ def test_plan_units_groups_table2_by_dataset(tmp_path):
 def test_a_unit_of_runs_trains_packed_and_resumes_as_skipped(tmp_path):
     """launch.train_unit trains a unit that packing planned as one pack (its grid chose to)."""
     unit = [
-        ex.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
+        launch.Run("t", {"seed": i}, tiny(seed=i, **{"train.epochs": 1}), tmp_path / f"r{i}")
         for i in range(2)
     ]
     assert set(launch.train_unit(unit, launch.Launch(pack=True), "cpu").values()) == {"finished"}

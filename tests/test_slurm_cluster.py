@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import metric_rows
 
-from softmaso import rundir
+from softmaso import launch, rundir
 
 SLURM_DIR = Path(os.environ.get("SOFTMASO_SLURM_DIR", "/tmp/softmaso-slurm"))
 
@@ -197,11 +197,10 @@ def test_cancelled_array_is_reported_and_reproduce_finishes_what_is_missing(tmp_
 def test_failed_tasks_are_reported_while_the_others_finish(tmp_path):
     """A run with a damaged checkpoint (its task reports it) and a task killed (SIGKILL: no
     result) are each recorded with error.txt and named; the third run finishes; exit 1."""
-    from softmaso import experiments as ex
 
     recipe = _recipe(tmp_path, SLOW.replace("SEEDS", "[0, 1, 2]"), "slow")
     results = tmp_path / "grid"
-    damaged = ex.expand(str(recipe), results)[0]
+    damaged = launch.expand(str(recipe), results)[0]
     rundir.open_run(damaged.cfg, damaged.dir, torch.device("cpu"))
     (damaged.dir / rundir.CHECKPOINT).write_bytes(b"PK\x03\x04 not a whole checkpoint")
     p = _reproduce(recipe, results, wait=False)
