@@ -264,8 +264,10 @@ def validate(tree: Any, *, source: str, set_keys: set[str] = frozenset()) -> Run
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             raise UserError(source, f"unknown key {key!r}{_did_you_mean(key)}") from None
-        inside = sorted(k for k in set_keys if k == key or k.startswith(f"{key}."))
-        where = f"--set {', '.join(inside)}" if inside else f"{source}: key {key!r}"
+        inside = sorted(k for k in set_keys if k.startswith(f"{key}."))
+        where = f"--set {key}" if key in set_keys else f"{source}: key {key!r}"
+        if inside and key not in set_keys:  # a check of several keys: the recipe's and --set's
+            where += f" with --set {', '.join(inside)}"
         msg = err["msg"].removeprefix("Value error, ")  # our validators' own sentences
         raise UserError(where, f"{msg} (got {_SHORT.repr(err.get('input'))})") from None
 

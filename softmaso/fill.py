@@ -10,6 +10,7 @@ listed device. A choice that was asked for or measured is recorded in grid.json,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -45,43 +46,57 @@ def settle(root: Path, todo: list, launch) -> Any:
     """`launch` with its fill settled: --pack/--no-pack decide (and are recorded); a device
     listed twice decides for this launch (no packing); else what `root`'s grid.json recorded;
     else, on CUDA with the local launcher and runs left to train, the fastest of one run at a
-    time, a pack and 2 or 4 processes per device, measured now (:func:`measure`) and
-    recorded; else one run at a time, unrecorded. Returns the launch the grid then trains with:
-    ``pack`` True or False, and ``devices`` listing each device once per worker."""
+    time, a pack and 2 or 4 processes per device, measured now (:func:`measure`) and recorded
+    if the measurement worked; else one run at a time, unrecorded. Returns the launch the grid
+    then trains with: ``pack`` True or False, and ``devices`` listing each device once per
+    worker."""
     doc = rundir.read_grid(root) or {}
     devices = list(launch.devices)
-    record = True
+    record = False
     if launch.pack is not None:
         fill = Fill("pack" if launch.pack else "one", why="--pack" if launch.pack else "--no-pack")
+        record = True
     elif len(set(devices)) < len(devices):
-        fill, record = Fill(why="--devices"), False
-    elif "fill" in doc:
-        fill = _recorded(doc["fill"])
-    elif isinstance(doc.get("pack"), bool):  # a grid.json from before fills were recorded
-        fill = Fill("pack" if doc["pack"] else "one", why="as recorded")
+        fill = Fill(why="--devices")
+    elif (fill := _recorded(doc)) is not None:
+        if fill.rates:
+            log.info(f"filling the devices as measured before: {fill.why}", extra=GRID)
     elif launch.launcher == "local" and _measured_on(devices) and (left := _left(todo)):
         fill = measure(left, launch)
+        record = fill.rates.get("processes=1", 0.0) > 0
+        if record:
+            log.info(f"filling the devices: {fill.why}", extra=GRID)
+        else:
+            log.warning(
+                f"could not measure how to fill the devices ({fill.why}): one run at a time "
+                "for this launch; the next one measures again",
+                extra=GRID,
+            )
     else:
-        fill, record = Fill(), False
+        fill = Fill()
     if record and (doc.get("fill") != asdict(fill) or doc.get("pack") != (fill.mode == "pack")):
         rundir.write_json(
             root / rundir.GRID, {**doc, "pack": fill.mode == "pack", "fill": asdict(fill)}
         )
-    if fill.rates or fill.why.startswith("grid.json"):  # measured, now or at the first launch
-        log.info(f"filling the devices: {fill.why}", extra=GRID)
     if fill.mode == "processes" and launch.launcher == "local":
         devices = [d for d in devices or [_device(launch)] for _ in range(fill.per_device)]
     return replace(launch, pack=fill.mode == "pack", devices=tuple(devices))
 
 
-def _recorded(doc: Any) -> Fill:
-    try:
-        fill = Fill(**{k: doc[k] for k in ("mode", "per_device", "why", "rates") if k in doc})
-        ok = fill.mode in MODES and type(fill.per_device) is int
-        ok = ok and 1 <= fill.per_device <= max(PROCESSES) and isinstance(fill.rates, dict)
-    except TypeError:
-        ok = False
-    return fill if ok else Fill(why="grid.json's fill is not readable: one run at a time")
+def _recorded(doc: dict[str, Any]) -> Fill | None:
+    """The fill grid.json recorded (or its `pack`, from before fills were recorded); None
+    where there is none, or it is not readable (said)."""
+    if "fill" not in doc:
+        pack = doc.get("pack")
+        return Fill("pack" if pack else "one", why="as recorded") if pack in (True, False) else None
+    got, fill = doc["fill"], None
+    if isinstance(got, dict) and got.get("mode") in MODES:
+        fill = Fill(**{k: got[k] for k in ("mode", "per_device", "why", "rates") if k in got})
+    ok = fill is not None and type(fill.per_device) is int and isinstance(fill.rates, dict)
+    ok = ok and 1 <= fill.per_device <= max(PROCESSES)
+    if not ok:
+        log.warning(f"grid.json's fill is not readable, so it is ignored: {got!r}", extra=GRID)
+    return fill if ok else None
 
 
 def _left(todo: list) -> list:
@@ -105,18 +120,19 @@ def _measured_on(devices: list[str]) -> bool:
 
 
 def measure(left: list, launch) -> Fill:
-    """Time the grid's own runs on its first CUDA device: the first pack it would train (as
-    ``packed_training.plan_units`` cuts it, one pack per device), and 1, 2 and 4 worker
-    processes each stepping one run of the same group (images/s summed). Each candidate runs
-    in processes of its own, so this process keeps no device memory. The fastest wins where it
-    beats one process by :data:`MIN_GAIN`; every figure is in the returned Fill."""
+    """Time the grid's own runs on its first CUDA device: its largest pack (as
+    ``packed_training.plan_units`` cuts the runs, at least one pack per device), and 1, 2 and 4
+    worker processes each stepping one run (that pack's runs first, then the others; images/s
+    summed). Each candidate runs in processes of its own, so this process keeps no device
+    memory. The fastest wins where it beats one process by :data:`MIN_GAIN`; every figure is in
+    the returned Fill."""
     from softmaso.packed_training import plan_units
 
     device = _device(launch)
     units = plan_units(left, pack=True, size=launch.pack_size, devices=len(launch.devices) or 1)
     pack = max(units, key=len)
     runs = [r.cfg for r in pack] + [r.cfg for r in left if r not in pack]  # the pack's first
-    log.info(f"measuring how to fill {device} (about a minute) ...", extra=GRID)
+    log.info(f"measuring how to fill {device} (a minute or more) ...", extra=GRID)
     rates = {}
     for k in (k for k in PROCESSES if k <= len(runs)):
         rates[f"processes={k}"] = process_rate([[c] for c in runs[:k]], device, launch)
@@ -155,50 +171,41 @@ def process_rate(jobs: list[list], device: str, launch=None) -> float:
     """Images/s summed over one spawned process per job, all on `device` at once, timed over
     the same :data:`PROBE_SECONDS` after every one has warmed up. A job is a list of run
     configs: one run, or several trained as a pack. 0.0 when a process fails (out of memory,
-    say) or is not ready within :data:`READY_TIMEOUT_S`; none is left running."""
+    say: its error is logged), dies, or is not ready within :data:`READY_TIMEOUT_S`; none is
+    left running. Each process talks through a pipe of its own, so one killed outright is seen
+    at once (end of file) and a probe whose launcher died ends too."""
     import multiprocessing as mp
-    import threading
 
     from softmaso.devices import cpu_cores
 
     ctx = mp.get_context("spawn")
     threads = getattr(launch, "threads", None) or max(1, cpu_cores() // len(jobs))
     data_dir = getattr(launch, "data_dir", None)
-    ready, results = ctx.Barrier(len(jobs) + 1), ctx.SimpleQueue()
-    start = ctx.Value("d", 0.0)
+    pipes = [ctx.Pipe() for _ in jobs]  # (this end, the probe's end)
     procs = [
         ctx.Process(
             target=_probe,
-            args=([c.to_dict() for c in job], device, data_dir, threads, PROBE_SECONDS),
-            kwargs={"ready": ready, "start": start, "results": results},
+            args=([c.to_dict() for c in job], device, data_dir, threads, PROBE_SECONDS, end),
             daemon=True,
         )
-        for job in jobs
+        for job, (_, end) in zip(jobs, pipes, strict=True)
     ]
-
-    done = threading.Event()
-
-    def watch() -> None:  # a process killed outright (SIGKILL, a crash) cannot say so itself
-        while not done.is_set() and not ready.broken:
-            if any(p.exitcode not in (None, 0) for p in procs):
-                ready.abort()
-            time.sleep(0.5)
-
+    conns = [mine for mine, _ in pipes]
     try:
         for p in procs:
             p.start()
-        threading.Thread(target=watch, daemon=True).start()
-        ready.wait(timeout=READY_TIMEOUT_S)  # every process built and warmed up
-        start.value = time.time() + 0.2
-        ready.wait(timeout=60)
-        for p in procs:
-            p.join(timeout=PROBE_SECONDS + 120)
-        rates = [results.get() for _ in jobs if not results.empty()]
-        return sum(rates) if len(rates) == len(jobs) and min(rates) > 0 else 0.0
-    except Exception:  # a broken barrier: a process failed, or was not ready in time
-        return 0.0
+        for _, end in pipes:
+            end.close()  # the probe holds the only other end: its death is an end of file
+        if _gather(conns, READY_TIMEOUT_S) is None:  # built and warmed up
+            return 0.0
+        start = time.time() + 0.2
+        for c in conns:
+            c.send(start)
+        rates = _gather(conns, PROBE_SECONDS + 120)
+        return sum(rates) if rates and min(rates) > 0 else 0.0
     finally:
-        done.set()
+        for c in conns:
+            c.close()
         for p in procs:
             if p.is_alive():
                 p.kill()
@@ -206,9 +213,33 @@ def process_rate(jobs: list[list], device: str, launch=None) -> float:
                 p.join()
 
 
-def _probe(cfgs, device, data_dir, threads, seconds, *, ready, start, results) -> None:
-    """A probe process: build its run (or pack), warm up, step for `seconds` from `start`,
-    put images/s."""
+def _gather(conns: list, timeout: float) -> list | None:
+    """One message from each connection within `timeout` seconds; None if one ended (its
+    process died), sent an error (logged), or was late."""
+    from multiprocessing.connection import wait
+
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(conns):
+        pending = [c for i, c in enumerate(conns) if i not in got]
+        ready = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return None
+        for c in ready:
+            try:
+                message = c.recv()
+            except (EOFError, OSError):
+                return None
+            if isinstance(message, str):
+                log.warning(f"a probe failed: {message}", extra=GRID)
+                return None
+            got[conns.index(c)] = message
+    return [got[i] for i in range(len(conns))]
+
+
+def _probe(cfgs: list, device: str, data_dir, threads: int, seconds: float, conn) -> None:
+    """A probe process: build its run (or pack), warm up, say so (a float: 0.0), wait for the
+    start time, step for `seconds` from it, send images/s; an error's first line instead."""
     import torch
 
     from softmaso.config import RunConfig
@@ -224,19 +255,21 @@ def _probe(cfgs, device, data_dir, threads, seconds, *, ready, start, results) -
         for _ in range(WARMUP_STEPS):
             step()
         sync(dev)
-        ready.wait(timeout=READY_TIMEOUT_S)  # all warmed up
-        ready.wait(timeout=120)  # the parent has set the start
-    except Exception:  # this run cannot train here (out of memory, say), or another could not
-        ready.abort()
-        return
-    while time.time() < start.value:
-        time.sleep(0.001)
-    steps, t0 = 0, time.time()
-    while time.time() < t0 + seconds:
-        step()
-        steps += 1
-    sync(dev)
-    results.put(steps * images / (time.time() - t0))
+        conn.send(0.0)  # ready
+        if not conn.poll(READY_TIMEOUT_S + 60):
+            return
+        start = conn.recv()  # EOFError: the launcher is gone
+        while time.time() < start:
+            time.sleep(0.001)
+        steps, t0 = 0, time.time()
+        while time.time() < t0 + seconds:
+            step()
+            steps += 1
+        sync(dev)
+        conn.send(steps * images / (time.time() - t0))
+    except Exception as e:  # this run cannot train here (out of memory, say), or no launcher
+        with contextlib.suppress(OSError):
+            conn.send(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
 def _stepper(cfgs: list, device, data_dir):

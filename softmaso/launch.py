@@ -154,13 +154,11 @@ def _recipes(experiment: str, datasets: list[str] | None, seeds: int | None) -> 
                     "--datasets", f"{d!r} is not in {experiment}; one of {', '.join(sorted(known))}"
                 )
         paths = [p for p in paths if p.stem in datasets]
-    recipes = [read_recipe(path) for path in paths]
-    return recipes if seeds is None else [_with_seeds(r, seeds) for r in recipes]
+    read = [read_recipe(path) for path in paths]
+    return read if seeds is None else [_with_seeds(r, seeds) for r in read]
 
 
 def _with_seeds(recipe, n: int):
-    from dataclasses import replace
-
     if n < 1:
         raise UserError("--runs", f"{n} runs per cell; need at least 1")
     return replace(recipe, sweep={**recipe.sweep, "seed": list(range(n))})
@@ -1000,7 +998,16 @@ def _grid_lock(root: Path):
                 yield
                 return
         if not said:
-            log.info(f"waiting for another launch of {root} to settle its grid.json", extra=GRID)
+            who = ""
+            for path in (root / rundir.LOCK, root / rundir.HELD):
+                with contextlib.suppress(OSError):  # released meanwhile
+                    who = f" ({path}: {path.read_text(errors='replace').strip()})"
+                    break
+            log.info(
+                f"waiting for another launch of {root} to settle its grid.json{who}; if none "
+                "is running, remove that lock file",
+                extra=GRID,
+            )
             said = True
         time.sleep(1.0)
 

@@ -70,6 +70,18 @@ def test_a_recorded_processes_fill_gives_each_device_its_workers(tmp_path, monke
         with caplog.at_level(logging.INFO, logger="softmaso"):
             assert fill.settle(tmp_path, todo, launch.Launch()).devices == ()  # one at a time
         assert "grid.json's fill is not readable" in caplog.text
+        assert _recorded(tmp_path)["fill"] == odd  # left as the user wrote it
+
+
+def test_a_measurement_that_failed_is_not_recorded(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(fill, "MEASURED_ON", ("cuda", "cpu"))
+    failed = fill.choose({"processes=1": 0.0, "processes=2": 0.0}, "cpu")
+    monkeypatch.setattr(fill, "measure", lambda *a, **k: failed)
+    todo = _grid(tmp_path)
+    with caplog.at_level(logging.INFO, logger="softmaso"):
+        how = fill.settle(tmp_path, todo, launch.Launch())
+    assert (how.pack, how.devices) == (False, ()) and "fill" not in _recorded(tmp_path)
+    assert "could not measure" in caplog.text
 
 
 @pytest.mark.parametrize("packed", [True, False])
@@ -136,3 +148,24 @@ def test_a_second_launch_of_a_grid_waits_while_the_first_settles_it(tmp_path, ca
     thread.join()
     assert order == [True, "first done", "second"]
     assert "waiting for another launch" in caplog.text
+
+
+def test_a_probe_killed_outright_ends_the_measurement_at_once():
+    """SIGKILL (the out-of-memory killer) of one probe: 0 images/s, soon, and no probe left."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    cfg = launch.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
+    jobs = [[cfg[0].cfg], [cfg[1].cfg]]
+    got = []
+    thread = threading.Thread(target=lambda: got.append(fill.process_rate(jobs, "cpu")))
+    thread.start()
+    time.sleep(3.0)  # built, warmed up and waiting for the other, or stepping
+    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    thread.join(timeout=60)
+    assert got == [0.0] and not multiprocessing.active_children()
+    assert time.monotonic() - t0 < fill.PROBE_SECONDS + 3
