@@ -169,3 +169,48 @@ def test_a_probe_killed_outright_ends_the_measurement_at_once():
     thread.join(timeout=60)
     assert got == [0.0] and not multiprocessing.active_children()
     assert time.monotonic() - t0 < fill.PROBE_SECONDS + 3
+
+
+PARENT = """
+import multiprocessing, sys, threading, time
+from softmaso import fill, launch
+FAST = {fast!r}
+if __name__ == "__main__":
+    runs = launch.expand("table2", "/tmp", smoke=True, datasets=["svhn"], seeds=1, overrides=FAST)
+    jobs = [[runs[0].cfg], [runs[1].cfg]]
+    threading.Thread(target=fill.process_rate, args=(jobs, "cpu"), daemon=True).start()
+    while len(multiprocessing.active_children()) < 2:
+        time.sleep(0.05)
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(600)
+"""
+
+
+def test_probes_end_when_their_launcher_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT.format(fast=FAST))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    probes = [int(pid) for pid in parent.stdout.readline().split()]
+    time.sleep(1.0)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return " Z " not in open(f"/proc/{pid}/stat").read()  # a zombie has ended
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while any(alive(p) for p in probes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in probes if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert len(probes) == 2 and not left
