@@ -272,7 +272,10 @@ class PackedAdam:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.zero_()
 
     @torch.no_grad()
     def step(self) -> None:

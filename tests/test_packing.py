@@ -288,3 +288,14 @@ def test_a_pack_refuses_what_it_cannot_train_together():
     opt = PackedAdam(packed, lr=1e-3)
     with pytest.raises(ValueError, match="must agree on"):  # batch norm's one step counter
         pack_state(states, packed, opt)
+
+
+def test_packed_adam_zero_grad_as_torch_optimisers_do():
+    packed = PackedLargeCNN(ModelConfig(width=0.0625), num_classes=10, runs=2)
+    opt = PackedAdam(packed, lr=[1e-3, 1e-3], weight_decay=[0.0, 0.0])
+    for p in packed.parameters():
+        p.grad = torch.ones_like(p)
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in packed.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in packed.parameters())
