@@ -111,3 +111,16 @@ def test_nothing_to_plot_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="empty or not a softmaso results directory"):
         curves.plot_curves(tmp_path / "empty", tmp_path / "figures")
+
+
+def test_a_panel_whose_key_is_missing_in_a_run_keeps_its_runs():
+    """pandas' == never matches None: a run without a panel key's value got an empty panel."""
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {"model.beta": [0.5, None, None], "optim.lr": [0.001, 0.001, 0.01], "epoch": [1, 1, 1]}
+    )
+    panels, _ = curves._panels(df, ["model.beta"], "optim.lr")
+    sizes = {title: len(frame) for _, _, title, frame in panels}
+    assert sizes["beta=?, lr 0.001"] == sizes["beta=?, lr 0.01"] == 1, sizes
+    assert sizes["beta=0.5, lr 0.001"] == 1 and sum(sizes.values()) == 3, sizes

@@ -90,9 +90,12 @@ def _panels(df, panel_keys: list[str], col_key: str | None):
     ncols = len(cols) if col_key else min(3, len(cells))
     out = []
     for i, (combo, col) in enumerate(cells):
-        mask = df[col_key] == col if col_key else pd.Series(True, index=df.index)
+        # compared value by value: a missing value (None) never equals under pandas' ==
+        mask = pd.Series(True, index=df.index)
+        if col_key:
+            mask &= df[col_key].map(lambda x, c=tables.clean(col): tables.clean(x) == c)
         for k, v in zip(panel_keys, combo, strict=True):
-            mask &= df[k].map(tables.clean) == v
+            mask &= df[k].map(lambda x, v=v: tables.clean(x) == v)
         names = [_panel_label(k, v) for k, v in zip(panel_keys, combo, strict=True)]
         if col_key:
             names.append(tables.column_label(col_key, col))
