@@ -195,7 +195,7 @@ class RunConfig(_Strict):
             raise ValueError(
                 "apodize with mode exact: centred filters cannot be orthonormalised where a "
                 "layer has at least as many filters as values per filter, as largeCNN's 1x1 "
-                "conv (and its first, from width 0.28) has; training gave NaN. Apodize goes "
+                "conv always has; training gave NaN. Apodize goes "
                 "with mode none, penalty, so, srip or torch"
             )
         return ortho
