@@ -61,7 +61,7 @@ def settle(root: Path, todo: list, launch) -> Any:
     elif (fill := _recorded(doc)) is not None:
         if fill.rates:
             log.info(f"filling the devices as measured before: {fill.why}", extra=GRID)
-    elif launch.launcher == "local" and _measured_on(devices) and (left := _left(todo)):
+    elif launch.launcher == "local" and _measured_on(launch) and (left := _left(todo)):
         fill = measure(left, launch)
         record = fill.rates.get("processes=1", 0.0) > 0
         if record:
@@ -104,6 +104,13 @@ def _left(todo: list) -> list:
     return [r for r in todo if rundir.status(r.dir)[0] not in ("finished", "diverged")]
 
 
+def _measured_on(launch) -> bool:
+    """Whether a grid measures on the device it would measure on (:data:`MEASURED_ON`)."""
+    import torch
+
+    return torch.device(_device(launch)).type in MEASURED_ON
+
+
 def _device(launch) -> str:
     """The device a grid measures on: its first CUDA device (this machine's default if none
     is listed)."""
@@ -111,12 +118,6 @@ def _device(launch) -> str:
 
     found = [resolve_device(d) for d in launch.devices or ["auto"]]
     return str(next((d for d in found if d.type in MEASURED_ON), found[0]))
-
-
-def _measured_on(devices: list[str]) -> bool:
-    from softmaso.devices import resolve_device
-
-    return any(resolve_device(d).type in MEASURED_ON for d in devices or ["auto"])
 
 
 def measure(left: list, launch) -> Fill:
@@ -285,13 +286,8 @@ def _stepper(cfgs: list, device, data_dir):
         batches = itertools.cycle(s.sampler.epoch(0))
         gen = torch.Generator(device=device).manual_seed(s.cfg.seed)
         return (lambda: training.train_step(s, next(batches), gen)), cfgs[0].optim.batch_size
-    from softmaso.data import Preprocessor, load_data
-    from softmaso.packed_training import new_pack, train_step_packed
+    from softmaso.data import load_data
+    from softmaso.packed_training import pack_step
 
     data = load_data(cfgs[0].data, data_dir=data_dir).to(device)
-    pack = new_pack(cfgs, data, device)
-    prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
-    batches = itertools.cycle(torch.stack([s.epoch(0) for s in pack.samplers], dim=1))
-    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
-    step = lambda: train_step_packed(pack, data, prep, next(batches), gens)  # noqa: E731
-    return step, len(cfgs) * cfgs[0].optim.batch_size
+    return pack_step(cfgs, data, device), len(cfgs) * cfgs[0].optim.batch_size

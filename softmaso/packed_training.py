@@ -19,6 +19,7 @@ and leaves the pack; the others go on.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -495,6 +496,16 @@ def plan_units(
     return units
 
 
+def pack_step(cfgs: list[RunConfig], data, device: torch.device) -> Callable[[], Any]:
+    """A fresh pack of seeded `cfgs` on `device` and a closure that takes its next training
+    step, cycling through epoch 0's batches: what timing a pack steps."""
+    pack = new_pack(cfgs, data, device)
+    prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
+    batches = itertools.cycle(torch.stack([s.epoch(0) for s in pack.samplers], dim=1))
+    gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
+    return lambda: train_step_packed(pack, data, prep, next(batches), gens)
+
+
 def pack_speedup(
     cfgs: list[RunConfig], device: torch.device, *, data=None, steps: int = 2, repeats: int = 2
 ) -> dict[str, float]:
@@ -508,21 +519,14 @@ def pack_speedup(
     if data is None:
         data = load_data(cfgs[0].data).to(device)
     alone = [training.build(c, device, data=data) for c in cfgs]
-    pack = new_pack(cfgs, data, device)
-    prep = Preprocessor(cfgs[0].data.preprocess, data.x_train)
-    batches = torch.stack([s.sampler.epoch(0) for s in alone], dim=1)  # (steps, P, B)
+    orders = [itertools.cycle(s.sampler.epoch(0)) for s in alone]
     gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
-    state = {"i": 0}
 
     def separate() -> None:
-        idx = batches[state["i"] % len(batches)]
-        for p, s in enumerate(alone):
-            training.train_step(s, idx[p], gens[p])
+        for s, order, gen in zip(alone, orders, gens, strict=True):
+            training.train_step(s, next(order), gen)
 
-    def packed() -> None:
-        train_step_packed(pack, data, prep, batches[state["i"] % len(batches)], gens)
-        state["i"] += 1
-
+    packed = pack_step(cfgs, data, device)
     t = interleaved({"separate": separate, "packed": packed}, device, steps=steps, repeats=repeats)
     images = len(cfgs) * cfgs[0].optim.batch_size
     return {

@@ -41,6 +41,9 @@ def finished_files() -> set[str]:
     }
 
 
+FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]  # grid overrides
+
+
 def tiny(**over) -> RunConfig:
     """A narrow model on a small synthetic set: seconds per epoch on 2 CPU cores."""
     cfg = RunConfig.model_validate(

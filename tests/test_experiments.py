@@ -8,8 +8,6 @@ from softmaso import fill, launch, rundir
 from softmaso.config import read_recipe
 from softmaso.errors import UserError
 
-FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
-
 
 def test_table2_expands_to_90_named_runs(tmp_path):
     todo = launch.expand("table2", tmp_path)

@@ -6,10 +6,9 @@ import json
 import logging
 
 import pytest
+from conftest import FAST
 
 from softmaso import fill, launch, rundir
-
-FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 
 
 def _grid(tmp_path, n: int = 4):

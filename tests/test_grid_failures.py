@@ -12,11 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import FAST
+
 from softmaso import launch, rundir, training
 from softmaso.reporting import tables
 from softmaso.reporting.frame import collect
 
-FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 GRID = ["reproduce", "table2", "--smoke", "--datasets", "svhn", "--runs", "1"]
 # A sitecustomize (on PYTHONPATH, so every process of the grid imports it) that kills the
 # process training the run with lr 0.0005 and the penalty, at its first step, every time.

@@ -10,11 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import FAST
 
 from softmaso import launch, rundir
 from softmaso.errors import UserError
-
-FAST = ["train.epochs=1", "data.synthetic_train=200", "model.width=0.0625"]
 
 
 def test_train_unit_skips_finished_and_reports_conflicts(tmp_path, caplog):
